@@ -1,0 +1,62 @@
+import { sendJson } from './http.js';
+import type { Route } from './router.js';
+import type { Deps } from './deps.js';
+
+const CHECK_TIMEOUT_MS = 2000;
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+export async function readiness(deps: Deps): Promise<{ ok: boolean; checks: Record<string, string> }> {
+  const probes: Record<string, () => Promise<unknown>> = {
+    write_db: () => deps.writePool.query('SELECT 1'),
+    read_db: () => deps.readPool.query('SELECT 1'),
+    redis: () => deps.redis.ping(),
+  };
+  const entries = await Promise.all(
+    Object.entries(probes).map(async ([name, probe]) => {
+      try {
+        await withTimeout(probe(), CHECK_TIMEOUT_MS);
+        return [name, 'ok'] as const;
+      } catch (err) {
+        return [name, (err as Error).message] as const;
+      }
+    }),
+  );
+  const checks = Object.fromEntries(entries);
+  return { ok: entries.every(([, v]) => v === 'ok'), checks };
+}
+
+export const healthRoutes: Route[] = [
+  {
+    method: 'GET',
+    path: '/healthz',
+    async handler({ res }) {
+      sendJson(res, 200, { status: 'ok' });
+    },
+  },
+  {
+    method: 'GET',
+    path: '/readyz',
+    async handler({ res, deps }) {
+      const { ok, checks } = await readiness(deps);
+      sendJson(res, ok ? 200 : 503, { status: ok ? 'ready' : 'not_ready', checks });
+    },
+  },
+  {
+    method: 'GET',
+    path: '/metrics',
+    async handler({ res, deps }) {
+      const text = await deps.metrics.registry.metrics();
+      res.writeHead(200, { 'Content-Type': deps.metrics.registry.contentType });
+      res.end(text);
+    },
+  },
+];

@@ -1,0 +1,113 @@
+import http from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { ApiError, fromDatabaseError } from './errors.js';
+import { sendProblem } from './http.js';
+import { compile, match, type Route } from './router.js';
+import type { Deps } from './deps.js';
+import { healthRoutes } from './health.js';
+import { productRoutes } from './products.js';
+import { orderRoutes } from './orders.js';
+import { createApiMetrics } from './metrics.js';
+import { createPool } from '../db/pool.js';
+import { createRedis } from '../lib/redis.js';
+import type { Config } from '../lib/config.js';
+import type { Logger } from '../lib/logger.js';
+import { once, type Handle } from '../lib/lifecycle.js';
+
+export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes];
+
+const REQUEST_ID = /^[\w.:-]{1,128}$/;
+/** Connection-level failures of PostgreSQL or Redis: the request was fine, a backing service is not. */
+const UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', '57P01', '57P03', '53300']);
+
+function classify(err: unknown): ApiError | undefined {
+  if (err instanceof ApiError) return err;
+  const db = fromDatabaseError(err);
+  if (db) return db;
+  if (err instanceof URIError) return new ApiError('validation_failed', 'The path is not valid percent-encoding', { field: '(path)' });
+  const code = (err as { code?: unknown }).code;
+  const message = (err as Error).message ?? '';
+  if ((typeof code === 'string' && UNAVAILABLE.has(code)) || /Connection terminated|timeout exceeded when trying to connect|Stream isn't writeable/.test(message)) {
+    return new ApiError('service_unavailable', 'A database or Redis did not answer; try again', {}, { 'Retry-After': '1' });
+  }
+  return undefined;
+}
+
+export function createRequestListener(deps: Deps, extraRoutes: Route[] = []): http.RequestListener {
+  const table = compile([...extraRoutes, ...routes]);
+  return (req, res) => {
+    const started = process.hrtime.bigint();
+    const header = req.headers['x-request-id'];
+    const requestId = typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID();
+    res.setHeader('X-Request-Id', requestId);
+    const log = deps.log.child({ reqId: requestId });
+    let routeName = '(unmatched)';
+    const url = new URL(req.url ?? '/', 'http://localhost');
+
+    const handle = async (): Promise<void> => {
+      const found = match(table, req.method ?? 'GET', url.pathname);
+      if (found.kind === 'none') throw new ApiError('not_found', `No route for ${url.pathname}`);
+      if (found.kind === 'wrong_method') {
+        routeName = found.path;
+        throw new ApiError('method_not_allowed', `Allowed: ${found.allow.join(', ')}`, {}, { Allow: found.allow.join(', ') });
+      }
+      routeName = found.route.path;
+      await found.route.handler({ req, res, url, params: found.params, log, deps });
+    };
+
+    handle()
+      .catch((err: unknown) => {
+        const problem = classify(err);
+        if (problem) {
+          if (problem.status >= 500) log.warn({ err }, 'backing service unavailable');
+          sendProblem(res, problem, url.pathname);
+        } else {
+          log.error({ err }, 'unhandled error');
+          sendProblem(res, new ApiError('internal_error', 'Something went wrong; the request id identifies it in the logs'), url.pathname);
+        }
+        // Drain what is left of a refused body so the connection stays usable.
+        if (!req.complete) req.resume();
+      })
+      .finally(() => {
+        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        deps.metrics.httpDuration.observe({ method: req.method ?? '', route: routeName, status: String(res.statusCode) }, seconds);
+        log.info({ method: req.method, url: req.url, route: routeName, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10 }, 'request');
+      });
+  };
+}
+
+export function buildDeps(config: Config, log: Logger): Deps {
+  return {
+    config,
+    log,
+    writePool: createPool(config.DATABASE_URL, config.WRITE_POOL_SIZE, log, 'web-write'),
+    readPool: createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read'),
+    redis: createRedis(config.REDIS_URL, 'producer', log, 'web'),
+    metrics: createApiMetrics(),
+  };
+}
+
+export interface WebHandle extends Handle {
+  server: http.Server;
+  port: number;
+}
+
+/** Procfile `web`: the HTTP API on config.PORT. */
+export async function startWeb(config: Config, log: Logger, deps = buildDeps(config, log)): Promise<WebHandle> {
+  const server = http.createServer({ requestTimeout: 30_000, keepAliveTimeout: 65_000 }, createRequestListener(deps));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.PORT, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.PORT;
+  log.info({ port }, 'web listening');
+  const stop = once(async () => {
+    // Stop accepting, let in-flight requests finish, then close the backing connections.
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    await closed;
+    await Promise.allSettled([deps.writePool.end(), deps.readPool.end(), deps.redis.quit()]);
+  });
+  return { server, port, stop };
+}

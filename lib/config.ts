@@ -1,0 +1,74 @@
+import { z } from 'zod';
+
+/**
+ * The one place the environment is read (12-factor). Every process calls
+ * getConfig() once at start and passes the result down; a bad value throws a
+ * ConfigError whose message is one line naming the variable.
+ */
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const int = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+const pgUrl = z
+  .string()
+  .refine((v) => /^postgres(ql)?:\/\//.test(v) && URL.canParse(v), 'must be a postgres:// URL');
+const redisUrl = z
+  .string()
+  .refine((v) => /^rediss?:\/\//.test(v) && URL.canParse(v), 'must be a redis:// URL');
+
+const schema = z.object({
+  PORT: int(0, 65535).default(3000),
+  DATABASE_URL: pgUrl.default('postgres://postgres@127.0.0.1:5432/write_db'),
+  READ_DATABASE_URL: pgUrl.default('postgres://postgres@127.0.0.1:5432/read_db'),
+  REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').optional(),
+  /** Prefix of every Redis key this system writes (BullMQ prefix). */
+  QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_{}-]+$/, 'letters, digits, _ - { } only').default('op'),
+  QUEUE_NAME: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ - only').default('order-events'),
+  WRITE_POOL_SIZE: int(1, 500).default(10),
+  READ_POOL_SIZE: int(1, 500).default(5),
+  RELAY_BATCH_SIZE: int(1, 10000).default(500),
+  RELAY_POLL_MS: int(10, 600000).default(500),
+  RECONCILE_INTERVAL_MS: int(100, 3600000).default(5000),
+  RECONCILE_GRACE_MS: int(0, 3600000).default(10000),
+  WORKER_CONCURRENCY: int(1, 5000).default(500),
+  PROJECTOR_BATCH_SIZE: int(1, 10000).default(500),
+  PROJECTOR_BATCH_WAIT_MS: int(0, 10000).default(5),
+  JOB_ATTEMPTS: int(1, 1000).default(8),
+  JOB_BACKOFF_MS: int(1, 3600000).default(1000),
+  STALLED_INTERVAL_MS: int(100, 3600000).default(30000),
+  SHUTDOWN_TIMEOUT_MS: int(100, 600000).default(9000),
+  CONSISTENCY_WAIT_MS: int(0, 60000).default(5000),
+});
+
+export type Config = z.infer<typeof schema>;
+
+export function getConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  // Empty strings count as unset, as most process managers write them for "no value".
+  const raw: Record<string, string> = {};
+  for (const key of Object.keys(schema.shape)) {
+    const v = env[key];
+    if (v !== undefined && v !== '') raw[key] = v;
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const variable = String(issue?.path[0] ?? 'environment');
+    throw new ConfigError(variable, `${issue?.message ?? 'invalid'} (got ${JSON.stringify(raw[variable] ?? null)})`);
+  }
+  return parsed.data;
+}

@@ -1,0 +1,82 @@
+import type { Logger } from './logger.js';
+import { getConfig, ConfigError, type Config } from './config.js';
+import { createLogger } from './logger.js';
+
+/** What every long-running process returns from start(): stopping is idempotent. */
+export interface Handle {
+  stop(): Promise<void>;
+}
+
+/** Memoise a stop function so that a second call returns the same promise. */
+export function once(fn: () => Promise<void>): () => Promise<void> {
+  let p: Promise<void> | undefined;
+  return () => (p ??= fn());
+}
+
+/** Parse the environment, or print one line naming the bad variable and exit 78 (EX_CONFIG). */
+export function configOrExit(proc: string): Config {
+  try {
+    return getConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(`${proc}: bad configuration: ${err.message}`);
+      process.exit(78);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Run a process: parse config (one-line failure), start it, then wire signals.
+ * First SIGTERM/SIGINT drains through handle.stop(); a second signal or the
+ * deadline forces exit. Unhandled rejections exit non-zero so the process
+ * manager restarts us rather than leaving a half-dead process.
+ */
+export async function runProcess(
+  proc: string,
+  start: (config: Config, log: Logger) => Promise<Handle>,
+): Promise<void> {
+  const config = configOrExit(proc);
+  const log = createLogger(config.LOG_LEVEL, proc);
+  process.on('unhandledRejection', (err) => {
+    log.fatal({ err }, 'unhandled rejection');
+    process.exit(70);
+  });
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err }, 'uncaught exception');
+    process.exit(70);
+  });
+  let handle: Handle;
+  try {
+    handle = await start(config, log);
+  } catch (err) {
+    log.fatal({ err }, 'failed to start');
+    process.exit(1);
+  }
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal, exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    const deadline = setTimeout(() => {
+      log.error({ timeoutMs: config.SHUTDOWN_TIMEOUT_MS }, 'shutdown deadline passed, exiting');
+      process.exit(1);
+    }, config.SHUTDOWN_TIMEOUT_MS);
+    deadline.unref();
+    handle.stop().then(
+      () => {
+        log.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        log.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
