@@ -1,0 +1,43 @@
+import { Queue, type ConnectionOptions, type JobsOptions } from 'bullmq';
+import type { Config } from './config.js';
+
+/** What a job carries: one outbox row. */
+export interface EventJobData {
+  event_id: string;
+  topic: string;
+  payload: unknown;
+  created_at: string;
+}
+
+/**
+ * BullMQ job id of an event. BullMQ refuses integer-looking custom ids (they
+ * collide with its own counter) and ids containing ':' (its key separator),
+ * so the outbox id gets a prefix and nothing else.
+ */
+export function jobIdFor(eventId: string | number): string {
+  const id = String(eventId);
+  if (!/^\d+$/.test(id)) throw new Error(`event id must be digits, got ${JSON.stringify(id)}`);
+  return `evt-${id}`;
+}
+
+export function jobOptions(config: Config, eventId: string | number): JobsOptions {
+  return {
+    jobId: jobIdFor(eventId),
+    attempts: config.JOB_ATTEMPTS,
+    backoff: { type: 'exponential', delay: config.JOB_BACKOFF_MS },
+    // Completed jobs are only kept for a look in Bull Board: exactly-once rests
+    // on processed_events, not on BullMQ remembering ids.
+    removeOnComplete: { count: 1000 },
+    // Failed jobs stay until someone replays them (npm run replay-failed).
+    removeOnFail: false,
+  };
+}
+
+export function createQueue(config: Config, connection: ConnectionOptions): Queue<EventJobData> {
+  return new Queue<EventJobData>(config.QUEUE_NAME, { connection, prefix: config.QUEUE_PREFIX });
+}
+
+export function toJob(config: Config, row: { id: number | string; topic: string; payload: unknown; created_at: string }) {
+  const data: EventJobData = { event_id: String(row.id), topic: row.topic, payload: row.payload, created_at: row.created_at };
+  return { name: row.topic, data, opts: jobOptions(config, row.id) };
+}

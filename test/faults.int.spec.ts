@@ -1,0 +1,240 @@
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { startTestWeb, call, createProduct, type WebFixture } from './support/web.js';
+import { waitForDrain, assertConsistent, sleep } from './support/pipeline.js';
+import { PrivateRedis, Proc } from './support/processes.js';
+import { testLog } from './support/env.js';
+import { startRelay, type RelayHandle } from '../workers/relay/start.js';
+import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
+import { applyEvents } from '../workers/projector/apply.js';
+import { deltasFor } from '../workers/projector/deltas.js';
+import { jobIdFor, toJob } from '../lib/queue.js';
+
+/** A steady stream of orders, payments and cancellations through the API, with idempotent retries. */
+async function burst(f: WebFixture, products: number[], n: number, tag: string): Promise<void> {
+  const one = async (i: number) => {
+    const key = `${tag}-${i}`;
+    const body = { customer_id: 1 + (i % 23), items: [{ product_id: products[i % products.length]!, quantity: 1 + (i % 3) }, { product_id: products[(i + 1) % products.length]!, quantity: 1 }] };
+    const o = await call(f.base, 'POST', '/orders', body, { 'Idempotency-Key': key });
+    assert.equal(o.status, 201, JSON.stringify(o.body));
+    if (i % 7 === 0) assert.equal((await call(f.base, 'POST', '/orders', body, { 'Idempotency-Key': key })).json.id, o.json.id);
+    if (i % 3 === 0) await call(f.base, 'POST', `/orders/${o.json.id}/pay`);
+    if (i % 4 === 0) await call(f.base, 'POST', `/orders/${o.json.id}/cancel`);
+  };
+  for (let i = 0; i < n; i += 20) await Promise.all(Array.from({ length: Math.min(20, n - i) }, (_, j) => one(i + j)));
+}
+
+async function catalogue(f: WebFixture): Promise<number[]> {
+  const ids: number[] = [];
+  for (let i = 0; i < 8; i++) ids.push(await createProduct(f.base, { category: `c${i % 3}`, price: ['0.10', '19.99', '3.33', '7.05'][i % 4]!, stock: 1_000_000 }));
+  return ids;
+}
+
+describe('pipeline under faults (integration, real PostgreSQL and Redis)', function () {
+  this.timeout(180_000);
+
+  describe('in-process relay and worker', () => {
+    let f: WebFixture;
+    let relay: RelayHandle | undefined;
+    let worker: ProjectorHandle | undefined;
+    let products: number[];
+
+    beforeEach(async () => {
+      f = await startTestWeb({ RECONCILE_INTERVAL_MS: '300', RECONCILE_GRACE_MS: '500' });
+      products = await catalogue(f);
+    });
+    afterEach(async () => {
+      await relay?.stop();
+      await worker?.stop();
+      relay = worker = undefined;
+      await f.stop();
+    });
+
+    it('applies an event delivered to many workers at once exactly once', async () => {
+      const o = await call(f.base, 'POST', '/orders', { customer_id: 5, items: [{ product_id: products[1]!, quantity: 3 }] });
+      const { rows } = await f.write.query<{ id: number; topic: string; payload: unknown }>('SELECT id, topic, payload FROM outbox WHERE (payload->>\'id\')::int = $1', [o.json.id]);
+      const event = { event_id: String(rows[0]!.id), deltas: deltasFor(rows[0]!.topic, rows[0]!.payload) };
+      const pool = new pg.Pool({ connectionString: f.env.config.READ_DATABASE_URL, max: 10 });
+      try {
+        const results = await Promise.all(Array.from({ length: 10 }, () => applyEvents(pool, [event, event])));
+        assert.equal(results.filter((r) => r.applied.length === 1).length, 1);
+        assert.equal(results.reduce((n, r) => n + r.duplicates.length, 0), 9);
+      } finally {
+        await pool.end();
+      }
+      const { rows: v } = await f.read.query('SELECT total_quantity_sold, total_revenue::text, order_count FROM product_sales_view');
+      assert.deepEqual(v, [{ total_quantity_sold: 3, total_revenue: '59.97', order_count: 1 }]);
+    });
+
+    it('relays and reconciles a lower outbox id that commits after a higher one', async () => {
+      relay = await startRelay(f.env.config, testLog);
+      worker = await startProjector(f.env.config, testLog);
+      const slow = new pg.Client({ connectionString: f.env.config.DATABASE_URL });
+      await slow.connect();
+      try {
+        await slow.query('BEGIN');
+        const { rows } = await slow.query<{ r: { event_id: number } }>('SELECT place_order(7, ARRAY[$1::int], ARRAY[2], NULL, NULL) AS r', [products[0]]);
+        const lowId = rows[0]!.r.event_id;
+        const later = await call(f.base, 'POST', '/orders', { customer_id: 8, items: [{ product_id: products[2]!, quantity: 1 }] });
+        const highId = Number(later.headers.get('x-consistency-token'));
+        assert.ok(highId > lowId);
+        // Let the high id be applied and several reconcile ticks pass while the low id is uncommitted.
+        for (let i = 0; i < 50; i++) {
+          const { rows: p } = await f.read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [String(highId)]);
+          if (p.length > 0) break;
+          await sleep(100);
+        }
+        await sleep(1500);
+        const { rows: wm } = await f.read.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
+        assert.ok(Number(wm[0]!.w) < lowId, `watermark ${wm[0]!.w} must stay below the uncommitted id ${lowId}`);
+        await slow.query('COMMIT');
+      } finally {
+        await slow.end();
+      }
+      await waitForDrain(f.write, f.read, 20_000);
+      await assertConsistent(f.write, f.read);
+    });
+
+    it('loses nothing when the LISTEN connection is terminated (reconnects and catches up without waiting for the poll)', async () => {
+      f.env.config.RELAY_POLL_MS = 600_000; // only notifications and reconnect catch-up can move events now
+      relay = await startRelay(f.env.config, testLog);
+      worker = await startProjector(f.env.config, testLog);
+      await burst(f, products, 20, 'listen-a');
+      await waitForDrain(f.write, f.read, 10_000);
+      const killed = await f.write.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-listen' AND datname = current_database()`);
+      assert.equal(killed.rowCount, 1);
+      await burst(f, products, 20, 'listen-b');
+      await waitForDrain(f.write, f.read, 15_000);
+      await assertConsistent(f.write, f.read);
+    });
+
+    it('a completed job that removeOnComplete dropped is applied only once when the event comes again', async () => {
+      relay = await startRelay(f.env.config, testLog);
+      worker = await startProjector(f.env.config, testLog);
+      await burst(f, products, 10, 'again');
+      await waitForDrain(f.write, f.read);
+      const queue = new Queue(f.env.config.QUEUE_NAME, { connection: { url: f.env.config.REDIS_URL }, prefix: f.env.config.QUEUE_PREFIX });
+      try {
+        const { rows } = await f.write.query<{ id: number; topic: string; payload: unknown; created_at: string }>('SELECT id, topic, payload, created_at FROM outbox ORDER BY id');
+        // Drop the completed jobs as removeOnComplete eventually does, then deliver every event again.
+        await queue.clean(0, 100_000, 'completed');
+        await queue.addBulk(rows.map((r) => toJob(f.env.config, r)));
+        for (let i = 0; i < 100; i++) {
+          const counts = await queue.getJobCounts('waiting', 'active', 'completed');
+          if (counts.waiting === 0 && counts.active === 0 && (counts.completed ?? 0) >= Math.min(rows.length, 1000)) break;
+          await sleep(100);
+        }
+        const dup = (await worker.metrics.duplicates.get()).values[0]?.value ?? 0;
+        assert.equal(dup, rows.length);
+      } finally {
+        await queue.close();
+      }
+      await assertConsistent(f.write, f.read);
+    });
+
+    it('cancellation reverses an order exactly, whatever the arrival order', async () => {
+      const o = await call(f.base, 'POST', '/orders', { customer_id: 99, items: [{ product_id: products[0]!, quantity: 3 }, { product_id: products[1]!, quantity: 1 }] });
+      await call(f.base, 'POST', `/orders/${o.json.id}/cancel`);
+      const { rows } = await f.write.query<{ id: number; topic: string; payload: unknown }>('SELECT id, topic, payload FROM outbox ORDER BY id DESC');
+      // The cancellation arrives first.
+      for (const r of rows) await applyEvents(f.read, [{ event_id: String(r.id), deltas: deltasFor(r.topic, r.payload) }]);
+      const { rows: views } = await f.read.query(`SELECT (SELECT sum(total_revenue)::text FROM product_sales_view) AS p, (SELECT sum(total_orders) FROM category_metrics_view)::int AS c,
+        (SELECT total_spent::text || '/' || order_count FROM customer_ltv_view WHERE customer_id = 99) AS cust, (SELECT sum(total_orders)::int FROM hourly_sales_view) AS h`);
+      assert.deepEqual(views[0], { p: '0.00', c: 0, cust: '0.00/0', h: 0 });
+      // last_order_date counts cancelled orders too.
+      const { rows: last } = await f.read.query('SELECT 1 FROM customer_ltv_view WHERE customer_id = 99 AND last_order_date = $1::timestamp', [o.json.created_at]);
+      assert.equal(last.length, 1);
+      await assertConsistent(f.write, f.read);
+    });
+  });
+
+  describe('Procfile processes killed with SIGKILL, Redis flushed and restarted empty', () => {
+    let f: WebFixture;
+    let redis: PrivateRedis;
+    const procs: Proc[] = [];
+
+    before(async () => {
+      redis = await PrivateRedis.start();
+      f = await startTestWeb({ REDIS_URL: redis.url, RECONCILE_INTERVAL_MS: '500', RECONCILE_GRACE_MS: '1500', STALLED_INTERVAL_MS: '2000' });
+    });
+    after(async () => {
+      for (const p of procs) await p.signal('SIGKILL');
+      await f.stop();
+      await redis.kill();
+    });
+
+    function spawnProc(script: string): Proc {
+      const p = new Proc(script, { ...f.env.env, REDIS_URL: redis.url, LOG_LEVEL: 'info', RECONCILE_INTERVAL_MS: '500', RECONCILE_GRACE_MS: '1500', STALLED_INTERVAL_MS: '2000' }).start();
+      procs.push(p);
+      return p;
+    }
+
+    it('kill -9 of relays and workers mid-burst loses and doubles nothing', async () => {
+      const products = await catalogue(f);
+      let relays = [spawnProc('workers/relay/main.js'), spawnProc('workers/relay/main.js')];
+      let workers = [spawnProc('workers/projector/main.js'), spawnProc('workers/projector/main.js')];
+      await Promise.all([...relays, ...workers].map((p) => p.waitFor(/"msg":"(worker started|listening for outbox notifications)"/)));
+      const load = burst(f, products, 300, 'kill');
+      for (let round = 0; round < 3; round++) {
+        await sleep(400);
+        await relays[round % 2]!.signal('SIGKILL');
+        await workers[round % 2]!.signal('SIGKILL');
+        await sleep(200);
+        relays = [...relays, spawnProc('workers/relay/main.js')];
+        workers = [...workers, spawnProc('workers/projector/main.js')];
+      }
+      await load;
+      await waitForDrain(f.write, f.read, 90_000);
+      await assertConsistent(f.write, f.read);
+    });
+
+    it('Redis FLUSHALL mid-burst, then Redis killed and restarted empty: the reconciler re-enqueues what was lost', async () => {
+      const products = await catalogue(f);
+      const admin = new Redis(redis.url, { maxRetriesPerRequest: 1 });
+      admin.on('error', () => undefined); // this test kills the server under it
+      try {
+        const load = burst(f, products, 200, 'flush');
+        await sleep(500);
+        await admin.flushall(); // the private redis-server of this test, never the machine's
+        await sleep(500);
+        await redis.kill();
+        await sleep(1000);
+        await redis.start();
+        await load;
+      } finally {
+        admin.disconnect();
+      }
+      await waitForDrain(f.write, f.read, 90_000);
+      await assertConsistent(f.write, f.read);
+      // The flush lost jobs that were already marked published: only the reconciler brings those back.
+      assert.ok(procs.some((p) => /re-enqueued events that Redis lost/.test(p.output)), 'the reconciler re-enqueued lost events');
+    });
+
+    it('SIGTERM stops a relay and a worker cleanly within 10 s', async () => {
+      const r = spawnProc('workers/relay/main.js');
+      const w = spawnProc('workers/projector/main.js');
+      await Promise.all([r.waitFor(/listening for outbox/), w.waitFor(/worker started/)]);
+      const [rs, ws] = await Promise.all([r.signal('SIGTERM'), w.signal('SIGTERM')]);
+      assert.equal(rs.code, 0, r.output.slice(-2000));
+      assert.equal(ws.code, 0, w.output.slice(-2000));
+      assert.ok(rs.ms < 10_000 && ws.ms < 10_000, `took ${rs.ms} and ${ws.ms} ms`);
+    });
+  });
+
+  describe('known traps', () => {
+    it('job ids never contain ":" nor look like integers, which BullMQ refuses', async () => {
+      assert.equal(jobIdFor(42), 'evt-42');
+      assert.throws(() => jobIdFor('4:2'));
+      const queue = new Queue(`trap-${Date.now()}`, { connection: { url: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379' }, prefix: 'op-test-trap' });
+      try {
+        await assert.rejects(queue.add('x', {}, { jobId: 'a:b' }), /cannot contain :/);
+        await assert.rejects(queue.add('x', {}, { jobId: '42' }), /cannot be integers/);
+        await queue.obliterate({ force: true });
+      } finally {
+        await queue.close();
+      }
+    });
+  });
+});

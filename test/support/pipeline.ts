@@ -1,0 +1,31 @@
+import type pg from 'pg';
+import { compareEventIds, compareViews, type Difference } from '../../db/recompute.js';
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Wait until every outbox row is published and processed; throws with the backlog after `timeoutMs`. */
+export async function waitForDrain(write: pg.Pool, read: pg.Pool, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    const { rows: w } = await write.query<{ total: string; unpublished: string }>(
+      'SELECT count(*)::text AS total, count(*) FILTER (WHERE published_at IS NULL)::text AS unpublished FROM outbox',
+    );
+    const { rows: r } = await read.query<{ n: string }>('SELECT count(*)::text AS n FROM processed_events');
+    last = `outbox=${w[0]!.total} unpublished=${w[0]!.unpublished} processed=${r[0]!.n}`;
+    if (w[0]!.unpublished === '0' && w[0]!.total === r[0]!.n) return;
+    await sleep(100);
+  }
+  throw new Error(`pipeline did not drain in ${timeoutMs} ms: ${last}`);
+}
+
+/** The SPEC §3 invariant: views equal the recomputation and processed ids equal outbox ids. */
+export async function assertConsistent(write: pg.Pool, read: pg.Pool): Promise<void> {
+  const diffs: Difference[] = await compareViews(write, read);
+  const ids = await compareEventIds(write, read);
+  const problems: string[] = [];
+  if (diffs.length > 0) problems.push(`view differences: ${JSON.stringify(diffs.slice(0, 10))}${diffs.length > 10 ? ` (+${diffs.length - 10})` : ''}`);
+  if (ids.unprocessed.length > 0) problems.push(`unprocessed events: ${ids.unprocessed.slice(0, 20).join(',')}`);
+  if (ids.unknown.length > 0) problems.push(`processed ids not in outbox: ${ids.unknown.slice(0, 20).join(',')}`);
+  if (problems.length > 0) throw new Error(problems.join('\n'));
+}

@@ -1,0 +1,116 @@
+import type { Pool, PoolClient } from '../../db/pool.js';
+import { isRetryable } from '../../db/pool.js';
+import type { Deltas } from './deltas.js';
+
+export interface ProjectionEvent {
+  event_id: string;
+  deltas: Deltas;
+}
+
+export interface ApplyResult {
+  /** Event ids recorded by this call: their deltas are now in the views. */
+  applied: string[];
+  /** Event ids already in processed_events: skipped, nothing changed. */
+  duplicates: string[];
+}
+
+const MAX_TRIES = 5;
+
+/**
+ * Apply a batch of events exactly once, in one read_db transaction:
+ *  1. record the ids in processed_events; ON CONFLICT DO NOTHING returns only the new ones;
+ *  2. add the deltas of those new events to each view with one set-based upsert per view.
+ * Rows are touched in key order and the views in a fixed order, so concurrent
+ * batches wait on each other instead of deadlocking; a deadlock or
+ * serialization failure anyway retries the whole transaction.
+ */
+export async function applyEvents(pool: Pool, events: ProjectionEvent[]): Promise<ApplyResult> {
+  const byId = new Map<string, ProjectionEvent>();
+  for (const e of events) if (!byId.has(e.event_id)) byId.set(e.event_id, e);
+  const ids = [...byId.keys()].sort();
+  for (let attempt = 1; ; attempt++) {
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      const applied = await recordProcessed(client, ids);
+      await addDeltas(client, applied.map((id) => byId.get(id)!.deltas));
+      await client.query('COMMIT');
+      const fresh = new Set(applied);
+      return { applied, duplicates: ids.filter((id) => !fresh.has(id)) };
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      if (attempt >= MAX_TRIES || !isRetryable(err)) throw err;
+    } finally {
+      client.release();
+    }
+  }
+}
+
+async function recordProcessed(client: PoolClient, sortedIds: string[]): Promise<string[]> {
+  const { rows } = await client.query<{ event_id: string }>(
+    `INSERT INTO processed_events (event_id, processed_at)
+     SELECT id, now() AT TIME ZONE 'UTC' FROM unnest($1::text[]) AS id ORDER BY id
+     ON CONFLICT (event_id) DO NOTHING
+     RETURNING event_id`,
+    [sortedIds],
+  );
+  return rows.map((r) => r.event_id);
+}
+
+/** Add the deltas of freshly recorded events to the four views. */
+export async function addDeltas(client: PoolClient, all: Deltas[]): Promise<void> {
+  const products = all.flatMap((d) => d.products);
+  const categories = all.flatMap((d) => d.categories);
+  const customers = all.flatMap((d) => d.customers);
+  const hours = all.flatMap((d) => d.hours);
+  if (products.length > 0) {
+    await client.query(
+      `INSERT INTO product_sales_view AS v (product_id, total_quantity_sold, total_revenue, order_count)
+       SELECT product_id, sum(quantity), sum(revenue), sum(orders)
+         FROM unnest($1::int[], $2::int[], $3::numeric[], $4::int[]) AS d (product_id, quantity, revenue, orders)
+        GROUP BY product_id ORDER BY product_id
+       ON CONFLICT (product_id) DO UPDATE SET
+         total_quantity_sold = v.total_quantity_sold + EXCLUDED.total_quantity_sold,
+         total_revenue = v.total_revenue + EXCLUDED.total_revenue,
+         order_count = v.order_count + EXCLUDED.order_count`,
+      [products.map((p) => p.product_id), products.map((p) => p.quantity), products.map((p) => p.revenue), products.map((p) => p.orders)],
+    );
+  }
+  if (categories.length > 0) {
+    await client.query(
+      `INSERT INTO category_metrics_view AS v (category_name, total_revenue, total_orders)
+       SELECT category, sum(revenue), sum(orders)
+         FROM unnest($1::text[], $2::numeric[], $3::int[]) AS d (category, revenue, orders)
+        GROUP BY category ORDER BY category
+       ON CONFLICT (category_name) DO UPDATE SET
+         total_revenue = v.total_revenue + EXCLUDED.total_revenue,
+         total_orders = v.total_orders + EXCLUDED.total_orders`,
+      [categories.map((c) => c.category), categories.map((c) => c.revenue), categories.map((c) => c.orders)],
+    );
+  }
+  if (customers.length > 0) {
+    await client.query(
+      `INSERT INTO customer_ltv_view AS v (customer_id, total_spent, order_count, last_order_date)
+       SELECT customer_id, sum(spent), sum(orders), max(last_order_date)
+         FROM unnest($1::int[], $2::numeric[], $3::int[], $4::timestamp[]) AS d (customer_id, spent, orders, last_order_date)
+        GROUP BY customer_id ORDER BY customer_id
+       ON CONFLICT (customer_id) DO UPDATE SET
+         total_spent = v.total_spent + EXCLUDED.total_spent,
+         order_count = v.order_count + EXCLUDED.order_count,
+         last_order_date = GREATEST(v.last_order_date, EXCLUDED.last_order_date)`,
+      [customers.map((c) => c.customer_id), customers.map((c) => c.spent), customers.map((c) => c.orders), customers.map((c) => c.last_order_date)],
+    );
+  }
+  if (hours.length > 0) {
+    await client.query(
+      `INSERT INTO hourly_sales_view AS v (hour_timestamp, total_orders, total_revenue)
+       SELECT hour, sum(orders), sum(revenue)
+         FROM unnest($1::timestamp[], $2::int[], $3::numeric[]) AS d (hour, orders, revenue)
+        GROUP BY hour ORDER BY hour
+       ON CONFLICT (hour_timestamp) DO UPDATE SET
+         total_orders = v.total_orders + EXCLUDED.total_orders,
+         total_revenue = v.total_revenue + EXCLUDED.total_revenue`,
+      [hours.map((h) => h.hour), hours.map((h) => h.orders), hours.map((h) => h.revenue)],
+    );
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * Group commit for the projection: each BullMQ job hands its item here and
+ * waits; items are flushed together when `size` have gathered or `waitMs`
+ * after the first one arrived, and every waiter gets the batch's outcome.
+ */
+export class Batcher<T, R> {
+  private pending: { item: T; resolve: (r: R) => void; reject: (e: unknown) => void }[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight = new Set<Promise<void>>();
+
+  constructor(
+    private readonly flushFn: (items: T[]) => Promise<Map<T, R> | R[]>,
+    private readonly size: number,
+    private readonly waitMs: number,
+  ) {}
+
+  submit(item: T): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      this.pending.push({ item, resolve, reject });
+      if (this.pending.length >= this.size) this.flush();
+      else this.timer ??= setTimeout(() => this.flush(), this.waitMs);
+    });
+  }
+
+  /** Resolves when every batch handed out so far has settled. */
+  async drain(): Promise<void> {
+    if (this.pending.length > 0) this.flush();
+    await Promise.allSettled([...this.inFlight]);
+  }
+
+  private flush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
+    const run = this.flushFn(batch.map((b) => b.item)).then(
+      (results) => {
+        batch.forEach((b, i) => b.resolve((Array.isArray(results) ? results[i] : results.get(b.item)) as R));
+      },
+      (err: unknown) => batch.forEach((b) => b.reject(err)),
+    );
+    this.inFlight.add(run);
+    void run.finally(() => this.inFlight.delete(run));
+  }
+}

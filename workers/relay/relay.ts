@@ -1,0 +1,153 @@
+import pgListen, { type Subscriber } from 'pg-listen';
+import type { Queue } from 'bullmq';
+import type { Config } from '../../lib/config.js';
+import type { Logger } from '../../lib/logger.js';
+import { toJob, type EventJobData } from '../../lib/queue.js';
+import { withTransaction, type Pool } from '../../db/pool.js';
+
+export const OUTBOX_CHANNEL = 'outbox';
+
+interface OutboxRow {
+  id: number;
+  topic: string;
+  payload: unknown;
+  created_at: string;
+}
+
+/**
+ * Move one batch of unpublished outbox rows to the queue. The rows stay
+ * locked (SKIP LOCKED lets other relays take the next ones) until they are in
+ * Redis and marked published in the same transaction: if Redis refuses,
+ * nothing is marked, and if we die after addBulk but before COMMIT the rows
+ * are enqueued again under the same job ids, which BullMQ and then
+ * processed_events deduplicate.
+ *
+ * No cursor is kept: each claim looks for published_at IS NULL from the
+ * lowest id, so a row whose transaction commits late is never skipped.
+ */
+export async function relayBatch(pool: Pool, queue: Queue<EventJobData>, config: Config): Promise<number> {
+  return withTransaction(pool, async (client) => {
+    const { rows } = await client.query<OutboxRow>({
+      name: 'claim_outbox',
+      text: `SELECT id, topic, payload, created_at FROM outbox
+              WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`,
+      values: [config.RELAY_BATCH_SIZE],
+    });
+    if (rows.length === 0) return 0;
+    await queue.addBulk(rows.map((r) => toJob(config, r)));
+    await client.query({
+      name: 'mark_published',
+      text: `UPDATE outbox SET published_at = clock_timestamp() AT TIME ZONE 'UTC' WHERE id = ANY ($1::int[])`,
+      values: [rows.map((r) => r.id)],
+    });
+    return rows.length;
+  });
+}
+
+/**
+ * The relay loop: a notification or the poll timer wakes it; it drains the
+ * outbox batch by batch and sleeps again. LISTEN runs on its own connection
+ * (pg-listen), checked every few seconds, and reconnects forever; a
+ * reconnect triggers a catch-up pass, and the poll covers anything missed.
+ */
+export class Relay {
+  private subscriber: Subscriber | undefined;
+  private wake: (() => void) | undefined;
+  private woken = false;
+  private stopped = false;
+  private loopDone: Promise<void> | undefined;
+  relayed = 0;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly queue: Queue<EventJobData>,
+    private readonly config: Config,
+    private readonly log: Logger,
+    private readonly onBatch: (n: number) => void = () => undefined,
+  ) {}
+
+  async start(): Promise<void> {
+    this.subscriber = pgListen.default(
+      { connectionString: this.config.DATABASE_URL, application_name: 'relay-listen' },
+      {
+        paranoidChecking: 5000,
+        retryInterval: (attempt: number) => Math.min(100 * 2 ** attempt, 5000),
+        retryTimeout: 0, // 0 disables pg-listen's default give-up after 3 s
+        parse: (s: string) => s, // payload is a constant wake-up, not JSON
+      },
+    );
+    this.subscriber.notifications.on(OUTBOX_CHANNEL, () => this.notify());
+    this.subscriber.events.on('connected', () => {
+      this.log.info('listening for outbox notifications');
+      this.notify(); // catch up on whatever was written while we were not listening
+    });
+    this.subscriber.events.on('reconnect', (attempt) => this.log.warn({ attempt }, 'LISTEN connection lost; reconnecting'));
+    this.subscriber.events.on('error', (err) => this.log.error({ err: err.message }, 'LISTEN connection error'));
+    void this.connectListener();
+    this.loopDone = this.loop();
+  }
+
+  /** Cut the current sleep short. */
+  notify(): void {
+    this.woken = true;
+    this.wake?.();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.notify();
+    await this.loopDone;
+    await this.subscriber?.close().catch(() => undefined);
+  }
+
+  private async connectListener(): Promise<void> {
+    // The first connect is ours to retry; after that pg-listen reconnects by itself.
+    for (let attempt = 0; !this.stopped; attempt++) {
+      try {
+        await this.subscriber!.connect();
+        await this.subscriber!.listenTo(OUTBOX_CHANNEL);
+        return;
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message, attempt }, 'LISTEN connect failed; polling meanwhile');
+        await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** attempt, 5000)));
+      }
+    }
+  }
+
+  private async loop(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      this.woken = false;
+      try {
+        const n = await relayBatch(this.pool, this.queue, this.config);
+        failures = 0;
+        if (n > 0) {
+          this.relayed += n;
+          this.onBatch(n);
+          this.log.debug({ events: n }, 'relayed');
+          if (n === this.config.RELAY_BATCH_SIZE) continue; // more waiting: no sleep
+        }
+      } catch (err) {
+        failures++;
+        this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published');
+        await this.sleep(Math.min(100 * 2 ** failures, 5000));
+        continue;
+      }
+      if (!this.woken) await this.sleep(this.config.RELAY_POLL_MS);
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wake = () => {
+        this.wake = undefined;
+        done();
+      };
+    });
+  }
+}
