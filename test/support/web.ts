@@ -16,6 +16,9 @@ export async function startTestWeb(overrides: Record<string, string> = {}): Prom
   const web = await startWeb(env.config, testLog);
   const write = new pg.Pool({ connectionString: env.config.DATABASE_URL, max: 4 });
   const read = new pg.Pool({ connectionString: env.config.READ_DATABASE_URL, max: 4 });
+  // Idle clients are terminated when the run drops its databases; that is expected, not a failure.
+  write.on('error', () => undefined);
+  read.on('error', () => undefined);
   return {
     env,
     web,
