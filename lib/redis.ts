@@ -32,6 +32,16 @@ export function createRedis(url: string, role: 'worker' | 'producer', log: Logge
 /** BullMQ needs noeviction: an evicted job key is a lost event until the reconciler notices. */
 export async function checkEvictionPolicy(redis: Redis, log: Logger): Promise<void> {
   try {
+    if (redis.status !== 'ready') {
+      // A fail-fast client refuses commands until connected; give it a moment.
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('Redis not ready within 5 s')), 5000);
+        redis.once('ready', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
     const reply = (await redis.config('GET', 'maxmemory-policy')) as string[];
     const policy = reply[1];
     if (policy !== 'noeviction') {

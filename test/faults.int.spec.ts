@@ -192,11 +192,15 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
 
     it('Redis FLUSHALL mid-burst, then Redis killed and restarted empty: the reconciler re-enqueues what was lost', async () => {
       const products = await catalogue(f);
+      // Stop every worker so published jobs pile up in Redis, where the flush will lose them.
+      for (const p of procs) if (p.script.includes('projector')) await p.signal('SIGKILL');
       const admin = new Redis(redis.url, { maxRetriesPerRequest: 1 });
       admin.on('error', () => undefined); // this test kills the server under it
       try {
         const load = burst(f, products, 200, 'flush');
-        await sleep(500);
+        await sleep(1000);
+        const waiting = await admin.keys(`${f.env.config.QUEUE_PREFIX}:*`);
+        assert.ok(waiting.length > 0, 'jobs are waiting in Redis before the flush');
         await admin.flushall(); // the private redis-server of this test, never the machine's
         await sleep(500);
         await redis.kill();
@@ -206,6 +210,8 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
       } finally {
         admin.disconnect();
       }
+      spawnProc('workers/projector/main.js');
+      spawnProc('workers/projector/main.js');
       await waitForDrain(f.write, f.read, 90_000);
       await assertConsistent(f.write, f.read);
       // The flush lost jobs that were already marked published: only the reconciler brings those back.
@@ -220,6 +226,88 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
       assert.equal(rs.code, 0, r.output.slice(-2000));
       assert.equal(ws.code, 0, w.output.slice(-2000));
       assert.ok(rs.ms < 10_000 && ws.ms < 10_000, `took ${rs.ms} and ${ws.ms} ms`);
+    });
+  });
+
+  describe('Redis outages and the polling backstop', () => {
+    let f: WebFixture;
+    let redis: PrivateRedis;
+    let relay: RelayHandle | undefined;
+    let worker: ProjectorHandle | undefined;
+
+    beforeEach(async () => {
+      redis = await PrivateRedis.start();
+      f = await startTestWeb({ REDIS_URL: redis.url, RECONCILE_INTERVAL_MS: '300', RECONCILE_GRACE_MS: '500' });
+    });
+    afterEach(async () => {
+      await relay?.stop();
+      await worker?.stop();
+      relay = worker = undefined;
+      await f.stop();
+      await redis.kill();
+    });
+
+    it('while Redis is down nothing is marked published, and everything flows once it is back', async () => {
+      relay = await startRelay(f.env.config, testLog);
+      worker = await startProjector(f.env.config, testLog);
+      const products = await catalogue(f);
+      await redis.kill();
+      await burst(f, products, 20, 'down');
+      await sleep(1500);
+      const { rows } = await f.write.query<{ n: string }>('SELECT count(*)::text AS n FROM outbox WHERE published_at IS NOT NULL');
+      assert.equal(rows[0]!.n, '0');
+      await redis.start();
+      await waitForDrain(f.write, f.read, 30_000);
+      await assertConsistent(f.write, f.read);
+    });
+
+    it('events still flow by polling when no notification ever arrives', async () => {
+      await f.write.query('DROP TRIGGER outbox_notify ON outbox');
+      f.env.config.RELAY_POLL_MS = 200;
+      relay = await startRelay(f.env.config, testLog);
+      worker = await startProjector(f.env.config, testLog);
+      await burst(f, await catalogue(f), 20, 'poll');
+      await waitForDrain(f.write, f.read, 10_000);
+      await assertConsistent(f.write, f.read);
+    });
+
+    it('an event that cannot apply ends in the failed set after its attempts, and replay-failed sends it back', async () => {
+      f.env.config.JOB_ATTEMPTS = 2;
+      f.env.config.JOB_BACKOFF_MS = 10;
+      worker = await startProjector(f.env.config, testLog);
+      const queue = new Queue(f.env.config.QUEUE_NAME, { connection: { url: redis.url }, prefix: f.env.config.QUEUE_PREFIX });
+      queue.on('error', () => undefined);
+      try {
+        await queue.add('order.created', { event_id: '1', topic: 'order.created', payload: { id: 1 }, created_at: '2026-01-01T00:00:00Z' }, { jobId: jobIdFor(1), attempts: 2 });
+        for (let i = 0; i < 50 && (await queue.getJobCounts('failed')).failed === 0; i++) await sleep(100);
+        assert.equal((await queue.getJobCounts('failed')).failed, 1);
+        const job = await queue.getJob(jobIdFor(1));
+        assert.match(job?.failedReason ?? '', /order\.created payload/);
+        const firstTry = job!.processedOn!;
+        const out = await new Proc('scripts/replay-failed.js', { ...f.env.env, REDIS_URL: redis.url }).run();
+        assert.match(out, /replayed 1 failed job/);
+        // The worker takes it again (and, the payload being what it is, fails it again).
+        let again = firstTry;
+        for (let i = 0; i < 50 && again === firstTry; i++) {
+          await sleep(100);
+          again = (await queue.getJob(jobIdFor(1)))?.processedOn ?? firstTry;
+        }
+        assert.ok(again > firstTry, 'the replayed job was processed again');
+      } finally {
+        await queue.close();
+      }
+    });
+
+    it('warns at start when Redis may evict keys (maxmemory-policy is not noeviction)', async () => {
+      const admin = new Redis(redis.url);
+      await admin.config('SET', 'maxmemory-policy', 'allkeys-lru');
+      admin.disconnect();
+      const p = new Proc('workers/relay/main.js', { ...f.env.env, REDIS_URL: redis.url, LOG_LEVEL: 'info' }).start();
+      try {
+        await p.waitFor(/maxmemory-policy should be noeviction/);
+      } finally {
+        await p.signal('SIGKILL');
+      }
     });
   });
 

@@ -82,6 +82,21 @@ export class Proc {
     return this;
   }
 
+  /** Run to completion; resolves with the output, rejects on a non-zero exit. */
+  async run(timeoutMs = 30_000): Promise<string> {
+    this.start();
+    const child = this.child!;
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${this.script} still running after ${timeoutMs} ms`)), timeoutMs);
+      child.once('exit', (c) => {
+        clearTimeout(timer);
+        resolve(c);
+      });
+    });
+    if (code !== 0) throw new Error(`${this.script} exited ${code}: ${this.output}`);
+    return this.output;
+  }
+
   async signal(sig: NodeJS.Signals): Promise<{ code: number | null; ms: number }> {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return { code: child?.exitCode ?? null, ms: 0 };

@@ -18,6 +18,8 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   const readPool = createPool(config.READ_DATABASE_URL, 1, log, 'relay-reconciler');
   const redis = createRedis(config.REDIS_URL, 'producer', log, 'relay');
   const queue = createQueue(config, redis);
+  // Connection errors are already logged once per outage by createRedis.
+  queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   await checkEvictionPolicy(redis, log).catch(() => undefined);
 
   const relay = new Relay(writePool, queue, config, log);
