@@ -1,0 +1,136 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { Redis } from 'ioredis';
+import { migrate } from '../db/migrate.js';
+import { createLogger } from '../lib/logger.js';
+import { projectRoot } from '../lib/paths.js';
+
+export const log = createLogger('warn', 'bench');
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface BenchEnv {
+  env: Record<string, string>;
+  writeUrl: string;
+  readUrl: string;
+  write: pg.Pool;
+  read: pg.Pool;
+  drop(): Promise<void>;
+}
+
+const ADMIN = process.env.BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+const REDIS = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+function urlFor(db: string): string {
+  const u = new URL(ADMIN);
+  u.pathname = `/${db}`;
+  return u.toString();
+}
+
+/** Private, migrated databases and a Redis prefix for one benchmark. */
+export async function benchEnv(tag: string): Promise<BenchEnv> {
+  const id = `${tag}_${Date.now().toString(36)}`;
+  const writeUrl = urlFor(`op_bench_${id}_w`);
+  const readUrl = urlFor(`op_bench_${id}_r`);
+  await migrate(writeUrl, 'write', log);
+  await migrate(readUrl, 'read', log);
+  const prefix = `op-bench-${id}`;
+  const write = new pg.Pool({ connectionString: writeUrl, max: 4 });
+  const read = new pg.Pool({ connectionString: readUrl, max: 4 });
+  write.on('error', () => undefined);
+  read.on('error', () => undefined);
+  return {
+    env: { DATABASE_URL: writeUrl, READ_DATABASE_URL: readUrl, REDIS_URL: REDIS, QUEUE_PREFIX: prefix, LOG_LEVEL: 'warn' },
+    writeUrl,
+    readUrl,
+    write,
+    read,
+    async drop() {
+      await write.end();
+      await read.end();
+      const c = new pg.Client({ connectionString: ADMIN });
+      await c.connect();
+      for (const u of [writeUrl, readUrl]) await c.query(`DROP DATABASE IF EXISTS ${new URL(u).pathname.slice(1)} WITH (FORCE)`);
+      await c.end();
+      const r = new Redis(REDIS);
+      let cursor = '0';
+      do {
+        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+        cursor = next;
+        if (keys.length) await r.del(...keys);
+      } while (cursor !== '0');
+      r.disconnect();
+    },
+  };
+}
+
+/** Seed `n` products with ample stock; returns their ids. */
+export async function seedProducts(pool: pg.Pool, n: number, stock = 1_000_000_000): Promise<number[]> {
+  const { rows } = await pool.query<{ id: number }>(
+    `INSERT INTO products (name, category, price, stock)
+     SELECT 'Product ' || g, 'category-' || (g % 20), ((g * 37) % 9000 + 99) / 100.0, $2
+       FROM generate_series(1, $1) g RETURNING id`,
+    [n, stock],
+  );
+  return rows.map((r) => r.id);
+}
+
+export function startProc(script: string, env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', script)], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+  return child;
+}
+
+export async function stopProc(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+export async function waitForHttp(url: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(url)).ok) return;
+    } catch {
+      // not up yet
+    }
+    await sleep(100);
+  }
+  throw new Error(`${url} did not answer in ${timeoutMs} ms`);
+}
+
+/** A random order of 1–3 items over the given products. */
+export function randomOrder(products: number[], customers = 10_000): { customer_id: number; items: { product_id: number; quantity: number }[] } {
+  const n = 1 + Math.floor(Math.random() * 3);
+  const items = Array.from({ length: n }, () => ({ product_id: products[Math.floor(Math.random() * products.length)]!, quantity: 1 + Math.floor(Math.random() * 3) }));
+  return { customer_id: 1 + Math.floor(Math.random() * customers), items };
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/** pgbench running place_order() with random 1–3 item orders, the same transaction the API runs. */
+export function pgbenchPlaceOrder(url: string, products: number, seconds: number, clients: number): { tps: number; latencyMs: number } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opbench-'));
+  const scripts = [1, 2, 3].map((n) => {
+    const vars = Array.from({ length: n }, (_, i) => `\\set p${i} random(1, ${products})\n\\set q${i} random(1, 3)`).join('\n');
+    const ids = Array.from({ length: n }, (_, i) => `:p${i}`).join(',');
+    const qs = Array.from({ length: n }, (_, i) => `:q${i}`).join(',');
+    const file = path.join(dir, `order${n}.sql`);
+    fs.writeFileSync(file, `\\set c random(1, 10000)\n${vars}\nSELECT place_order(:c, ARRAY[${ids}]::int[], ARRAY[${qs}]::int[], NULL, NULL);\n`);
+    return file;
+  });
+  const u = new URL(url);
+  const args = ['-h', u.hostname, '-p', u.port || '5432', '-U', u.username || 'postgres', '-n', '-M', 'prepared', '-c', String(clients), '-j', '2', '-T', String(seconds), ...scripts.flatMap((s) => ['-f', s]), u.pathname.slice(1)];
+  const res = spawnSync('pgbench', args, { encoding: 'utf8' });
+  fs.rmSync(dir, { recursive: true, force: true });
+  if (res.status !== 0) throw new Error(`pgbench failed: ${res.stderr}`);
+  const tps = Number(/tps = ([\d.]+)/.exec(res.stdout)?.[1]);
+  const latencyMs = Number(/latency average = ([\d.]+) ms/.exec(res.stdout)?.[1]);
+  return { tps, latencyMs };
+}

@@ -1,0 +1,198 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+import autocannon from 'autocannon';
+import { projectRoot } from '../lib/paths.js';
+import {
+  benchEnv,
+  percentile,
+  pgbenchPlaceOrder,
+  randomOrder,
+  seedProducts,
+  sleep,
+  startProc,
+  stopProc,
+  waitForHttp,
+  type BenchEnv,
+} from './lib.js';
+
+/**
+ * npm run bench [-- --only intake,freshness,drain] [--seconds N] [--backlog N]
+ * Each section runs on private databases; the machine's own limit (pgbench on
+ * the same transaction) is measured in the same run, because ratios are what
+ * survive a noisy machine.
+ */
+const args = process.argv.slice(2);
+function opt(name: string, def: string): string {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 && args[i + 1] ? args[i + 1]! : def;
+}
+const only = new Set(opt('only', 'intake,freshness,drain').split(','));
+const SECONDS = Number(opt('seconds', '15'));
+const BACKLOG = Number(opt('backlog', '50000'));
+const PRODUCTS = 1000;
+
+type Row = { section: string; measure: string; value: string; reference?: string; ratio?: string };
+const rows: Row[] = [];
+const results: Record<string, unknown> = {};
+
+async function withWeb<T>(env: BenchEnv, port: number, fn: (base: string) => Promise<T>): Promise<T> {
+  const web = startProc('api/main.js', { ...env.env, PORT: String(port), LOG_LEVEL: 'warn' });
+  try {
+    await waitForHttp(`http://127.0.0.1:${port}/healthz`);
+    return await fn(`http://127.0.0.1:${port}`);
+  } finally {
+    await stopProc(web);
+  }
+}
+
+async function intake(): Promise<void> {
+  const env = await benchEnv('intake');
+  try {
+    const products = await seedProducts(env.write, PRODUCTS);
+    const http = await withWeb(env, 3901, async (base) => {
+      const result = await autocannon({
+        url: `${base}/orders`,
+        connections: 32,
+        duration: SECONDS,
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify(randomOrder(products)) }) }],
+      });
+      return result;
+    });
+    const ok = http['2xx'];
+    const ordersPerSec = ok / SECONDS;
+    const pgb = pgbenchPlaceOrder(env.writeUrl, PRODUCTS, SECONDS, 32);
+    results.intake = {
+      http: { ordersPerSec, non2xx: http.non2xx, errors: http.errors, latencyMs: { p50: http.latency.p50, p99: http.latency.p99, max: http.latency.max } },
+      pgbench: pgb,
+      ratio: ordersPerSec / pgb.tps,
+    };
+    rows.push({ section: 'intake', measure: 'POST /orders (32 conns, 1–3 items)', value: `${ordersPerSec.toFixed(0)} orders/s`, reference: `pgbench place_order: ${pgb.tps.toFixed(0)} tps`, ratio: (ordersPerSec / pgb.tps).toFixed(2) });
+    rows.push({ section: 'intake', measure: 'POST /orders latency p50 / p99', value: `${http.latency.p50} / ${http.latency.p99} ms`, reference: `pgbench avg ${pgb.latencyMs} ms` });
+  } finally {
+    await env.drop();
+  }
+}
+
+/** Paced orders; a sample of them is timed from the 201 until its event is in read_db. */
+async function freshness(rate: number, seconds: number, env: BenchEnv, base: string, products: number[]): Promise<{ p50: number; p99: number; samples: number }> {
+  const latencies: number[] = [];
+  const pending: Promise<void>[] = [];
+  const interval = 1000 / rate;
+  const start = Date.now();
+  let sent = 0;
+  while (Date.now() - start < seconds * 1000) {
+    const due = start + sent * interval;
+    const wait = due - Date.now();
+    if (wait > 0) await sleep(wait);
+    const sample = sent % 5 === 0;
+    sent++;
+    pending.push(
+      (async () => {
+        const res = await fetch(`${base}/orders`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(randomOrder(products)) });
+        const committed = performance.now();
+        const token = res.headers.get('x-consistency-token');
+        await res.arrayBuffer();
+        if (!sample || !token) return;
+        for (;;) {
+          const { rowCount } = await env.read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [token]);
+          if (rowCount) break;
+          await sleep(1);
+        }
+        latencies.push(performance.now() - committed);
+      })(),
+    );
+  }
+  await Promise.all(pending);
+  latencies.sort((a, b) => a - b);
+  return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length };
+}
+
+async function freshnessSection(): Promise<void> {
+  const env = await benchEnv('fresh');
+  const relay = startProc('workers/relay/main.js', env.env);
+  const worker = startProc('workers/projector/main.js', env.env);
+  try {
+    const products = await seedProducts(env.write, PRODUCTS);
+    await withWeb(env, 3902, async (base) => {
+      await freshness(50, 2, env, base, products); // warm-up
+      const intakeRate = (results.intake as { http?: { ordersPerSec: number } } | undefined)?.http?.ordersPerSec;
+      const rates = [200, ...(intakeRate ? [Math.round(intakeRate * 0.8)] : [])];
+      const out: Record<string, unknown> = {};
+      for (const rate of rates) {
+        const r = await freshness(rate, Math.min(SECONDS, 10), env, base, products);
+        out[`${rate}/s`] = r;
+        rows.push({ section: 'freshness', measure: `commit → read_db at ${rate} orders/s (p50 / p99)`, value: `${r.p50.toFixed(1)} / ${r.p99.toFixed(1)} ms`, reference: `${r.samples} samples` });
+      }
+      results.freshness = out;
+    });
+  } finally {
+    await Promise.all([stopProc(relay), stopProc(worker)]);
+    await env.drop();
+  }
+}
+
+async function drainOnce(workers: number): Promise<number> {
+  const env = await benchEnv(`drain${workers}`);
+  try {
+    await seedProducts(env.write, PRODUCTS);
+    // A standing backlog: orders written straight through place_order, all published before any worker starts.
+    // (500 per transaction: one huge transaction re-updating the same product rows gets slow.)
+    for (let from = 1; from <= BACKLOG; from += 500) {
+      await env.write.query(
+        `SELECT place_order(1 + (g % 5000), ARRAY[1 + (g % ${PRODUCTS}), 1 + ((g * 7) % ${PRODUCTS})], ARRAY[1 + (g % 3), 1], NULL, NULL)
+           FROM generate_series($1::int, $2::int) g`,
+        [from, Math.min(BACKLOG, from + 499)],
+      );
+    }
+    const relay = startProc('workers/relay/main.js', env.env);
+    for (;;) {
+      const { rows: r } = await env.write.query<{ n: string }>('SELECT count(*)::text AS n FROM outbox WHERE published_at IS NULL');
+      if (r[0]!.n === '0') break;
+      await sleep(200);
+    }
+    const t0 = performance.now();
+    const procs = Array.from({ length: workers }, () => startProc('workers/projector/main.js', env.env));
+    for (;;) {
+      const { rows: r } = await env.read.query<{ n: string }>('SELECT count(*)::text AS n FROM processed_events');
+      if (Number(r[0]!.n) >= BACKLOG) break;
+      await sleep(50);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    await Promise.all([relay, ...procs].map(stopProc));
+    return BACKLOG / seconds;
+  } finally {
+    await env.drop();
+  }
+}
+
+async function drain(): Promise<void> {
+  const one = await drainOnce(1);
+  const two = await drainOnce(2);
+  results.drain = { backlog: BACKLOG, oneWorker: one, twoWorkers: two };
+  rows.push({ section: 'drain', measure: `${BACKLOG} events, 1 worker process (incl. start-up)`, value: `${one.toFixed(0)} events/s` });
+  rows.push({ section: 'drain', measure: `${BACKLOG} events, 2 worker processes`, value: `${two.toFixed(0)} events/s` });
+}
+
+async function main(): Promise<void> {
+  if (only.has('intake')) await intake();
+  if (only.has('freshness')) await freshnessSection();
+  if (only.has('drain')) await drain();
+  const widths = [10, 48, 22, 32, 6];
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ');
+  console.log(line(['section', 'measure', 'value', 'reference (same run)', 'ratio']));
+  console.log(widths.map((w) => '-'.repeat(w)).join('-|-'));
+  for (const r of rows) console.log(line([r.section, r.measure, r.value, r.reference ?? '', r.ratio ?? '']));
+  const dir = path.join(projectRoot, 'bench', 'results');
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds: SECONDS, results, table: rows }, null, 2));
+  console.log(`\nwritten ${path.relative(projectRoot, file)}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
