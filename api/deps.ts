@@ -2,7 +2,10 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import type { Pool } from '../db/pool.js';
+import type { Queue } from 'bullmq';
 import type { ApiMetrics } from './metrics.js';
+import type { ConsistencyWaiter } from './consistency.js';
+import type { EventJobData } from '../lib/queue.js';
 
 /** Everything a request handler may use, built once by the web process. */
 export interface Deps {
@@ -13,4 +16,7 @@ export interface Deps {
   /** Fail-fast client (no offline queue) used for readiness and queue counts. */
   redis: Redis;
   metrics: ApiMetrics;
+  /** For queue counts on /metrics and Bull Board. */
+  queue: Queue<EventJobData>;
+  consistency: ConsistencyWaiter;
 }

@@ -1,6 +1,7 @@
 import { sendJson } from './http.js';
 import type { Route } from './router.js';
 import type { Deps } from './deps.js';
+import { renderMetrics } from './metrics.js';
 
 const CHECK_TIMEOUT_MS = 2000;
 
@@ -54,7 +55,7 @@ export const healthRoutes: Route[] = [
     method: 'GET',
     path: '/metrics',
     async handler({ res, deps }) {
-      const text = await deps.metrics.registry.metrics();
+      const text = await renderMetrics(deps.metrics, deps.redis, deps.config.QUEUE_PREFIX);
       res.writeHead(200, { 'Content-Type': deps.metrics.registry.contentType });
       res.end(text);
     },

@@ -1,4 +1,9 @@
 import client from 'prom-client';
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Pool } from '../db/pool.js';
+import type { EventJobData } from '../lib/queue.js';
+import { readPushedMetrics } from '../lib/metrics-push.js';
 
 export interface ApiMetrics {
   registry: client.Registry;
@@ -6,9 +11,53 @@ export interface ApiMetrics {
   ordersChanged: client.Counter<'event' | 'replayed'>;
 }
 
-export function createApiMetrics(): ApiMetrics {
+export interface ScrapeSources {
+  writePool: Pool;
+  queue: Queue<EventJobData>;
+}
+
+/** The web process's own metrics, plus gauges read at scrape time from write_db and Redis. */
+export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry });
+  if (sources) {
+    new client.Gauge({
+      name: 'outbox_unpublished_events',
+      help: 'Outbox rows not yet relayed to the queue',
+      registers: [registry],
+      async collect() {
+        try {
+          const { rows } = await sources.writePool.query<{ n: number; age: number | null }>(
+            `SELECT count(*) AS n, extract(epoch FROM (now() AT TIME ZONE 'UTC') - min(created_at))::float8 AS age
+               FROM outbox WHERE published_at IS NULL`,
+          );
+          this.set(rows[0]?.n ?? 0);
+          oldest.set(Math.max(0, rows[0]?.age ?? 0));
+        } catch {
+          // write_db unreachable: /readyz says so; keep serving the other series.
+        }
+      },
+    });
+    const oldest = new client.Gauge({
+      name: 'outbox_oldest_unpublished_age_seconds',
+      help: 'Age of the oldest unpublished outbox row (0 when none)',
+      registers: [registry],
+    });
+    new client.Gauge({
+      name: 'queue_jobs',
+      help: 'BullMQ jobs by state',
+      labelNames: ['state'],
+      registers: [registry],
+      async collect() {
+        try {
+          const counts = await sources.queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed', 'prioritized');
+          for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
+        } catch {
+          // Redis unreachable: /readyz says so; keep serving the other series.
+        }
+      },
+    });
+  }
   return {
     registry,
     httpDuration: new client.Histogram({
@@ -25,4 +74,16 @@ export function createApiMetrics(): ApiMetrics {
       registers: [registry],
     }),
   };
+}
+
+/** Prometheus text: this process's metrics summed with those relays and workers pushed to Redis. */
+export async function renderMetrics(metrics: ApiMetrics, redis: Redis, prefix: string): Promise<string> {
+  const local = await metrics.registry.getMetricsAsJSON();
+  let pushed: Awaited<ReturnType<typeof readPushedMetrics>> = [];
+  try {
+    pushed = await readPushedMetrics(redis, prefix);
+  } catch {
+    // Redis down: relays' and workers' series are missing until it is back.
+  }
+  return client.AggregatorRegistry.aggregate([local, ...pushed]).metrics();
 }

@@ -8,13 +8,18 @@ import { healthRoutes } from './health.js';
 import { productRoutes } from './products.js';
 import { orderRoutes } from './orders.js';
 import { createApiMetrics } from './metrics.js';
+import { analyticsRoutes } from './analytics.js';
+import { openapiRoutes } from './openapi.js';
+import { BOARD_PATH, createBoardHandler } from './board.js';
+import { ConsistencyWaiter } from './consistency.js';
+import { createQueue } from '../lib/queue.js';
 import { createPool } from '../db/pool.js';
 import { createRedis } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import { once, type Handle } from '../lib/lifecycle.js';
 
-export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes];
+export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...openapiRoutes];
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 /** Connection-level failures of PostgreSQL or Redis: the request was fine, a backing service is not. */
@@ -33,9 +38,14 @@ function classify(err: unknown): ApiError | undefined {
   return undefined;
 }
 
-export function createRequestListener(deps: Deps, extraRoutes: Route[] = []): http.RequestListener {
-  const table = compile([...extraRoutes, ...routes]);
+export function createRequestListener(deps: Deps): http.RequestListener {
+  const table = compile(routes);
+  const board = deps.config.ADMIN_PASSWORD ? createBoardHandler(deps.queue, deps.config.ADMIN_PASSWORD) : undefined;
   return (req, res) => {
+    if (board && (req.url === BOARD_PATH || req.url?.startsWith(`${BOARD_PATH}/`) || req.url?.startsWith(`${BOARD_PATH}?`))) {
+      board(req, res);
+      return;
+    }
     const started = process.hrtime.bigint();
     const header = req.headers['x-request-id'];
     const requestId = typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID();
@@ -77,13 +87,20 @@ export function createRequestListener(deps: Deps, extraRoutes: Route[] = []): ht
 }
 
 export function buildDeps(config: Config, log: Logger): Deps {
+  const writePool = createPool(config.DATABASE_URL, config.WRITE_POOL_SIZE, log, 'web-write');
+  const readPool = createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read');
+  const redis = createRedis(config.REDIS_URL, 'producer', log, 'web');
+  const queue = createQueue(config, redis);
+  queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   return {
     config,
     log,
-    writePool: createPool(config.DATABASE_URL, config.WRITE_POOL_SIZE, log, 'web-write'),
-    readPool: createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read'),
-    redis: createRedis(config.REDIS_URL, 'producer', log, 'web'),
-    metrics: createApiMetrics(),
+    writePool,
+    readPool,
+    redis,
+    queue,
+    metrics: createApiMetrics({ writePool, queue }),
+    consistency: new ConsistencyWaiter(readPool, config.READ_DATABASE_URL, log),
   };
 }
 
@@ -94,6 +111,7 @@ export interface WebHandle extends Handle {
 
 /** Procfile `web`: the HTTP API on config.PORT. */
 export async function startWeb(config: Config, log: Logger, deps = buildDeps(config, log)): Promise<WebHandle> {
+  await deps.consistency.start();
   const server = http.createServer({ requestTimeout: 30_000, keepAliveTimeout: 65_000 }, createRequestListener(deps));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -101,12 +119,14 @@ export async function startWeb(config: Config, log: Logger, deps = buildDeps(con
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.PORT;
-  log.info({ port }, 'web listening');
+  log.info({ port, board: config.ADMIN_PASSWORD ? BOARD_PATH : 'off (ADMIN_PASSWORD unset)' }, 'web listening');
   const stop = once(async () => {
     // Stop accepting, let in-flight requests finish, then close the backing connections.
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeIdleConnections();
     await closed;
+    await deps.consistency.stop();
+    await deps.queue.close().catch(() => undefined);
     await Promise.allSettled([deps.writePool.end(), deps.readPool.end(), deps.redis.quit()]);
   });
   return { server, port, stop };

@@ -1,3 +1,7 @@
+/** A pool or a client inside a transaction: anything that runs a query. */
+export interface Queryable {
+  query: Pool['query'];
+}
 import type { Pool } from './pool.js';
 
 /**
@@ -55,7 +59,7 @@ function canonical(view: ViewName, inner: string): string {
   return `SELECT ${key} AS key, ${cols} FROM (${inner}) t`;
 }
 
-async function load(pool: Pool, view: ViewName, inner: string): Promise<ViewRows> {
+async function load(pool: Queryable, view: ViewName, inner: string): Promise<ViewRows> {
   const { rows } = await pool.query<Record<string, string | null>>(canonical(view, inner));
   const out: ViewRows = new Map();
   for (const r of rows) {
@@ -67,8 +71,8 @@ async function load(pool: Pool, view: ViewName, inner: string): Promise<ViewRows
   return out;
 }
 
-export const expectedView = (write: Pool, view: ViewName) => load(write, view, EXPECTED_SQL[view]);
-export const actualView = (read: Pool, view: ViewName) => load(read, view, ACTUAL_SQL[view]);
+export const expectedView = (write: Queryable, view: ViewName) => load(write, view, EXPECTED_SQL[view]);
+export const actualView = (read: Queryable, view: ViewName) => load(read, view, ACTUAL_SQL[view]);
 
 export interface Difference {
   view: ViewName;
@@ -94,7 +98,7 @@ export function diffRows(view: ViewName, expected: ViewRows, actual: ViewRows): 
 }
 
 /** Every view compared with its recomputation. Empty means the read model is exactly right. */
-export async function compareViews(write: Pool, read: Pool): Promise<Difference[]> {
+export async function compareViews(write: Queryable, read: Queryable): Promise<Difference[]> {
   const diffs = await Promise.all(
     VIEW_NAMES.map(async (v) => diffRows(v, await expectedView(write, v), await actualView(read, v))),
   );
@@ -102,7 +106,7 @@ export async function compareViews(write: Pool, read: Pool): Promise<Difference[
 }
 
 /** Outbox ids with no processed_events row, and processed ids with no outbox row (by chunks of id). */
-export async function compareEventIds(write: Pool, read: Pool): Promise<{ unprocessed: number[]; unknown: string[] }> {
+export async function compareEventIds(write: Queryable, read: Queryable): Promise<{ unprocessed: number[]; unknown: string[] }> {
   const { rows: outbox } = await write.query<{ id: number }>('SELECT id FROM outbox ORDER BY id');
   const { rows: processed } = await read.query<{ event_id: string }>('SELECT event_id FROM processed_events');
   const ids = new Set(outbox.map((r) => String(r.id)));

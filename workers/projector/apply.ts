@@ -1,6 +1,7 @@
 import type { Pool, PoolClient } from '../../db/pool.js';
 import { isRetryable } from '../../db/pool.js';
 import type { Deltas } from './deltas.js';
+import { APPLIED_CHANNEL } from '../../lib/channels.js';
 
 export interface ProjectionEvent {
   event_id: string;
@@ -34,6 +35,8 @@ export async function applyEvents(pool: Pool, events: ProjectionEvent[]): Promis
       await client.query('BEGIN');
       const applied = await recordProcessed(client, ids);
       await addDeltas(client, applied.map((id) => byId.get(id)!.deltas));
+      // Wakes read-your-writes waiters in the web processes once this commits.
+      if (applied.length > 0) await client.query(`SELECT pg_notify('${APPLIED_CHANNEL}', '')`);
       await client.query('COMMIT');
       const fresh = new Set(applied);
       return { applied, duplicates: ids.filter((id) => !fresh.has(id)) };

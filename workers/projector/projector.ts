@@ -9,6 +9,7 @@ import { applyEvents, type ProjectionEvent } from './apply.js';
 import { Batcher } from './batcher.js';
 import { deltasFor, InvalidEventError } from './deltas.js';
 import { createProjectorMetrics, type ProjectorMetrics } from './metrics.js';
+import { startMetricsPush } from '../../lib/metrics-push.js';
 
 export interface ProjectorHandle extends Handle {
   worker: Worker<EventJobData>;
@@ -78,6 +79,8 @@ export async function startProjector(
   });
   worker.on('error', (err) => log.warn({ err: err.message }, 'worker error'));
   await worker.waitUntilReady();
+  const pushRedis = createRedis(config.REDIS_URL, 'producer', log, 'worker-metrics');
+  const stopPush = startMetricsPush(pushRedis, config.QUEUE_PREFIX, 'worker', metrics.registry, log);
   log.info({ queue: config.QUEUE_NAME, concurrency: config.WORKER_CONCURRENCY }, 'worker started');
 
   const stop = once(async () => {
@@ -85,7 +88,8 @@ export async function startProjector(
     const closing = worker.close();
     await batcher.drain();
     await closing;
-    await worker.disconnect().catch(() => undefined);
+    stopPush();
+    pushRedis.disconnect();
     if (!opts.pool) await pool.end();
   });
   return { worker, metrics, stop };

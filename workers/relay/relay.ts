@@ -3,9 +3,9 @@ import type { Queue } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { toJob, type EventJobData } from '../../lib/queue.js';
+import { OUTBOX_CHANNEL } from '../../lib/channels.js';
 import { withTransaction, type Pool } from '../../db/pool.js';
 
-export const OUTBOX_CHANNEL = 'outbox';
 
 interface OutboxRow {
   id: number;

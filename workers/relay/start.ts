@@ -6,6 +6,8 @@ import { checkEvictionPolicy, createRedis } from '../../lib/redis.js';
 import { createPool } from '../../db/pool.js';
 import { Relay } from './relay.js';
 import { Reconciler } from './reconciler.js';
+import { startMetricsPush } from '../../lib/metrics-push.js';
+import client from 'prom-client';
 
 export interface RelayHandle extends Handle {
   relay: Relay;
@@ -22,17 +24,30 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   await checkEvictionPolicy(redis, log).catch(() => undefined);
 
-  const relay = new Relay(writePool, queue, config, log);
+  const registry = new client.Registry();
+  const relayed = new client.Counter({ name: 'relay_events_relayed_total', help: 'Outbox events enqueued and marked published', registers: [registry] });
+  const requeued = new client.Counter({ name: 'reconciler_events_requeued_total', help: 'Published events re-enqueued because Redis had lost their job', registers: [registry] });
+  const watermark = new client.Gauge({ name: 'reconciler_watermark_event_id', help: 'Every outbox id at or below this is applied', registers: [registry] });
+
+  const relay = new Relay(writePool, queue, config, log, (n) => relayed.inc(n));
   const reconciler = new Reconciler(writePool, readPool, queue, redis, config, log);
   await relay.start();
+  const stopPush = startMetricsPush(redis, config.QUEUE_PREFIX, 'relay', registry, log);
 
   let reconciling: Promise<unknown> = Promise.resolve();
   const timer = setInterval(() => {
-    reconciling = reconciler.tick().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'reconcile tick failed'));
+    reconciling = reconciler.tick().then(
+      (r) => {
+        requeued.inc(r.requeued);
+        watermark.set(r.watermark);
+      },
+      (err: unknown) => log.warn({ err: (err as Error).message }, 'reconcile tick failed'),
+    );
   }, config.RECONCILE_INTERVAL_MS);
 
   const stop = once(async () => {
     clearInterval(timer);
+    stopPush();
     await relay.stop();
     await reconciling;
     await queue.close().catch(() => undefined);

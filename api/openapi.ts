@@ -1,0 +1,147 @@
+import { sendJson } from './http.js';
+import type { Route } from './router.js';
+import { PROBLEMS } from './errors.js';
+
+/**
+ * The OpenAPI 3.1 description of the HTTP API, served at /openapi.json.
+ * test/openapi.int.spec.ts checks it against the router and against every
+ * status the server answers in the test battery.
+ */
+
+type Op = { summary: string; body?: string; query?: string[]; headers?: string[]; responses: Record<string, string> };
+
+const problem = (codes: string) => `problem: ${codes}`;
+const json = (schema: string) => `json: ${schema}`;
+const COMMON = { '500': problem('internal_error'), '503': problem('service_unavailable') };
+const BAD_ID = { '400': problem('validation_failed') };
+const ANALYTICS = { '400': problem('validation_failed'), '504': problem('consistency_timeout') };
+
+export const OPERATIONS: Record<string, Op> = {
+  'GET /healthz': { summary: 'Liveness: 200 while the process runs', responses: { '200': json('Health') } },
+  'GET /readyz': { summary: 'Readiness: write_db, read_db and Redis answer', responses: { '200': json('Readiness'), '503': json('Readiness') } },
+  'GET /metrics': { summary: 'Prometheus metrics of this process plus the relays and workers', responses: { '200': 'text/plain' } },
+  'GET /openapi.json': { summary: 'This document', responses: { '200': 'application/json' } },
+  'POST /products': { summary: 'Create a product', body: 'NewProduct', responses: { '201': json('Product'), '400': problem('validation_failed, malformed_json'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type') } },
+  'GET /products': { summary: 'List products (keyset pagination)', query: ['category', 'limit', 'cursor'], responses: { '200': json('ProductPage'), '400': problem('validation_failed') } },
+  'GET /products/{id}': { summary: 'One product', responses: { '200': json('Product'), ...BAD_ID, '404': problem('product_not_found') } },
+  'PATCH /products/{id}': { summary: 'Change name, category, price or stock', body: 'ProductPatch', responses: { '200': json('Product'), '400': problem('validation_failed, malformed_json'), '404': problem('product_not_found'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type') } },
+  'POST /orders': {
+    summary: 'Place an order: stock, order, items and its order.created event in one transaction',
+    body: 'NewOrder',
+    headers: ['Idempotency-Key'],
+    responses: { '201': json('Order'), '400': problem('validation_failed, malformed_json'), '409': problem('insufficient_stock'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type'), '422': problem('unknown_product, idempotency_key_reused, total_out_of_range') },
+  },
+  'GET /orders': { summary: "A customer's orders", query: ['customer_id', 'limit', 'cursor'], responses: { '200': json('OrderPage'), '400': problem('validation_failed') } },
+  'GET /orders/{id}': { summary: 'One order with its items', responses: { '200': json('Order'), ...BAD_ID, '404': problem('order_not_found') } },
+  'POST /orders/{id}/pay': { summary: 'pending → paid', responses: { '200': json('Order'), ...BAD_ID, '404': problem('order_not_found'), '409': problem('invalid_transition') } },
+  'POST /orders/{id}/ship': { summary: 'paid → shipped', responses: { '200': json('Order'), ...BAD_ID, '404': problem('order_not_found'), '409': problem('invalid_transition') } },
+  'POST /orders/{id}/cancel': { summary: 'pending or paid → cancelled; restores stock', responses: { '200': json('Order'), ...BAD_ID, '404': problem('order_not_found'), '409': problem('invalid_transition') } },
+  'GET /analytics/products/top': { summary: 'Top products by revenue or quantity', query: ['by', 'limit'], headers: ['X-Consistency-Token'], responses: { '200': json('ProductSalesPage'), ...ANALYTICS } },
+  'GET /analytics/products/{id}': { summary: "A product's sales", headers: ['X-Consistency-Token'], responses: { '200': json('ProductSales'), ...ANALYTICS } },
+  'GET /analytics/categories': { summary: 'Revenue and orders per category (at time of sale)', headers: ['X-Consistency-Token'], responses: { '200': json('CategoryPage'), ...ANALYTICS } },
+  'GET /analytics/customers/top': { summary: 'Top customers by lifetime value', query: ['limit'], headers: ['X-Consistency-Token'], responses: { '200': json('CustomerPage'), ...ANALYTICS } },
+  'GET /analytics/customers/{id}': { summary: "A customer's lifetime value", headers: ['X-Consistency-Token'], responses: { '200': json('CustomerLtv'), ...ANALYTICS } },
+  'GET /analytics/hourly': { summary: 'Orders and revenue per UTC hour; buckets starting within [from, to]', query: ['from', 'to'], headers: ['X-Consistency-Token'], responses: { '200': json('HourlyPage'), ...ANALYTICS } },
+};
+
+const money = { type: 'string', pattern: '^-?\\d+\\.\\d{2}$', examples: ['19.99'] };
+const moneyIn = { oneOf: [{ type: 'number' }, { type: 'string' }], description: 'At most two decimals, 0 to 99999999.99', examples: [19.99, '19.99'] };
+const ts = { type: 'string', format: 'date-time' };
+const int = { type: 'integer' };
+const page = (item: string) => ({ type: 'object', properties: { items: { type: 'array', items: { $ref: `#/components/schemas/${item}` } }, next_cursor: { type: ['string', 'null'] } } });
+
+const SCHEMAS: Record<string, unknown> = {
+  Problem: {
+    type: 'object',
+    required: ['type', 'title', 'status', 'code'],
+    properties: { type: { type: 'string' }, title: { type: 'string' }, status: int, code: { type: 'string', enum: Object.keys(PROBLEMS) }, detail: { type: 'string' }, instance: { type: 'string' }, field: { type: 'string', description: 'The offending field, for validation_failed' } },
+  },
+  Health: { type: 'object', properties: { status: { type: 'string' } } },
+  Readiness: { type: 'object', properties: { status: { enum: ['ready', 'not_ready'] }, checks: { type: 'object', additionalProperties: { type: 'string' } } } },
+  NewProduct: { type: 'object', additionalProperties: false, required: ['name', 'category', 'price', 'stock'], properties: { name: { type: 'string', maxLength: 255 }, category: { type: 'string', maxLength: 255 }, price: moneyIn, stock: { type: 'integer', minimum: 0 } } },
+  ProductPatch: { type: 'object', additionalProperties: false, minProperties: 1, properties: { name: { type: 'string' }, category: { type: 'string' }, price: moneyIn, stock: { type: 'integer', minimum: 0 } } },
+  Product: { type: 'object', properties: { id: int, name: { type: 'string' }, category: { type: 'string' }, price: money, stock: int, created_at: ts } },
+  ProductPage: page('Product'),
+  NewOrder: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['customer_id', 'items'],
+    properties: {
+      customer_id: { type: 'integer', minimum: 1 },
+      items: { type: 'array', minItems: 1, maxItems: 100, items: { type: 'object', additionalProperties: false, required: ['product_id', 'quantity'], properties: { product_id: { type: 'integer', minimum: 1 }, quantity: { type: 'integer', minimum: 1, maximum: 1000000 } } } },
+    },
+  },
+  Order: {
+    type: 'object',
+    properties: {
+      id: int,
+      customer_id: int,
+      status: { enum: ['pending', 'paid', 'shipped', 'cancelled'] },
+      total: money,
+      created_at: ts,
+      items: { type: 'array', items: { type: 'object', properties: { id: int, product_id: int, category: { type: 'string' }, quantity: int, price: money, line_total: money } } },
+    },
+  },
+  OrderPage: page('Order'),
+  ProductSales: { type: 'object', properties: { product_id: int, total_quantity_sold: int, total_revenue: money, order_count: int } },
+  ProductSalesPage: { type: 'object', properties: { by: { enum: ['revenue', 'quantity'] }, items: { type: 'array', items: { $ref: '#/components/schemas/ProductSales' } } } },
+  Category: { type: 'object', properties: { category_name: { type: 'string' }, total_revenue: money, total_orders: int } },
+  CategoryPage: page('Category'),
+  CustomerLtv: { type: 'object', properties: { customer_id: int, total_spent: money, order_count: int, last_order_date: { type: ['string', 'null'], format: 'date-time' } } },
+  CustomerPage: page('CustomerLtv'),
+  Hourly: { type: 'object', properties: { hour_timestamp: ts, total_orders: int, total_revenue: money } },
+  HourlyPage: { type: 'object', properties: { from: { type: ['string', 'null'] }, to: { type: ['string', 'null'] }, items: { type: 'array', items: { $ref: '#/components/schemas/Hourly' } } } },
+};
+
+const PARAMS: Record<string, { in: 'query' | 'header'; schema: unknown; description: string }> = {
+  category: { in: 'query', schema: { type: 'string' }, description: 'Only products of this category' },
+  limit: { in: 'query', schema: { type: 'integer', minimum: 1 }, description: 'Page size' },
+  cursor: { in: 'query', schema: { type: 'string' }, description: 'next_cursor of the previous page' },
+  customer_id: { in: 'query', schema: { type: 'integer', minimum: 1 }, description: 'The customer (required)' },
+  by: { in: 'query', schema: { enum: ['revenue', 'quantity'] }, description: 'Ranking (default revenue)' },
+  from: { in: 'query', schema: { type: 'string', format: 'date-time' }, description: 'ISO-8601, UTC when no zone' },
+  to: { in: 'query', schema: { type: 'string', format: 'date-time' }, description: 'ISO-8601, UTC when no zone' },
+  'Idempotency-Key': { in: 'header', schema: { type: 'string', maxLength: 255 }, description: 'Retry-safe creation: the same key and body return the original order' },
+  'X-Consistency-Token': { in: 'header', schema: { type: 'string' }, description: 'Token from a write; waits (bounded) until that write is in the read model' },
+};
+
+function response(status: string, what: string): unknown {
+  if (what.startsWith('problem:')) return { description: what.slice(9), content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } } };
+  if (what.startsWith('json:')) return { description: status, content: { 'application/json': { schema: { $ref: `#/components/schemas/${what.slice(6)}` } } } };
+  return { description: status, content: { [what]: {} } };
+}
+
+export function openapiDocument(): Record<string, unknown> {
+  const paths: Record<string, Record<string, unknown>> = {};
+  for (const [key, op] of Object.entries(OPERATIONS)) {
+    const [method, path] = key.split(' ') as [string, string];
+    const params = [
+      ...[...path.matchAll(/\{(\w+)\}/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'integer', minimum: 1 } })),
+      ...[...(op.query ?? []), ...(op.headers ?? [])].map((name) => ({ name, ...PARAMS[name], required: name === 'customer_id' })),
+    ];
+    const responses = Object.fromEntries(Object.entries({ ...op.responses, ...COMMON }).map(([s, w]) => [s, response(s, w)]));
+    paths[path] ??= {};
+    paths[path][method.toLowerCase()] = {
+      summary: op.summary,
+      ...(params.length ? { parameters: params } : {}),
+      ...(op.body ? { requestBody: { required: true, content: { 'application/json': { schema: { $ref: `#/components/schemas/${op.body}` } } } } } : {}),
+      responses,
+    };
+  }
+  return {
+    openapi: '3.1.0',
+    info: { title: 'Order pipeline', version: '0.1.0', description: 'Order intake with a transactional outbox and an exactly-once read model. Errors are RFC 9457 problem details with a stable `code`.' },
+    paths,
+    components: { schemas: SCHEMAS },
+  };
+}
+
+export const openapiRoutes: Route[] = [
+  {
+    method: 'GET',
+    path: '/openapi.json',
+    async handler({ res }) {
+      sendJson(res, 200, openapiDocument());
+    },
+  },
+];

@@ -1,0 +1,52 @@
+import os from 'node:os';
+import client from 'prom-client';
+import type { Redis } from 'ioredis';
+import type { Logger } from './logger.js';
+
+/**
+ * Relays and workers have no HTTP port (Heroku gives one only to `web`), so
+ * each pushes its metrics as JSON into one Redis hash every few seconds; the
+ * web process serves them, summed with its own, on /metrics. Entries of
+ * processes that stopped pushing are dropped after STALE_MS.
+ */
+const PUSH_MS = 5000;
+const STALE_MS = 30_000;
+
+export const metricsKey = (prefix: string) => `${prefix}:metrics`;
+
+export function startMetricsPush(redis: Redis, prefix: string, proc: string, registry: client.Registry, log: Logger): () => void {
+  const field = `${proc}:${os.hostname()}:${process.pid}`;
+  const push = async () => {
+    try {
+      const metrics = await registry.getMetricsAsJSON();
+      await redis.hset(metricsKey(prefix), field, JSON.stringify({ at: Date.now(), metrics }));
+    } catch (err) {
+      log.debug({ err: (err as Error).message }, 'metrics push failed');
+    }
+  };
+  void push();
+  const timer = setInterval(() => void push(), PUSH_MS);
+  timer.unref();
+  return () => {
+    clearInterval(timer);
+    redis.hdel(metricsKey(prefix), field).catch(() => undefined);
+  };
+}
+
+/** The pushed metrics of live processes; stale entries are removed. */
+export async function readPushedMetrics(redis: Redis, prefix: string): Promise<client.MetricObjectWithValues<client.MetricValue<string>>[][]> {
+  const all = await redis.hgetall(metricsKey(prefix));
+  const out: client.MetricObjectWithValues<client.MetricValue<string>>[][] = [];
+  const stale: string[] = [];
+  for (const [field, text] of Object.entries(all)) {
+    try {
+      const entry = JSON.parse(text) as { at: number; metrics: client.MetricObjectWithValues<client.MetricValue<string>>[] };
+      if (Date.now() - entry.at > STALE_MS) stale.push(field);
+      else out.push(entry.metrics);
+    } catch {
+      stale.push(field);
+    }
+  }
+  if (stale.length > 0) await redis.hdel(metricsKey(prefix), ...stale);
+  return out;
+}

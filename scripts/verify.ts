@@ -1,0 +1,83 @@
+import pg from 'pg';
+import { configOrExit } from '../lib/lifecycle.js';
+import { compareEventIds, compareViews, type Difference } from '../db/recompute.js';
+
+/**
+ * npm run verify [-- --wait SECONDS]
+ * Compares every view with SPEC §3's recomputation, at a point where both
+ * databases agree on which events exist: a REPEATABLE READ snapshot of
+ * write_db, then one of read_db, retried until every outbox id in the first is
+ * in processed_events in the second and no other id is (the pipeline has
+ * caught up with that snapshot), or until --wait runs out.
+ * Exit 0 when equal; 1 on any difference or if no consistent point was found.
+ */
+const args = process.argv.slice(2);
+const waitIdx = args.indexOf('--wait');
+const waitSeconds = waitIdx >= 0 ? Number(args[waitIdx + 1]) : 60;
+if (!Number.isFinite(waitSeconds) || waitSeconds < 0) {
+  console.error('verify: --wait takes a number of seconds');
+  process.exit(2);
+}
+
+async function main(): Promise<number> {
+  const config = configOrExit('verify');
+  const write = new pg.Client({ connectionString: config.DATABASE_URL, options: '-c TimeZone=UTC', application_name: 'verify' });
+  const read = new pg.Client({ connectionString: config.READ_DATABASE_URL, options: '-c TimeZone=UTC', application_name: 'verify' });
+  await write.connect();
+  await read.connect();
+  try {
+    const deadline = Date.now() + waitSeconds * 1000;
+    for (let attempt = 1; ; attempt++) {
+      await write.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      await write.query('SELECT 1'); // take the write_db snapshot first
+      await read.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const ids = await compareEventIds(write, read);
+      if (ids.unprocessed.length === 0 && ids.unknown.length === 0) {
+        const diffs = await compareViews(write, read);
+        await write.query('COMMIT');
+        await read.query('COMMIT');
+        const { rows } = await write.query<{ n: string }>('SELECT count(*)::text AS n FROM outbox');
+        return report(diffs, Number(rows[0]!.n));
+      }
+      await write.query('COMMIT');
+      await read.query('COMMIT');
+      if (Date.now() > deadline) {
+        console.log(`verify: the read model did not catch up within ${waitSeconds} s`);
+        console.log(`  events not yet applied: ${ids.unprocessed.length} (first ids: ${ids.unprocessed.slice(0, 10).join(', ')})`);
+        if (ids.unknown.length > 0) console.log(`  processed ids that are not in the outbox: ${ids.unknown.slice(0, 10).join(', ')}`);
+        return 1;
+      }
+      if (attempt === 1) process.stdout.write(`verify: waiting for ${ids.unprocessed.length} event(s) to be applied`);
+      else process.stdout.write('.');
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } finally {
+    await write.end();
+    await read.end();
+  }
+}
+
+function report(diffs: Difference[], events: number): number {
+  if (diffs.length === 0) {
+    console.log(`\nverify: OK — all four views equal the recomputation from write_db; ${events} events, each applied once`);
+    return 0;
+  }
+  const rows = [['view', 'key', 'column', 'expected', 'actual'], ...diffs.slice(0, 200).map((d) => [d.view, d.key, d.column, d.expected, d.actual])];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  console.log(`\nverify: ${diffs.length} difference(s) between the read model and the recomputation:\n`);
+  rows.forEach((r, i) => {
+    console.log(r.map((c, j) => c.padEnd(widths[j]!)).join('  '));
+    if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  });
+  if (diffs.length > 200) console.log(`… and ${diffs.length - 200} more`);
+  console.log('\nrun `npm run rebuild` to recompute the read model from write_db');
+  return 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`verify: ${(err as Error).message}`);
+    process.exit(2);
+  },
+);
