@@ -99,10 +99,10 @@ export function diffRows(view: ViewName, expected: ViewRows, actual: ViewRows): 
 
 /** Every view compared with its recomputation. Empty means the read model is exactly right. */
 export async function compareViews(write: Queryable, read: Queryable): Promise<Difference[]> {
-  const diffs = await Promise.all(
-    VIEW_NAMES.map(async (v) => diffRows(v, await expectedView(write, v), await actualView(read, v))),
-  );
-  return diffs.flat();
+  // One view at a time: `write` and `read` may be single clients inside a snapshot transaction.
+  const diffs: Difference[] = [];
+  for (const v of VIEW_NAMES) diffs.push(...diffRows(v, await expectedView(write, v), await actualView(read, v)));
+  return diffs;
 }
 
 /** Outbox ids with no processed_events row, and processed ids with no outbox row (by chunks of id). */

@@ -1,0 +1,151 @@
+import { parseArgs } from 'node:util';
+import logUpdate from 'log-update';
+
+/**
+ * npm run loadgen -- --rate 300 --duration 60 [--customers 1000] [--cancel-ratio 0.1] [--url http://localhost:3000]
+ * Places orders through the HTTP API at a steady (open-loop) rate over
+ * keep-alive connections, with a live line: sent, ok, refused, errors,
+ * achieved rate, outbox and queue backlog and projection lag from /metrics.
+ */
+const { values } = parseArgs({
+  options: {
+    rate: { type: 'string', default: '100' },
+    duration: { type: 'string', default: '30' },
+    customers: { type: 'string', default: '1000' },
+    'cancel-ratio': { type: 'string', default: '0' },
+    url: { type: 'string', default: process.env.LOADGEN_URL ?? `http://localhost:${process.env.PORT ?? 3000}` },
+  },
+});
+
+function num(name: string, v: string | undefined, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || n > max) {
+    console.error(`loadgen: --${name} must be a number from ${min} to ${max} (got ${v})`);
+    process.exit(2);
+  }
+  return n;
+}
+const rate = num('rate', values.rate, 0.1, 100_000);
+const duration = num('duration', values.duration, 1, 86_400);
+const customers = Math.floor(num('customers', values.customers, 1, 2 ** 31 - 1));
+const cancelRatio = num('cancel-ratio', values['cancel-ratio'], 0, 1);
+const base = values.url!.replace(/\/$/, '');
+
+const stats = { sent: 0, ok: 0, refused: 0, errors: 0, cancelled: 0, latencies: [] as number[] };
+let lastError = '';
+
+async function productIds(): Promise<number[]> {
+  const ids: number[] = [];
+  let cursor: string | null = null;
+  do {
+    const res = await fetch(`${base}/products?limit=200${cursor ? `&cursor=${cursor}` : ''}`);
+    if (!res.ok) throw new Error(`GET /products answered ${res.status}`);
+    const page = (await res.json()) as { items: { id: number; stock: number }[]; next_cursor: string | null };
+    ids.push(...page.items.filter((p) => p.stock > 0).map((p) => p.id));
+    cursor = page.next_cursor;
+  } while (cursor && ids.length < 1000);
+  return ids;
+}
+
+async function placeOne(products: number[]): Promise<void> {
+  const n = 1 + Math.floor(Math.random() * 3);
+  const items = Array.from({ length: n }, () => ({ product_id: products[Math.floor(Math.random() * products.length)]!, quantity: 1 + Math.floor(Math.random() * 3) }));
+  const body = JSON.stringify({ customer_id: 1 + Math.floor(Math.random() * customers), items });
+  const t0 = performance.now();
+  stats.sent++;
+  try {
+    const res = await fetch(`${base}/orders`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const json = (await res.json()) as { id?: number; code?: string };
+    stats.latencies.push(performance.now() - t0);
+    if (res.status === 201) {
+      stats.ok++;
+      if (Math.random() < cancelRatio && json.id) {
+        const c = await fetch(`${base}/orders/${json.id}/cancel`, { method: 'POST' });
+        await c.arrayBuffer();
+        if (c.ok) stats.cancelled++;
+      }
+    } else if (res.status < 500) {
+      stats.refused++;
+      lastError = `${res.status} ${json.code ?? ''}`;
+    } else {
+      stats.errors++;
+      lastError = `${res.status} ${json.code ?? ''}`;
+    }
+  } catch (err) {
+    stats.errors++;
+    lastError = (err as Error).message;
+  }
+}
+
+/** Pipeline state from /metrics: backlog and the mean projection lag since the previous scrape. */
+let lagPrev = { sum: 0, count: 0 };
+async function pipeline(): Promise<string> {
+  try {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const metric = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
+    const sum = metric(/^projection_lag_seconds_sum (\S+)/m);
+    const count = metric(/^projection_lag_seconds_count (\S+)/m);
+    const lag = count > lagPrev.count ? ((sum - lagPrev.sum) / (count - lagPrev.count)) * 1000 : NaN;
+    lagPrev = { sum, count };
+    return `outbox ${metric(/^outbox_unpublished_events (\S+)/m)} · queue waiting ${metric(/^queue_jobs\{state="waiting"\} (\S+)/m)} · lag ${Number.isFinite(lag) ? `${lag.toFixed(0)} ms` : '–'}`;
+  } catch {
+    return 'metrics unavailable';
+  }
+}
+
+function pct(p: number): string {
+  const s = [...stats.latencies].sort((a, b) => a - b);
+  return s.length ? `${s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!.toFixed(1)} ms` : '–';
+}
+
+async function main(): Promise<void> {
+  let products: number[];
+  try {
+    products = await productIds();
+  } catch (err) {
+    console.error(`loadgen: cannot reach ${base} (${(err as Error).message}); is the system running (npm start)?`);
+    process.exit(1);
+  }
+  if (products.length === 0) {
+    console.error('loadgen: no products with stock; start with `npm start -- --seed` or POST /products first');
+    process.exit(1);
+  }
+  console.log(`loadgen: ${rate} orders/s for ${duration} s against ${base} (${products.length} products, ${customers} customers, cancel ratio ${cancelRatio})`);
+  const start = performance.now();
+  const inflight = new Set<Promise<void>>();
+  let pipe = await pipeline();
+  const render = () => {
+    const elapsed = (performance.now() - start) / 1000;
+    logUpdate(
+      `${elapsed.toFixed(0).padStart(4)} s  sent ${stats.sent}  ok ${stats.ok}  refused ${stats.refused}  errors ${stats.errors}  ` +
+        `rate ${(stats.ok / Math.max(elapsed, 0.001)).toFixed(0)}/s  p50 ${pct(50)}  in flight ${inflight.size}\n      ${pipe}${lastError ? `  · last problem: ${lastError}` : ''}`,
+    );
+  };
+  const ui = setInterval(render, 250);
+  const scrape = setInterval(() => void pipeline().then((p) => (pipe = p)), 1000);
+  let stopping = false;
+  process.once('SIGINT', () => (stopping = true));
+  while (!stopping) {
+    const elapsed = (performance.now() - start) / 1000;
+    if (elapsed >= duration) break;
+    const due = Math.floor(elapsed * rate) - stats.sent;
+    for (let i = 0; i < due; i++) {
+      const p = placeOne(products).finally(() => inflight.delete(p));
+      inflight.add(p);
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await Promise.all(inflight);
+  clearInterval(ui);
+  clearInterval(scrape);
+  render();
+  logUpdate.done();
+  const elapsed = (performance.now() - start) / 1000;
+  console.log(
+    `\nsummary: ${stats.sent} sent in ${elapsed.toFixed(1)} s · ${stats.ok} created (${(stats.ok / elapsed).toFixed(1)}/s) · ${stats.cancelled} cancelled · ` +
+      `${stats.refused} refused · ${stats.errors} errors · latency p50 ${pct(50)} p99 ${pct(99)}`,
+  );
+  process.exit(stats.errors > 0 ? 1 : 0);
+}
+
+void main();
