@@ -20,6 +20,7 @@ export const OPERATIONS: Record<string, Op> = {
   'GET /healthz': { summary: 'Liveness: 200 while the process runs', responses: { '200': json('Health') } },
   'GET /readyz': { summary: 'Readiness: write_db, read_db and Redis answer', responses: { '200': json('Readiness'), '503': json('Readiness') } },
   'GET /metrics': { summary: 'Prometheus metrics of this process plus the relays and workers', responses: { '200': 'text/plain' } },
+  'GET /': { summary: 'Dashboard (HTML): hourly revenue, top products, categories, pipeline state', responses: { '200': 'text/html' } },
   'GET /openapi.json': { summary: 'This document', responses: { '200': 'application/json' } },
   'POST /products': { summary: 'Create a product', body: 'NewProduct', responses: { '201': json('Product'), '400': problem('validation_failed, malformed_json'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type') } },
   'GET /products': { summary: 'List products (keyset pagination)', query: ['category', 'limit', 'cursor'], responses: { '200': json('ProductPage'), '400': problem('validation_failed') } },

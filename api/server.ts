@@ -10,6 +10,7 @@ import { orderRoutes } from './orders.js';
 import { createApiMetrics } from './metrics.js';
 import { analyticsRoutes } from './analytics.js';
 import { openapiRoutes } from './openapi.js';
+import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
 import { ConsistencyWaiter } from './consistency.js';
 import { createQueue } from '../lib/queue.js';
@@ -19,7 +20,7 @@ import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import { once, type Handle } from '../lib/lifecycle.js';
 
-export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...openapiRoutes];
+export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...openapiRoutes, ...dashboardRoutes];
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 /** Connection-level failures of PostgreSQL or Redis: the request was fine, a backing service is not. */
