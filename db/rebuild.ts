@@ -41,7 +41,8 @@ async function* chunks(client: pg.Client, name: string, sql: string): AsyncGener
  *  2. only then take a REPEATABLE READ snapshot of write_db: every event a
  *     projector applied before the lock was committed before the snapshot;
  *  3. replace every view with the recomputation from that snapshot, and
- *     processed_events with exactly the snapshot's outbox ids;
+ *     processed_events with exactly the snapshot's outbox ids (keeping ids
+ *     of events already pruned from the outbox);
  *  4. commit: waiting projectors resume; events of the snapshot are skipped
  *     as already processed, later ones are applied as usual.
  */
@@ -75,7 +76,9 @@ export async function rebuild(writeUrl: string, readUrl: string, onProgress: (p:
       }
     }
 
-    await read.query('DELETE FROM processed_events');
+    // Ids below the lowest outbox id were pruned from the outbox after being applied: keep them, so they stay deduplicated.
+    const { rows: low } = await write.query<{ min: string | null }>('SELECT min(id)::text AS min FROM outbox');
+    await read.query(`DELETE FROM processed_events WHERE event_id::bigint >= $1::bigint`, [low[0]!.min]);
     let events = 0;
     for await (const batch of chunks(write, 'rebuild_events', 'SELECT id::text AS id FROM outbox ORDER BY id')) {
       await read.query(

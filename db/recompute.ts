@@ -105,14 +105,19 @@ export async function compareViews(write: Queryable, read: Queryable): Promise<D
   return diffs;
 }
 
-/** Outbox ids with no processed_events row, and processed ids with no outbox row (by chunks of id). */
+/**
+ * Outbox ids with no processed_events row, and processed ids with no outbox
+ * row. Ids below the lowest outbox id still present are taken as pruned from
+ * the outbox (see docs/operations.md, Retention) and not reported.
+ */
 export async function compareEventIds(write: Queryable, read: Queryable): Promise<{ unprocessed: number[]; unknown: string[] }> {
   const { rows: outbox } = await write.query<{ id: number }>('SELECT id FROM outbox ORDER BY id');
   const { rows: processed } = await read.query<{ event_id: string }>('SELECT event_id FROM processed_events');
   const ids = new Set(outbox.map((r) => String(r.id)));
   const done = new Set(processed.map((r) => r.event_id));
+  const lowest = outbox[0]?.id ?? Infinity;
   return {
     unprocessed: outbox.filter((r) => !done.has(String(r.id))).map((r) => r.id),
-    unknown: [...done].filter((id) => !ids.has(id)),
+    unknown: [...done].filter((id) => !ids.has(id) && !(Number(id) < lowest)),
   };
 }

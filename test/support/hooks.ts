@@ -12,6 +12,8 @@ export const mochaHooks = {
     };
     process.on('uncaughtException', ignoreTerminated);
     try {
+      // Let clients that were just ended finish closing before their databases go.
+      await new Promise((r) => setTimeout(r, 500));
       await cleanupAll();
     } finally {
       process.off('uncaughtException', ignoreTerminated);

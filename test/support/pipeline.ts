@@ -3,17 +3,15 @@ import { compareEventIds, compareViews, type Difference } from '../../db/recompu
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Wait until every outbox row is published and processed; throws with the backlog after `timeoutMs`. */
+/** Wait until every outbox row is published and its id processed; throws with the backlog after `timeoutMs`. */
 export async function waitForDrain(write: pg.Pool, read: pg.Pool, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
-    const { rows: w } = await write.query<{ total: string; unpublished: string }>(
-      'SELECT count(*)::text AS total, count(*) FILTER (WHERE published_at IS NULL)::text AS unpublished FROM outbox',
-    );
-    const { rows: r } = await read.query<{ n: string }>('SELECT count(*)::text AS n FROM processed_events');
-    last = `outbox=${w[0]!.total} unpublished=${w[0]!.unpublished} processed=${r[0]!.n}`;
-    if (w[0]!.unpublished === '0' && w[0]!.total === r[0]!.n) return;
+    const { rows: w } = await write.query<{ unpublished: string }>('SELECT count(*)::text AS unpublished FROM outbox WHERE published_at IS NULL');
+    const ids = await compareEventIds(write, read);
+    last = `unpublished=${w[0]!.unpublished} unprocessed=${ids.unprocessed.length} unknown=${ids.unknown.length}`;
+    if (w[0]!.unpublished === '0' && ids.unprocessed.length === 0 && ids.unknown.length === 0) return;
     await sleep(100);
   }
   throw new Error(`pipeline did not drain in ${timeoutMs} ms: ${last}`);
