@@ -3,6 +3,8 @@ import path from 'node:path';
 import os from 'node:os';
 import autocannon from 'autocannon';
 import { projectRoot } from '../lib/paths.js';
+import { rebuild } from '../db/rebuild.js';
+import { seedOrders, ON_THE_FLY, timeIt } from './readside.js';
 import {
   benchEnv,
   percentile,
@@ -27,7 +29,8 @@ function opt(name: string, def: string): string {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && args[i + 1] ? args[i + 1]! : def;
 }
-const only = new Set(opt('only', 'intake,freshness,drain').split(','));
+const only = new Set(opt('only', 'intake,freshness,drain,readside').split(','));
+const ORDERS = Number(opt('orders', '1000000'));
 const SECONDS = Number(opt('seconds', '15'));
 const BACKLOG = Number(opt('backlog', '50000'));
 const PRODUCTS = 1000;
@@ -176,10 +179,42 @@ async function drain(): Promise<void> {
   rows.push({ section: 'drain', measure: `${BACKLOG} events, 2 worker processes`, value: `${two.toFixed(0)} events/s` });
 }
 
+/** Read side at ORDERS orders: each endpoint from the read model beside the same answer by GROUP BY on write_db; and rebuild time. */
+async function readside(): Promise<void> {
+  const env = await benchEnv('read');
+  try {
+    await seedProducts(env.write, PRODUCTS);
+    const t0 = performance.now();
+    await seedOrders(env.write, ORDERS, (n) => process.stderr.write(`\rbench: seeding orders ${n}/${ORDERS}\x1b[K`));
+    process.stderr.write(`\rbench: seeded ${ORDERS} orders in ${((performance.now() - t0) / 1000).toFixed(0)} s\x1b[K\n`);
+    const r = await rebuild(env.writeUrl, env.readUrl, (p) => process.stderr.write(`\rbench: rebuild ${p.phase} ${p.rows}\x1b[K`));
+    process.stderr.write('\r\x1b[K');
+    const perMillion = (r.seconds * 1_000_000) / ORDERS;
+    rows.push({ section: 'rebuild', measure: `${ORDERS} orders, ${r.events} events`, value: `${r.seconds.toFixed(1)} s`, reference: `${perMillion.toFixed(1)} s per million orders` });
+    const endpoints: Record<string, unknown> = {};
+    await withWeb(env, 3903, async (base) => {
+      for (const [name, q] of Object.entries(ON_THE_FLY)) {
+        const view = await timeIt(50, async () => {
+          const res = await fetch(base + q.path);
+          if (!res.ok) throw new Error(`${q.path}: ${res.status}`);
+          await res.arrayBuffer();
+        });
+        const fly = await timeIt(5, () => env.write.query(q.sql, q.params));
+        endpoints[name] = { readModelHttpMs: view, onTheFlySqlMs: fly, ratio: fly.p50 / view.p50 };
+        rows.push({ section: 'read side', measure: `${name} (p50, HTTP vs SQL)`, value: `${view.p50.toFixed(2)} ms`, reference: `GROUP BY on write_db: ${fly.p50.toFixed(0)} ms`, ratio: `${(fly.p50 / view.p50).toFixed(0)}×` });
+      }
+    });
+    results.readside = { orders: ORDERS, rebuild: { ...r, secondsPerMillionOrders: perMillion }, endpoints };
+  } finally {
+    await env.drop();
+  }
+}
+
 async function main(): Promise<void> {
   if (only.has('intake')) await intake();
   if (only.has('freshness')) await freshnessSection();
   if (only.has('drain')) await drain();
+  if (only.has('readside')) await readside();
   const widths = [10, 48, 22, 32, 6];
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ');
   console.log(line(['section', 'measure', 'value', 'reference (same run)', 'ratio']));
