@@ -16,7 +16,7 @@ export async function seedOrders(write: pg.Pool, orders: number, onProgress: (do
       await client.query('BEGIN');
       await client.query(
         `INSERT INTO orders (id, customer_id, total, status, created_at)
-         SELECT g, 1 + (g * 7919) % 50000, 0, CASE WHEN g % 10 = 0 THEN 'cancelled' ELSE 'paid' END,
+         SELECT g, 1 + ((g::bigint * 7919) % 50000)::int, 0, CASE WHEN g % 10 = 0 THEN 'cancelled' ELSE 'paid' END,
                 timestamp '2026-01-01' + ((g * 37) % 2160) * interval '1 hour' + (g % 3600) * interval '1 second'
            FROM generate_series($1::int, $2::int) g`,
         [from, to],

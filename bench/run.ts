@@ -201,7 +201,7 @@ async function readside(): Promise<void> {
         });
         const fly = await timeIt(5, () => env.write.query(q.sql, q.params));
         endpoints[name] = { readModelHttpMs: view, onTheFlySqlMs: fly, ratio: fly.p50 / view.p50 };
-        rows.push({ section: 'read side', measure: `${name} (p50, HTTP vs SQL)`, value: `${view.p50.toFixed(2)} ms`, reference: `GROUP BY on write_db: ${fly.p50.toFixed(0)} ms`, ratio: `${(fly.p50 / view.p50).toFixed(0)}×` });
+        rows.push({ section: 'read side', measure: `${name} (p50, HTTP vs SQL)`, value: `${view.p50.toFixed(2)} ms`, reference: `GROUP BY on write_db: ${fly.p50.toFixed(0)} ms`, ratio: `${(fly.p50 / view.p50).toFixed(fly.p50 / view.p50 < 10 ? 1 : 0)}×` });
       }
     });
     results.readside = { orders: ORDERS, rebuild: { ...r, secondsPerMillionOrders: perMillion }, endpoints };
