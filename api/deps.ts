@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import type { Pool } from '../db/pool.js';
@@ -14,7 +14,7 @@ export interface Deps {
   writePool: Pool;
   readPool: Pool;
   /** Fail-fast client (no offline queue) used for readiness and queue counts. */
-  redis: Redis;
+  redis: RedisClient;
   metrics: ApiMetrics;
   /** For queue counts on /metrics and Bull Board. */
   queue: Queue<EventJobData>;

@@ -1,6 +1,6 @@
 import client from 'prom-client';
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../lib/redis.js';
 import type { Pool } from '../db/pool.js';
 import type { EventJobData } from '../lib/queue.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
@@ -77,7 +77,7 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
 }
 
 /** Prometheus text: this process's metrics summed with those relays and workers pushed to Redis. */
-export async function renderMetrics(metrics: ApiMetrics, redis: Redis, prefix: string): Promise<string> {
+export async function renderMetrics(metrics: ApiMetrics, redis: RedisClient, prefix: string): Promise<string> {
   const local = await metrics.registry.getMetricsAsJSON();
   let pushed: Awaited<ReturnType<typeof readPushedMetrics>> = [];
   try {

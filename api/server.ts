@@ -90,7 +90,7 @@ export function createRequestListener(deps: Deps): http.RequestListener {
 export function buildDeps(config: Config, log: Logger): Deps {
   const writePool = createPool(config.DATABASE_URL, config.WRITE_POOL_SIZE, log, 'web-write');
   const readPool = createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read');
-  const redis = createRedis(config.REDIS_URL, 'producer', log, 'web');
+  const redis = createRedis(config, 'producer', log, 'web');
   const queue = createQueue(config, redis);
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   return {

@@ -34,6 +34,11 @@ const schema = z.object({
   DATABASE_URL: pgUrl.default('postgres://postgres@127.0.0.1:5432/write_db'),
   READ_DATABASE_URL: pgUrl.default('postgres://postgres@127.0.0.1:5432/read_db'),
   REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
+  /** Redis Cluster seed nodes, "host:port,host:port"; when set, every Redis user connects to the cluster and REDIS_URL is ignored. */
+  REDIS_CLUSTER_NODES: z
+    .string()
+    .regex(/^[^,:\s]+:\d{1,5}(,[^,:\s]+:\d{1,5})*$/, 'must be host:port[,host:port...]')
+    .optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').optional(),
   /** Prefix of every Redis key this system writes (BullMQ prefix). */
@@ -70,5 +75,8 @@ export function getConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const variable = String(issue?.path[0] ?? 'environment');
     throw new ConfigError(variable, `${issue?.message ?? 'invalid'} (got ${JSON.stringify(raw[variable] ?? null)})`);
   }
-  return parsed.data;
+  const config = parsed.data;
+  // In a cluster, every key of a queue must hash to one slot: wrap the prefix in a hash tag.
+  if (config.REDIS_CLUSTER_NODES && !config.QUEUE_PREFIX.includes('{')) config.QUEUE_PREFIX = `{${config.QUEUE_PREFIX}}`;
+  return config;
 }

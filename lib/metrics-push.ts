@@ -1,6 +1,6 @@
 import os from 'node:os';
 import client from 'prom-client';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './redis.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -14,7 +14,7 @@ const STALE_MS = 30_000;
 
 export const metricsKey = (prefix: string) => `${prefix}:metrics`;
 
-export function startMetricsPush(redis: Redis, prefix: string, proc: string, registry: client.Registry, log: Logger): () => void {
+export function startMetricsPush(redis: RedisClient, prefix: string, proc: string, registry: client.Registry, log: Logger): () => void {
   const field = `${proc}:${os.hostname()}:${process.pid}`;
   const push = async () => {
     try {
@@ -34,7 +34,7 @@ export function startMetricsPush(redis: Redis, prefix: string, proc: string, reg
 }
 
 /** The pushed metrics of live processes; stale entries are removed. */
-export async function readPushedMetrics(redis: Redis, prefix: string): Promise<client.MetricObjectWithValues<client.MetricValue<string>>[][]> {
+export async function readPushedMetrics(redis: RedisClient, prefix: string): Promise<client.MetricObjectWithValues<client.MetricValue<string>>[][]> {
   const all = await redis.hgetall(metricsKey(prefix));
   const out: client.MetricObjectWithValues<client.MetricValue<string>>[][] = [];
   const stale: string[] = [];

@@ -1,22 +1,43 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { Config } from './config.js';
 import type { Logger } from './logger.js';
+
+/** A single Redis or a Redis Cluster: every Redis user in the system takes either. */
+export type RedisClient = Redis | Cluster;
+
+/** Cluster seed nodes from "host:port,host:port". */
+export function clusterNodes(spec: string): { host: string; port: number }[] {
+  return spec.split(',').map((hp) => {
+    const i = hp.lastIndexOf(':');
+    return { host: hp.slice(0, i), port: Number(hp.slice(i + 1)) };
+  });
+}
 
 /**
  * Redis clients by role. Workers (blocking commands) must wait out an outage:
  * maxRetriesPerRequest null, as BullMQ requires. Producers and probes fail
  * fast so a dead Redis is noticed (and nothing is marked published), not buffered.
+ * With REDIS_CLUSTER_NODES set, the same roles on an ioredis Cluster.
  */
-export function createRedis(url: string, role: 'worker' | 'producer', log: Logger, name: string): Redis {
+export function createRedis(
+  config: Pick<Config, 'REDIS_URL' | 'REDIS_CLUSTER_NODES'>,
+  role: 'worker' | 'producer',
+  log: Logger,
+  name: string,
+): RedisClient {
   const options: RedisOptions =
     role === 'worker'
       ? { maxRetriesPerRequest: null, enableReadyCheck: true }
       : { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 };
-  const redis = new Redis(url, {
-    ...options,
-    connectionName: name,
-    // Capped backoff; ioredis keeps reconnecting forever.
-    retryStrategy: (times) => Math.min(50 * 2 ** times, 2000),
-  });
+  // Capped backoff; ioredis keeps reconnecting forever.
+  const retryStrategy = (times: number) => Math.min(50 * 2 ** times, 2000);
+  const redis: RedisClient = config.REDIS_CLUSTER_NODES
+    ? new Cluster(clusterNodes(config.REDIS_CLUSTER_NODES), {
+        enableOfflineQueue: options.enableOfflineQueue ?? true,
+        clusterRetryStrategy: retryStrategy,
+        redisOptions: { ...options, connectionName: name },
+      })
+    : new Redis(config.REDIS_URL, { ...options, connectionName: name, retryStrategy });
   let down = false;
   redis.on('error', (err: Error) => {
     if (!down) log.warn({ err: err.message, redis: name }, 'redis connection error');
@@ -30,7 +51,7 @@ export function createRedis(url: string, role: 'worker' | 'producer', log: Logge
 }
 
 /** BullMQ needs noeviction: an evicted job key is a lost event until the reconciler notices. */
-export async function checkEvictionPolicy(redis: Redis, log: Logger): Promise<void> {
+export async function checkEvictionPolicy(redis: RedisClient, log: Logger): Promise<void> {
   try {
     if (redis.status !== 'ready') {
       // A fail-fast client refuses commands until connected; give it a moment.
@@ -42,10 +63,13 @@ export async function checkEvictionPolicy(redis: Redis, log: Logger): Promise<vo
         });
       });
     }
-    const reply = (await redis.config('GET', 'maxmemory-policy')) as string[];
-    const policy = reply[1];
-    if (policy !== 'noeviction') {
-      log.warn({ policy }, 'Redis maxmemory-policy should be noeviction; evicted jobs are only recovered by the reconciler');
+    const nodes = redis instanceof Cluster ? redis.nodes('master') : [redis];
+    for (const node of nodes) {
+      const reply = (await node.config('GET', 'maxmemory-policy')) as string[];
+      const policy = reply[1];
+      if (policy !== 'noeviction') {
+        log.warn({ policy, node: `${node.options.host}:${node.options.port}` }, 'Redis maxmemory-policy should be noeviction; evicted jobs are only recovered by the reconciler');
+      }
     }
   } catch (err) {
     log.warn({ err: (err as Error).message }, 'could not read Redis maxmemory-policy (CONFIG may be disabled)');

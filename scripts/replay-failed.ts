@@ -10,7 +10,7 @@ import { createLogger } from '../lib/logger.js';
 async function main(): Promise<void> {
   const config = configOrExit('replay-failed');
   const log = createLogger(config.LOG_LEVEL, 'replay-failed');
-  const redis = createRedis(config.REDIS_URL, 'worker', log, 'replay-failed');
+  const redis = createRedis(config, 'worker', log, 'replay-failed');
   const queue = createQueue(config, redis);
   try {
     const { failed = 0 } = await queue.getJobCounts('failed');

@@ -66,7 +66,7 @@ export async function startProjector(
   };
 
   const worker = new Worker<EventJobData>(config.QUEUE_NAME, processor, {
-    connection: createRedis(config.REDIS_URL, 'worker', log, 'worker'),
+    connection: createRedis(config, 'worker', log, 'worker'),
     prefix: config.QUEUE_PREFIX,
     concurrency: config.WORKER_CONCURRENCY,
     stalledInterval: config.STALLED_INTERVAL_MS,
@@ -79,7 +79,7 @@ export async function startProjector(
   });
   worker.on('error', (err) => log.warn({ err: err.message }, 'worker error'));
   await worker.waitUntilReady();
-  const pushRedis = createRedis(config.REDIS_URL, 'producer', log, 'worker-metrics');
+  const pushRedis = createRedis(config, 'producer', log, 'worker-metrics');
   const stopPush = startMetricsPush(pushRedis, config.QUEUE_PREFIX, 'worker', metrics.registry, log);
   log.info({ queue: config.QUEUE_NAME, concurrency: config.WORKER_CONCURRENCY }, 'worker started');
 

@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../lib/redis.js';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { toJob, jobIdFor, type EventJobData } from '../../lib/queue.js';
@@ -38,7 +38,7 @@ export class Reconciler {
     private readonly readPool: Pool,
     private readonly queue: Queue<EventJobData>,
     /** The connection the queue uses, for cheap EXISTS checks on job keys. */
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly config: Config,
     private readonly log: Logger,
   ) {}

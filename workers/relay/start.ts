@@ -18,7 +18,7 @@ export interface RelayHandle extends Handle {
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
   const writePool = createPool(config.DATABASE_URL, 2, log, 'relay');
   const readPool = createPool(config.READ_DATABASE_URL, 1, log, 'relay-reconciler');
-  const redis = createRedis(config.REDIS_URL, 'producer', log, 'relay');
+  const redis = createRedis(config, 'producer', log, 'relay');
   const queue = createQueue(config, redis);
   // Connection errors are already logged once per outage by createRedis.
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
