@@ -25,7 +25,8 @@ async function projectionLagMs(deps: Deps): Promise<number | undefined> {
 const esc = (s: unknown) =>
   String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
-interface Hour { hour: string; orders: number; revenue: string }
+/** `share` is revenue / the largest hour's revenue, computed by PostgreSQL: only bar heights, never money, are floats. */
+interface Hour { hour: string; orders: number; revenue: string; share: number }
 
 /** The last 24 UTC hours as fixed slots; bar height is only for drawing, labels carry the exact text. */
 function hourlyChart(hours: Hour[], now = new Date()): string {
@@ -33,15 +34,14 @@ function hourlyChart(hours: Hour[], now = new Date()): string {
   const end = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate(), now.getUTCHours());
   const slots = Array.from({ length: 24 }, (_, i) => {
     const hour = new Date(end - (23 - i) * 3_600_000).toISOString().slice(0, 16) + 'Z';
-    return byHour.get(hour) ?? { hour, orders: 0, revenue: '0.00' };
+    return byHour.get(hour) ?? { hour, orders: 0, revenue: '0.00', share: 0 };
   });
   const w = 760;
   const h = 200;
-  const max = Math.max(...slots.map((x) => Number(x.revenue)), 0.01);
   const bw = Math.floor((w - 40) / 24) - 4;
   const bars = slots
     .map((x, i) => {
-      const bh = Number(x.revenue) > 0 ? Math.max(2, Math.round((Number(x.revenue) / max) * (h - 50))) : 0;
+      const bh = x.share > 0 ? Math.max(2, Math.round(x.share * (h - 50))) : 0;
       const xPos = 30 + i * (bw + 4);
       const label = i % 3 === 2 || i === 23 ? `<text x="${xPos + bw / 2}" y="${h - 5}" text-anchor="middle">${esc(x.hour.slice(11, 16))}</text>` : '';
       const value = bh > 0 ? `<text x="${xPos + bw / 2}" y="${h - 24 - bh}" text-anchor="middle">${esc(x.revenue)}</text>` : '';
@@ -61,8 +61,11 @@ function table(headers: string[], rows: (string | number)[][], empty: string): s
 async function render(deps: Deps): Promise<string> {
   const [hours, products, categories, totals, backlog] = await Promise.all([
     deps.readPool.query<Hour>(
-      `SELECT to_char(hour_timestamp, 'YYYY-MM-DD"T"HH24:MI"Z"') AS hour, total_orders AS orders, round(total_revenue, 2)::text AS revenue
-         FROM hourly_sales_view WHERE total_orders <> 0 ORDER BY hour_timestamp DESC LIMIT 24`,
+      `SELECT to_char(hour_timestamp, 'YYYY-MM-DD"T"HH24:MI"Z"') AS hour, total_orders AS orders, round(total_revenue, 2)::text AS revenue,
+              coalesce(greatest(total_revenue, 0) / nullif(max(total_revenue) OVER (), 0), 0)::float8 AS share
+         FROM hourly_sales_view
+        WHERE total_orders <> 0 AND hour_timestamp > (now() AT TIME ZONE 'UTC') - interval '24 hours'
+        ORDER BY hour_timestamp`,
     ),
     deps.readPool.query<{ product_id: number; total_quantity_sold: number; revenue: string; order_count: number }>(
       `SELECT product_id, total_quantity_sold, round(total_revenue, 2)::text AS revenue, order_count
