@@ -3,6 +3,7 @@ import { sendJson } from './http.js';
 import type { Ctx, Route } from './router.js';
 import { parseId, parseLimit } from './validate.js';
 import { CONSISTENCY_HEADER } from './orders.js';
+import { outboxBacklog } from '../db/outbox.js';
 
 /**
  * Analytics over read_db only. Money leaves as two-decimal text; a key with
@@ -20,14 +21,11 @@ async function consistent(ctx: Ctx): Promise<void> {
   }
   const waitMs = ctx.deps.config.CONSISTENCY_WAIT_MS;
   if (await ctx.deps.consistency.wait(raw, waitMs)) return;
-  const { rows } = await ctx.deps.writePool.query<{ backlog: number; age: number | null }>(
-    `SELECT count(*) AS backlog, extract(epoch FROM (now() AT TIME ZONE 'UTC') - min(created_at))::float8 AS age
-       FROM outbox WHERE published_at IS NULL`,
-  );
+  const backlog = await outboxBacklog(ctx.deps.writePool);
   throw new ApiError('consistency_timeout', `Event ${raw} was not in the read model after ${waitMs} ms`, {
     waited_ms: waitMs,
-    outbox_backlog: rows[0]?.backlog ?? null,
-    oldest_unpublished_age_seconds: rows[0]?.age ?? 0,
+    outbox_backlog: backlog.unpublished,
+    oldest_unpublished_age_seconds: backlog.oldestAgeSeconds,
   });
 }
 

@@ -1,4 +1,5 @@
-import pgListen, { type Subscriber } from 'pg-listen';
+import type { Subscriber } from 'pg-listen';
+import { createListener } from '../lib/listen.js';
 import type { Pool } from '../db/pool.js';
 import type { Logger } from '../lib/logger.js';
 import { APPLIED_CHANNEL } from '../lib/channels.js';
@@ -32,12 +33,8 @@ export class ConsistencyWaiter {
   ) {}
 
   async start(): Promise<void> {
-    this.subscriber = pgListen.default(
-      { connectionString: this.readUrl, application_name: 'web-consistency' },
-      { paranoidChecking: 10_000, retryTimeout: 0, retryInterval: (n: number) => Math.min(100 * 2 ** n, 5000), parse: (s: string) => s },
-    );
+    this.subscriber = createListener(this.readUrl, 'web-consistency', this.log, 10_000);
     this.subscriber.notifications.on(APPLIED_CHANNEL, () => this.check());
-    this.subscriber.events.on('error', (err) => this.log.warn({ err: err.message }, 'consistency LISTEN error'));
     try {
       await this.subscriber.connect();
       await this.subscriber.listenTo(APPLIED_CHANNEL);

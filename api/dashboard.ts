@@ -1,6 +1,7 @@
 import type { Route } from './router.js';
 import type { Deps } from './deps.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
+import { outboxBacklog } from '../db/outbox.js';
 
 /** Mean projection lag over the workers' lifetime and their pushed histograms; undefined when none reported. */
 async function projectionLagMs(deps: Deps): Promise<number | undefined> {
@@ -80,10 +81,7 @@ async function render(deps: Deps): Promise<string> {
               (SELECT count(*) FROM processed_events)::int AS events
          FROM hourly_sales_view`,
     ),
-    deps.writePool.query<{ n: number; age: number | null }>(
-      `SELECT count(*)::int AS n, extract(epoch FROM (now() AT TIME ZONE 'UTC') - min(created_at))::float8 AS age
-         FROM outbox WHERE published_at IS NULL`,
-    ),
+    outboxBacklog(deps.writePool),
   ]);
   const ids = products.rows.map((p) => p.product_id);
   const { rows: named } = await deps.writePool.query<{ id: number; name: string }>('SELECT id, name FROM products WHERE id = ANY ($1::int[])', [ids]);
@@ -98,7 +96,7 @@ async function render(deps: Deps): Promise<string> {
     waiting = 'Redis unavailable';
   }
   const t = totals.rows[0]!;
-  const b = backlog.rows[0]!;
+  const b = backlog;
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -119,7 +117,7 @@ svg{width:100%;height:auto}rect{fill:#3f7de0}text{font-size:10px;fill:#5b6475}.e
 <div class="kpi" id="orders"><b>${t.orders}</b><span>orders (not cancelled)</span></div>
 <div class="kpi" id="revenue"><b>${esc(t.revenue)}</b><span>revenue</span></div>
 <div class="kpi" id="events"><b>${t.events}</b><span>events applied</span></div>
-<div class="kpi" id="backlog"><b>${b.n}</b><span>outbox backlog${b.n > 0 ? ` (oldest ${Math.round(b.age ?? 0)} s)` : ''}</span></div>
+<div class="kpi" id="backlog"><b>${b.unpublished}</b><span>outbox backlog${b.unpublished > 0 ? ` (oldest ${Math.round(b.oldestAgeSeconds)} s)` : ''}</span></div>
 <div class="kpi" id="queue"><b>${esc(waiting)}</b><span>jobs waiting</span></div>
 <div class="kpi" id="lag"><b>${esc(lag)}</b><span>projection lag (mean, commit → read model)</span></div>
 </div></section>

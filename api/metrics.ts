@@ -4,6 +4,7 @@ import type { RedisClient } from '../lib/redis.js';
 import type { Pool } from '../db/pool.js';
 import type { EventJobData } from '../lib/queue.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
+import { outboxBacklog } from '../db/outbox.js';
 
 export interface ApiMetrics {
   registry: client.Registry;
@@ -27,12 +28,9 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
       registers: [registry],
       async collect() {
         try {
-          const { rows } = await sources.writePool.query<{ n: number; age: number | null }>(
-            `SELECT count(*) AS n, extract(epoch FROM (now() AT TIME ZONE 'UTC') - min(created_at))::float8 AS age
-               FROM outbox WHERE published_at IS NULL`,
-          );
-          this.set(rows[0]?.n ?? 0);
-          oldest.set(Math.max(0, rows[0]?.age ?? 0));
+          const backlog = await outboxBacklog(sources.writePool);
+          this.set(backlog.unpublished);
+          oldest.set(backlog.oldestAgeSeconds);
         } catch {
           // write_db unreachable: /readyz says so; keep serving the other series.
         }

@@ -1,4 +1,5 @@
-import pgListen, { type Subscriber } from 'pg-listen';
+import type { Subscriber } from 'pg-listen';
+import { createListener } from '../../lib/listen.js';
 import type { Queue } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
@@ -67,22 +68,12 @@ export class Relay {
   ) {}
 
   async start(): Promise<void> {
-    this.subscriber = pgListen.default(
-      { connectionString: this.config.DATABASE_URL, application_name: 'relay-listen' },
-      {
-        paranoidChecking: 5000,
-        retryInterval: (attempt: number) => Math.min(100 * 2 ** attempt, 5000),
-        retryTimeout: 0, // 0 disables pg-listen's default give-up after 3 s
-        parse: (s: string) => s, // payload is a constant wake-up, not JSON
-      },
-    );
+    this.subscriber = createListener(this.config.DATABASE_URL, 'relay-listen', this.log, 5000);
     this.subscriber.notifications.on(OUTBOX_CHANNEL, () => this.notify());
     this.subscriber.events.on('connected', () => {
       this.log.info('listening for outbox notifications');
       this.notify(); // catch up on whatever was written while we were not listening
     });
-    this.subscriber.events.on('reconnect', (attempt) => this.log.warn({ attempt }, 'LISTEN connection lost; reconnecting'));
-    this.subscriber.events.on('error', (err) => this.log.error({ err: err.message }, 'LISTEN connection error'));
     void this.connectListener();
     this.loopDone = this.loop();
   }
