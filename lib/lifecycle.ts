@@ -46,14 +46,10 @@ export async function runProcess(
     log.fatal({ err }, 'uncaught exception');
     process.exit(70);
   });
-  let handle: Handle;
-  try {
-    handle = await start(config, log);
-  } catch (err) {
-    log.fatal({ err }, 'failed to start');
-    process.exit(1);
-  }
+  // Signals are wired before start() so that a SIGTERM during start-up also
+  // drains (once start has finished) instead of killing the process outright.
   let stopping = false;
+  const started = start(config, log);
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
       log.warn({ signal }, 'second signal, exiting now');
@@ -66,17 +62,25 @@ export async function runProcess(
       process.exit(1);
     }, config.SHUTDOWN_TIMEOUT_MS);
     deadline.unref();
-    handle.stop().then(
-      () => {
-        log.info('stopped');
-        process.exit(0);
-      },
-      (err: unknown) => {
-        log.error({ err }, 'error while stopping');
-        process.exit(1);
-      },
-    );
+    started
+      .then((handle) => handle.stop())
+      .then(
+        () => {
+          log.info('stopped');
+          process.exit(0);
+        },
+        (err: unknown) => {
+          log.error({ err }, 'error while stopping');
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  try {
+    await started;
+  } catch (err) {
+    log.fatal({ err }, 'failed to start');
+    process.exit(1);
+  }
 }

@@ -36,9 +36,48 @@ async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
   }
 }
 
+const STALE_MS = 60 * 60 * 1000;
+
+/** The start time encoded in a run id (base-36 milliseconds before the random part), or NaN. */
+function runStarted(runId: string): number {
+  return parseInt(runId.slice(0, -6), 36);
+}
+
+/**
+ * A run that was killed (SIGKILL, a closed pipe) never reaches its teardown.
+ * Each run therefore removes what runs started over an hour ago left behind;
+ * runs going on now are younger and untouched.
+ */
+async function sweepStaleRuns(): Promise<void> {
+  const stale = (id: string) => Date.now() - runStarted(id) > STALE_MS;
+  await admin(async (c) => {
+    const { rows } = await c.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE datname ~ '^op_t_[0-9a-z]+_'`);
+    const byRun = rows.map((r) => ({ name: r.datname, run: r.datname.split('_')[2]! })).filter((r) => stale(r.run));
+    // Clones before their templates.
+    byRun.sort((a, b) => Number(/_t[wr]$/.test(a.name)) - Number(/_t[wr]$/.test(b.name)));
+    for (const r of byRun) await c.query(`DROP DATABASE IF EXISTS ${r.name} WITH (FORCE)`);
+  });
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1, lazyConnect: true });
+  try {
+    await redis.connect();
+    const runs = new Set<string>();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', 'op-test-*', 'COUNT', 1000);
+      cursor = next;
+      for (const k of keys) runs.add(k.split(':')[0]!);
+    } while (cursor !== '0');
+    redis.disconnect();
+    for (const prefix of runs) if (stale(prefix.split('-')[2] ?? '')) await deleteRedisPrefix(REDIS_URL, prefix);
+  } catch {
+    redis.disconnect();
+  }
+}
+
 let templateReady: Promise<void> | undefined;
 function ensureTemplates(): Promise<void> {
   templateReady ??= (async () => {
+    await sweepStaleRuns();
     created.push(TEMPLATE.write, TEMPLATE.read);
     await migrate(dbUrl(TEMPLATE.write), 'write', testLog);
     await migrate(dbUrl(TEMPLATE.read), 'read', testLog);
