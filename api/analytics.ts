@@ -10,7 +10,12 @@ import { outboxBacklog } from '../db/outbox.js';
  * no row reads as zeros (SPEC §3: a missing row counts as all zeros).
  */
 
-const MONEY = (col: string) => `round(${col}, 2)::text`;
+/**
+ * Money as text. The views are aliased `v` and sorts name `v.<column>`:
+ * an unqualified ORDER BY total_revenue would sort by this text output
+ * column ("9.00" above "10.00") instead of the NUMERIC.
+ */
+const MONEY = (col: string) => `round(v.${col}, 2)::text`;
 
 /** Read-your-writes: with X-Consistency-Token, wait (bounded) until that event is applied. */
 async function consistent(ctx: Ctx): Promise<void> {
@@ -47,10 +52,10 @@ export const analyticsRoutes: Route[] = [
       if (by !== 'revenue' && by !== 'quantity') throw new ApiError('validation_failed', 'by must be revenue or quantity', { field: 'by' });
       const limit = parseLimit(ctx.url.searchParams.get('limit'), 'limit', 10, 100);
       await consistent(ctx);
-      const order = by === 'revenue' ? 'total_revenue DESC, product_id' : 'total_quantity_sold DESC, product_id';
+      const order = by === 'revenue' ? 'v.total_revenue DESC, v.product_id' : 'v.total_quantity_sold DESC, v.product_id';
       const { rows } = await ctx.deps.readPool.query(
         `SELECT product_id, total_quantity_sold, ${MONEY('total_revenue')} AS total_revenue, order_count
-           FROM product_sales_view WHERE order_count > 0 ORDER BY ${order} LIMIT $1`,
+           FROM product_sales_view v WHERE v.order_count > 0 ORDER BY ${order} LIMIT $1`,
         [limit],
       );
       sendJson(ctx.res, 200, { by, items: rows });
@@ -64,7 +69,7 @@ export const analyticsRoutes: Route[] = [
       await consistent(ctx);
       const { rows } = await ctx.deps.readPool.query(
         `SELECT product_id, total_quantity_sold, ${MONEY('total_revenue')} AS total_revenue, order_count
-           FROM product_sales_view WHERE product_id = $1`,
+           FROM product_sales_view v WHERE v.product_id = $1`,
         [id],
       );
       sendJson(ctx.res, 200, rows[0] ?? { product_id: id, total_quantity_sold: 0, total_revenue: '0.00', order_count: 0 });
@@ -77,8 +82,8 @@ export const analyticsRoutes: Route[] = [
       await consistent(ctx);
       const { rows } = await ctx.deps.readPool.query(
         `SELECT category_name, ${MONEY('total_revenue')} AS total_revenue, total_orders
-           FROM category_metrics_view WHERE total_orders <> 0 OR total_revenue <> 0
-          ORDER BY total_revenue DESC, category_name`,
+           FROM category_metrics_view v WHERE v.total_orders <> 0 OR v.total_revenue <> 0
+          ORDER BY v.total_revenue DESC, v.category_name`,
       );
       sendJson(ctx.res, 200, { items: rows });
     },
@@ -91,7 +96,7 @@ export const analyticsRoutes: Route[] = [
       await consistent(ctx);
       const { rows } = await ctx.deps.readPool.query(
         `SELECT customer_id, ${MONEY('total_spent')} AS total_spent, order_count, last_order_date
-           FROM customer_ltv_view WHERE order_count > 0 ORDER BY total_spent DESC, customer_id LIMIT $1`,
+           FROM customer_ltv_view v WHERE v.order_count > 0 ORDER BY v.total_spent DESC, v.customer_id LIMIT $1`,
         [limit],
       );
       sendJson(ctx.res, 200, { items: rows });
@@ -105,7 +110,7 @@ export const analyticsRoutes: Route[] = [
       await consistent(ctx);
       const { rows } = await ctx.deps.readPool.query(
         `SELECT customer_id, ${MONEY('total_spent')} AS total_spent, order_count, last_order_date
-           FROM customer_ltv_view WHERE customer_id = $1`,
+           FROM customer_ltv_view v WHERE v.customer_id = $1`,
         [id],
       );
       sendJson(ctx.res, 200, rows[0] ?? { customer_id: id, total_spent: '0.00', order_count: 0, last_order_date: null });
@@ -121,7 +126,7 @@ export const analyticsRoutes: Route[] = [
       await consistent(ctx);
       const { rows } = await ctx.deps.readPool.query(
         `SELECT hour_timestamp, total_orders, ${MONEY('total_revenue')} AS total_revenue
-           FROM hourly_sales_view
+           FROM hourly_sales_view v
           WHERE ($1::timestamptz IS NULL OR hour_timestamp >= ($1::timestamptz AT TIME ZONE 'UTC'))
             AND ($2::timestamptz IS NULL OR hour_timestamp <= ($2::timestamptz AT TIME ZONE 'UTC'))
             AND (total_orders <> 0 OR total_revenue <> 0)

@@ -59,6 +59,21 @@ describe('read side and operations (integration)', function () {
       assert.equal((await call(f.base, 'GET', '/analytics/hourly?to=2000-01-01')).json.items.length, 0);
     });
 
+    it('ranks by amount, not by its text ("10.00" above "9.00")', async () => {
+      const nine = await createProduct(f.base, { category: 'nine', price: '9.00', stock: 10 });
+      const ten = await createProduct(f.base, { category: 'ten', price: '10.00', stock: 10 });
+      await call(f.base, 'POST', '/orders', { customer_id: 601, items: [{ product_id: nine, quantity: 1 }] });
+      const last = await call(f.base, 'POST', '/orders', { customer_id: 602, items: [{ product_id: ten, quantity: 1 }] });
+      const token = { 'X-Consistency-Token': last.headers.get('x-consistency-token')! };
+      await waitForDrain(f.write, f.read);
+      const products = (await call(f.base, 'GET', '/analytics/products/top?by=revenue&limit=100', undefined, token)).json.items.map((p: { product_id: number }) => p.product_id);
+      assert.ok(products.indexOf(ten) < products.indexOf(nine), `products: ${products}`);
+      const customers = (await call(f.base, 'GET', '/analytics/customers/top?limit=100')).json.items.map((c: { customer_id: number }) => c.customer_id);
+      assert.ok(customers.indexOf(602) < customers.indexOf(601), `customers: ${customers}`);
+      const categories = (await call(f.base, 'GET', '/analytics/categories')).json.items.map((c: { category_name: string }) => c.category_name);
+      assert.ok(categories.indexOf('ten') < categories.indexOf('nine'), `categories: ${categories}`);
+    });
+
     for (const [path, field] of [
       ['/analytics/products/top?by=price', 'by'],
       ['/analytics/products/top?limit=0', 'limit'],
