@@ -2,6 +2,9 @@
  * Group commit for the projection: each BullMQ job hands its item here and
  * waits; items are flushed together when `size` have gathered or `waitMs`
  * after the first one arrived, and every waiter gets the batch's outcome.
+ * Only `maxInFlight` batches run at once: while one commits, the next one
+ * gathers, so batches grow with the load instead of many small transactions
+ * queueing on the same hot view rows.
  */
 export class Batcher<T, R> {
   private pending: { item: T; resolve: (r: R) => void; reject: (e: unknown) => void }[] = [];
@@ -12,6 +15,7 @@ export class Batcher<T, R> {
     private readonly flushFn: (items: T[]) => Promise<Map<T, R> | R[]>,
     private readonly size: number,
     private readonly waitMs: number,
+    private readonly maxInFlight = 1,
   ) {}
 
   submit(item: T): Promise<R> {
@@ -22,18 +26,19 @@ export class Batcher<T, R> {
     });
   }
 
-  /** Resolves when every batch handed out so far has settled. */
+  /** Resolves when every item submitted so far has been flushed and settled. */
   async drain(): Promise<void> {
-    if (this.pending.length > 0) this.flush();
-    await Promise.allSettled([...this.inFlight]);
+    while (this.pending.length > 0 || this.inFlight.size > 0) {
+      this.flush();
+      await Promise.allSettled([...this.inFlight]);
+    }
   }
 
   private flush(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    const batch = this.pending;
-    this.pending = [];
-    if (batch.length === 0) return;
+    if (this.pending.length === 0 || this.inFlight.size >= this.maxInFlight) return;
+    const batch = this.pending.splice(0, this.size);
     const run = this.flushFn(batch.map((b) => b.item)).then(
       (results) => {
         batch.forEach((b, i) => b.resolve((Array.isArray(results) ? results[i] : results.get(b.item)) as R));
@@ -41,6 +46,10 @@ export class Batcher<T, R> {
       (err: unknown) => batch.forEach((b) => b.reject(err)),
     );
     this.inFlight.add(run);
-    void run.finally(() => this.inFlight.delete(run));
+    void run.finally(() => {
+      this.inFlight.delete(run);
+      // What gathered meanwhile goes next, without waiting for the timer.
+      if (this.pending.length > 0) this.flush();
+    });
   }
 }
