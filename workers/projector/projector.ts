@@ -4,7 +4,7 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import type { EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
-import { createPool, type Pool } from '../../db/pool.js';
+import { createPool } from '../../db/pool.js';
 import { applyEvents, type ProjectionEvent } from './apply.js';
 import { Batcher } from './batcher.js';
 import { deltasFor, InvalidEventError } from './deltas.js';
@@ -21,13 +21,9 @@ export interface ProjectorHandle extends Handle {
  * batches (see Batcher) so one read_db transaction applies hundreds of events;
  * each job completes only after its batch committed.
  */
-export async function startProjector(
-  config: Config,
-  log: Logger,
-  opts: { pool?: Pool; metrics?: ProjectorMetrics } = {},
-): Promise<ProjectorHandle> {
-  const pool = opts.pool ?? createPool(config.READ_DATABASE_URL, 4, log, 'worker');
-  const metrics = opts.metrics ?? createProjectorMetrics();
+export async function startProjector(config: Config, log: Logger): Promise<ProjectorHandle> {
+  const pool = createPool(config.READ_DATABASE_URL, 4, log, 'worker');
+  const metrics = createProjectorMetrics();
 
   const batcher = new Batcher<ProjectionEvent, 'applied' | 'duplicate'>(
     async (events) => {
@@ -90,7 +86,7 @@ export async function startProjector(
     await closing;
     stopPush();
     pushRedis.disconnect();
-    if (!opts.pool) await pool.end();
+    await pool.end();
   });
   return { worker, metrics, stop };
 }
