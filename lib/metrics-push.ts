@@ -14,7 +14,7 @@ const STALE_MS = 30_000;
 
 export const metricsKey = (prefix: string) => `${prefix}:metrics`;
 
-export function startMetricsPush(redis: RedisClient, prefix: string, proc: string, registry: client.Registry, log: Logger): () => void {
+export function startMetricsPush(redis: RedisClient, prefix: string, proc: string, registry: client.Registry, log: Logger): () => Promise<void> {
   const field = `${proc}:${os.hostname()}:${process.pid}`;
   const push = async () => {
     try {
@@ -27,9 +27,10 @@ export function startMetricsPush(redis: RedisClient, prefix: string, proc: strin
   void push();
   const timer = setInterval(() => void push(), PUSH_MS);
   timer.unref();
-  return () => {
+  // Stopping removes this process's entry; awaited, so it is sent before the caller disconnects.
+  return async () => {
     clearInterval(timer);
-    redis.hdel(metricsKey(prefix), field).catch(() => undefined);
+    await redis.hdel(metricsKey(prefix), field).catch(() => undefined);
   };
 }
 

@@ -84,7 +84,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     const closing = worker.close();
     await batcher.drain();
     await closing;
-    stopPush();
+    await stopPush();
     pushRedis.disconnect();
     await pool.end();
   });

@@ -47,7 +47,7 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
 
   const stop = once(async () => {
     clearInterval(timer);
-    stopPush();
+    await stopPush();
     await relay.stop();
     await reconciling;
     await queue.close().catch(() => undefined);
