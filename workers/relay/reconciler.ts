@@ -31,7 +31,10 @@ export interface ReconcileResult {
  * W had moved past it, and its event would never be checked.
  */
 export class Reconciler {
+  /** Sequence values seen at earlier ticks, waiting for that tick's concurrent transactions to end. */
   private horizons: { xmax: bigint; seq: number }[] = [];
+  /** The highest sequence value already known to be settled. */
+  private settled = 0;
 
   constructor(
     private readonly writePool: Pool,
@@ -54,17 +57,9 @@ export class Reconciler {
     const r = rows[0]!;
     const xmin = BigInt(r.xmin);
     this.horizons.push({ xmax: BigInt(r.xmax), seq: r.called ? Number(r.seq) : Number(r.seq) - 1 });
-    let bound = 0;
-    this.horizons = this.horizons.filter((h) => {
-      if (h.xmax <= xmin) {
-        bound = Math.max(bound, h.seq);
-        return false;
-      }
-      return true;
-    });
-    // Keep the newest settled horizon so the next tick can use it even if nothing new settles.
-    if (bound > 0) this.horizons.unshift({ xmax: 0n, seq: bound });
-    return bound;
+    for (const h of this.horizons) if (h.xmax <= xmin) this.settled = Math.max(this.settled, h.seq);
+    this.horizons = this.horizons.filter((h) => h.xmax > xmin);
+    return this.settled;
   }
 
   async tick(): Promise<ReconcileResult> {
