@@ -6,12 +6,15 @@ import type { Queue } from 'bullmq';
 import type { ApiMetrics } from './metrics.js';
 import type { ConsistencyWaiter } from './consistency.js';
 import type { EventJobData } from '../lib/queue.js';
+import type { OrderIntake } from '../db/orders.js';
 
 /** Everything a request handler may use, built once by the web process. */
 export interface Deps {
   config: Config;
   log: Logger;
   writePool: Pool;
+  /** POST /orders without an Idempotency-Key goes through here (group commit). */
+  orders: OrderIntake;
   readPool: Pool;
   /** Fail-fast client (no offline queue) used for readiness and queue counts. */
   redis: RedisClient;

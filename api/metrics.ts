@@ -10,6 +10,7 @@ export interface ApiMetrics {
   registry: client.Registry;
   httpDuration: client.Histogram<'method' | 'route' | 'status'>;
   ordersChanged: client.Counter<'event' | 'replayed'>;
+  orderBatchSize: client.Histogram;
 }
 
 export interface ScrapeSources {
@@ -69,6 +70,12 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
       name: 'orders_changes_total',
       help: 'Order changes written (created, paid, shipped, cancelled), and whether an Idempotency-Key replayed them',
       labelNames: ['event', 'replayed'],
+      registers: [registry],
+    }),
+    orderBatchSize: new client.Histogram({
+      name: 'order_batch_size',
+      help: 'Orders placed per write_db transaction by POST /orders (group commit)',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128],
       registers: [registry],
     }),
   };

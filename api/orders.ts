@@ -47,9 +47,12 @@ export const orderRoutes: Route[] = [
     async handler(ctx) {
       const key = idempotencyKey(ctx);
       const body = parseBody(createOrderBody, await readJson(ctx.req));
+      // Keyed orders go alone (the key's lock and stored response live in place_order); the rest through group commit.
       // The hash covers the validated body, so key order and spacing do not matter.
-      const requestHash = createHash('sha256').update(JSON.stringify(body)).digest('base64url');
-      const change = await placeOrder(ctx.deps.writePool, body, key === undefined ? undefined : { key, requestHash });
+      const change =
+        key === undefined
+          ? await ctx.deps.orders.place(body)
+          : await placeOrder(ctx.deps.writePool, body, { key, requestHash: createHash('sha256').update(JSON.stringify(body)).digest('base64url') });
       sendChange(ctx, 201, change);
     },
   },

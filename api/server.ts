@@ -7,6 +7,7 @@ import type { Deps } from './deps.js';
 import { healthRoutes } from './health.js';
 import { productRoutes } from './products.js';
 import { orderRoutes } from './orders.js';
+import { OrderIntake } from '../db/orders.js';
 import { createApiMetrics } from './metrics.js';
 import { analyticsRoutes } from './analytics.js';
 import { openapiRoutes } from './openapi.js';
@@ -92,6 +93,7 @@ export function buildDeps(config: Config, log: Logger): Deps {
   const readPool = createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read');
   const redis = createRedis(config, 'producer', log, 'web');
   const queue = createQueue(config, redis);
+  const metrics = createApiMetrics({ writePool, queue });
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   return {
     config,
@@ -100,7 +102,12 @@ export function buildDeps(config: Config, log: Logger): Deps {
     readPool,
     redis,
     queue,
-    metrics: createApiMetrics({ writePool, queue }),
+    metrics,
+    orders: new OrderIntake(writePool, {
+      batchSize: config.ORDER_BATCH_SIZE,
+      concurrency: Math.min(config.ORDER_BATCH_CONCURRENCY, config.WRITE_POOL_SIZE),
+      onBatch: (size) => metrics.orderBatchSize.observe(size),
+    }),
     consistency: new ConsistencyWaiter(readPool, config.READ_DATABASE_URL, log),
   };
 }
@@ -126,6 +133,8 @@ export async function startWeb(config: Config, log: Logger, deps = buildDeps(con
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeIdleConnections();
     await closed;
+    // Handlers of requests whose client went away may still be queued for group commit.
+    await deps.orders.drain();
     await deps.consistency.stop();
     await deps.queue.close().catch(() => undefined);
     await Promise.allSettled([deps.writePool.end(), deps.readPool.end(), deps.redis.quit()]);

@@ -23,17 +23,17 @@ export interface BenchEnv {
 const ADMIN = process.env.BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const REDIS = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
-function urlFor(db: string): string {
-  const u = new URL(ADMIN);
+function urlFor(admin: string, db: string): string {
+  const u = new URL(admin);
   u.pathname = `/${db}`;
   return u.toString();
 }
 
-/** Private, migrated databases and a Redis prefix for one benchmark. */
-export async function benchEnv(tag: string): Promise<BenchEnv> {
+/** Private, migrated databases and a Redis prefix for one benchmark (on the server of `admin`, the machine's by default). */
+export async function benchEnv(tag: string, admin = ADMIN): Promise<BenchEnv> {
   const id = `${tag}_${Date.now().toString(36)}`;
-  const writeUrl = urlFor(`op_bench_${id}_w`);
-  const readUrl = urlFor(`op_bench_${id}_r`);
+  const writeUrl = urlFor(admin, `op_bench_${id}_w`);
+  const readUrl = urlFor(admin, `op_bench_${id}_r`);
   await migrate(writeUrl, 'write', log);
   await migrate(readUrl, 'read', log);
   const prefix = `op-bench-${id}`;
@@ -50,7 +50,7 @@ export async function benchEnv(tag: string): Promise<BenchEnv> {
     async drop() {
       await write.end();
       await read.end();
-      const c = new pg.Client({ connectionString: ADMIN });
+      const c = new pg.Client({ connectionString: admin });
       await c.connect();
       for (const u of [writeUrl, readUrl]) await c.query(`DROP DATABASE IF EXISTS ${new URL(u).pathname.slice(1)} WITH (FORCE)`);
       await c.end();
@@ -114,23 +114,29 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-/** pgbench running place_order() with random 1–3 item orders, the same transaction the API runs. */
-export function pgbenchPlaceOrder(url: string, products: number, seconds: number, clients: number): { tps: number; latencyMs: number } {
+/**
+ * pgbench running place_order() with random 1–3 item orders, the same
+ * transaction the API runs; with `perTransaction` > 1, that many orders share
+ * one transaction (what group commit of orders would do). Returns orders/s.
+ */
+export function pgbenchPlaceOrder(url: string, products: number, seconds: number, clients: number, perTransaction = 1): { tps: number; ordersPerSec: number; latencyMs: number } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opbench-'));
   const scripts = [1, 2, 3].map((n) => {
     const vars = Array.from({ length: n }, (_, i) => `\\set p${i} random(1, ${products})\n\\set q${i} random(1, 3)`).join('\n');
     const ids = Array.from({ length: n }, (_, i) => `:p${i}`).join(',');
     const qs = Array.from({ length: n }, (_, i) => `:q${i}`).join(',');
+    const call = `SELECT place_order(:c, ARRAY[${ids}]::int[], ARRAY[${qs}]::int[], NULL, NULL);`;
+    const body = perTransaction === 1 ? call : `BEGIN;\n${Array.from({ length: perTransaction }, () => call).join('\n')}\nCOMMIT;`;
     const file = path.join(dir, `order${n}.sql`);
-    fs.writeFileSync(file, `\\set c random(1, 10000)\n${vars}\nSELECT place_order(:c, ARRAY[${ids}]::int[], ARRAY[${qs}]::int[], NULL, NULL);\n`);
+    fs.writeFileSync(file, `\\set c random(1, 10000)\n${vars}\n${body}\n`);
     return file;
   });
   const u = new URL(url);
   const args = ['-h', u.hostname, '-p', u.port || '5432', '-U', u.username || 'postgres', '-n', '-M', 'prepared', '-c', String(clients), '-j', '2', '-T', String(seconds), ...scripts.flatMap((s) => ['-f', s]), u.pathname.slice(1)];
-  const res = spawnSync('pgbench', args, { encoding: 'utf8' });
+  const res = spawnSync('pgbench', args, { encoding: 'utf8', env: { ...process.env, PGPASSWORD: decodeURIComponent(u.password) } });
   fs.rmSync(dir, { recursive: true, force: true });
-  if (res.status !== 0) throw new Error(`pgbench failed: ${res.stderr}`);
+  if (res.error || res.status !== 0) throw new Error(`pgbench failed (it comes with the PostgreSQL client packages): ${res.error?.message ?? res.stderr}`);
   const tps = Number(/tps = ([\d.]+)/.exec(res.stdout)?.[1]);
   const latencyMs = Number(/latency average = ([\d.]+) ms/.exec(res.stdout)?.[1]);
-  return { tps, latencyMs };
+  return { tps, ordersPerSec: tps * perTransaction, latencyMs };
 }

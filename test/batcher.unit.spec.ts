@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { Batcher } from '../workers/projector/batcher.js';
+import { Batcher } from '../lib/batcher.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe('Batcher (unit): group commit of projection jobs', () => {
+describe('Batcher (unit): group commit', () => {
   it('runs one flush at a time and gathers what arrives meanwhile into the next batch', async () => {
     const batches: number[][] = [];
     let inFlight = 0;
@@ -55,5 +55,28 @@ describe('Batcher (unit): group commit of projection jobs', () => {
     for (let i = 0; i < 5; i++) void b.submit(i);
     await b.drain();
     assert.equal(done, 5);
+  });
+
+  it('with waitMs 0 flushes at the end of the event-loop turn, and gathers only while maxInFlight batches run', async () => {
+    const batches: number[][] = [];
+    const b = new Batcher<number, number>(
+      async (items) => {
+        batches.push(items);
+        await sleep(20);
+        return items;
+      },
+      100,
+      0,
+      2,
+    );
+    const t0 = performance.now();
+    const first = [b.submit(1), b.submit(2)]; // same turn: one batch, sent at once
+    await sleep(1);
+    const second = b.submit(3); // a slot is free: goes alone, no waiting
+    await sleep(1);
+    const third = [4, 5, 6].map((i) => b.submit(i)); // both slots busy: these gather
+    await Promise.all([...first, second, ...third]);
+    assert.deepEqual(batches, [[1, 2], [3], [4, 5, 6]]);
+    assert.ok(performance.now() - t0 < 200);
   });
 });

@@ -244,3 +244,62 @@ describe('write side: orders and products over HTTP (integration)', function () 
     });
   });
 });
+
+describe('group commit of POST /orders (integration)', function () {
+  let f: WebFixture;
+  // One transaction in flight, so that concurrent orders must gather into batches.
+  before(async () => (f = await startTestWeb({ ORDER_BATCH_CONCURRENCY: '1', ORDER_BATCH_SIZE: '16' })));
+  after(async () => f.stop());
+
+  it('concurrent orders share transactions, yet each gets its own answer and only good ones are written', async function () {
+    this.timeout(60_000);
+    const plenty = await createProduct(f.base, { price: '3.10', stock: 1000 });
+    const scarce = await createProduct(f.base, { price: '7.00', stock: 5 });
+    const dear = await createProduct(f.base, { price: '99999999.99', stock: 10 });
+    const { rows: before } = await f.write.query<{ n: string }>('SELECT count(*) AS n FROM outbox');
+    // 120 orders: plenty of good ones, 30 for one of the scarce 5, 10 for an unknown product,
+    // and 2 whose total overflows DECIMAL(10,2): that error aborts a whole batch statement.
+    const kinds = Array.from({ length: 120 }, (_, i) => (i % 4 === 1 ? 'scarce' : i % 12 === 2 ? 'unknown' : i === 7 || i === 79 ? 'overflow' : 'good'));
+    const results = await Promise.all(
+      kinds.map((kind, i) => {
+        const items =
+          kind === 'scarce' ? [{ product_id: plenty, quantity: 1 }, { product_id: scarce, quantity: 1 }]
+          : kind === 'unknown' ? [{ product_id: 987654, quantity: 1 }]
+          : kind === 'overflow' ? [{ product_id: dear, quantity: 2 }]
+          : [{ product_id: plenty, quantity: 1 + (i % 3) }];
+        return call(f.base, 'POST', '/orders', { customer_id: 500 + i, items });
+      }),
+    );
+    const by = (kind: string) => results.filter((_, i) => kinds[i] === kind);
+    assert.ok(by('good').every((r) => r.status === 201), JSON.stringify(by('good').find((r) => r.status !== 201)?.body));
+    assert.deepEqual(by('unknown').map((r) => [r.status, r.json.code, r.json.product_id]), by('unknown').map(() => [422, 'unknown_product', 987654]));
+    assert.deepEqual(by('overflow').map((r) => [r.status, r.json.code]), [[422, 'total_out_of_range'], [422, 'total_out_of_range']]);
+    const scarceStatuses = by('scarce').map((r) => r.status).sort();
+    assert.deepEqual(scarceStatuses, [...Array(5).fill(201), ...Array(25).fill(409)]);
+    assert.ok(by('scarce').filter((r) => r.status === 409).every((r) => r.json.code === 'insufficient_stock' && r.json.shortages[0].product_id === scarce));
+
+    // Every 201 is its own order, as GET returns it, with its own event.
+    const created = results.filter((r) => r.status === 201);
+    assert.equal(new Set(created.map((r) => r.json.id)).size, created.length);
+    for (const r of created.slice(0, 10)) assert.deepEqual((await call(f.base, 'GET', `/orders/${r.json.id}`)).json, r.json);
+    const { rows: after } = await f.write.query<{ n: string }>('SELECT count(*) AS n FROM outbox');
+    assert.equal(Number(after[0]!.n) - Number(before[0]!.n), created.length);
+    const { rows: ev } = await f.write.query<{ id: number; order_id: number }>(
+      `SELECT id, (payload->>'id')::int AS order_id FROM outbox WHERE (payload->>'id')::int = ANY ($1)`,
+      [created.map((r) => r.json.id)],
+    );
+    const tokenOf = new Map(ev.map((e) => [e.order_id, String(e.id)]));
+    assert.ok(created.every((r) => r.headers.get('x-consistency-token') === tokenOf.get(r.json.id)));
+
+    // Stock moved by exactly what the 201s sold; nothing of a refused order was written.
+    const sold = (id: number) => created.flatMap((r) => r.json.items).filter((i: { product_id: number }) => i.product_id === id).reduce((s: number, i: { quantity: number }) => s + i.quantity, 0);
+    const { rows: stock } = await f.write.query<{ id: number; stock: number }>('SELECT id, stock FROM products WHERE id = ANY ($1) ORDER BY id', [[plenty, scarce, dear]]);
+    assert.deepEqual(stock.map((s) => s.stock), [1000 - sold(plenty), 0, 10]);
+
+    // And they really were grouped: orders committed in one transaction share its xmin.
+    const { rows: tx } = await f.write.query<{ txs: string }>('SELECT count(DISTINCT xmin::text) AS txs FROM orders WHERE id = ANY ($1)', [created.map((r) => r.json.id)]);
+    assert.ok(Number(tx[0]!.txs) < created.length / 2, `${tx[0]!.txs} transactions for ${created.length} orders`);
+    const metrics = await call(f.base, 'GET', '/metrics');
+    assert.match(String(metrics.body), /order_batch_size_count \d+/);
+  });
+});

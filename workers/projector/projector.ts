@@ -6,7 +6,7 @@ import type { EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
 import { createPool } from '../../db/pool.js';
 import { applyEvents, type ProjectionEvent } from './apply.js';
-import { Batcher } from './batcher.js';
+import { Batcher } from '../../lib/batcher.js';
 import { deltasFor, InvalidEventError } from './deltas.js';
 import { createProjectorMetrics, type ProjectorMetrics } from './metrics.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';

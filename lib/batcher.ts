@@ -1,14 +1,17 @@
 /**
- * Group commit for the projection: each BullMQ job hands its item here and
- * waits; items are flushed together when `size` have gathered or `waitMs`
- * after the first one arrived, and every waiter gets the batch's outcome.
- * Only `maxInFlight` batches run at once: while one commits, the next one
- * gathers, so batches grow with the load instead of many small transactions
- * queueing on the same hot view rows.
+ * Group commit: each caller hands its item here and waits; items are flushed
+ * together when `size` have gathered or `waitMs` after the first one arrived
+ * (0: at the end of the current event-loop turn), and every waiter gets the
+ * batch's outcome. Only `maxInFlight` batches run at once: while they commit,
+ * the next one gathers, so batches grow with the load instead of many small
+ * transactions queueing on the same rows. Used by the projector (BullMQ jobs
+ * → one read_db transaction) and by order intake (POST /orders → one
+ * place_orders call).
  */
 export class Batcher<T, R> {
   private pending: { item: T; resolve: (r: R) => void; reject: (e: unknown) => void }[] = [];
   private timer: NodeJS.Timeout | undefined;
+  private immediate: NodeJS.Immediate | undefined;
   private inFlight = new Set<Promise<void>>();
 
   constructor(
@@ -22,6 +25,7 @@ export class Batcher<T, R> {
     return new Promise<R>((resolve, reject) => {
       this.pending.push({ item, resolve, reject });
       if (this.pending.length >= this.size) this.flush();
+      else if (this.waitMs === 0) this.immediate ??= setImmediate(() => this.flush());
       else this.timer ??= setTimeout(() => this.flush(), this.waitMs);
     });
   }
@@ -36,7 +40,9 @@ export class Batcher<T, R> {
 
   private flush(): void {
     clearTimeout(this.timer);
+    clearImmediate(this.immediate);
     this.timer = undefined;
+    this.immediate = undefined;
     if (this.pending.length === 0 || this.inFlight.size >= this.maxInFlight) return;
     const batch = this.pending.splice(0, this.size);
     const run = this.flushFn(batch.map((b) => b.item)).then(
