@@ -4,18 +4,9 @@ import type { Ctx, Route } from './router.js';
 import { parseId, parseLimit } from './validate.js';
 import { CONSISTENCY_HEADER } from './orders.js';
 import { outboxBacklog } from '../db/outbox.js';
+import { categoryMetrics, customerLtv, hourlySales, productSales, topCustomers, topProducts } from '../db/analytics.js';
 
-/**
- * Analytics over read_db only. Money leaves as two-decimal text; a key with
- * no row reads as zeros (SPEC §3: a missing row counts as all zeros).
- */
-
-/**
- * Money as text. The views are aliased `v` and sorts name `v.<column>`:
- * an unqualified ORDER BY total_revenue would sort by this text output
- * column ("9.00" above "10.00") instead of the NUMERIC.
- */
-const MONEY = (col: string) => `round(v.${col}, 2)::text`;
+/** Analytics over read_db only; the queries are in db/analytics.ts. */
 
 /** Read-your-writes: with X-Consistency-Token, wait (bounded) until that event is applied. */
 async function consistent(ctx: Ctx): Promise<void> {
@@ -52,13 +43,7 @@ export const analyticsRoutes: Route[] = [
       if (by !== 'revenue' && by !== 'quantity') throw new ApiError('validation_failed', 'by must be revenue or quantity', { field: 'by' });
       const limit = parseLimit(ctx.url.searchParams.get('limit'), 'limit', 10, 100);
       await consistent(ctx);
-      const order = by === 'revenue' ? 'v.total_revenue DESC, v.product_id' : 'v.total_quantity_sold DESC, v.product_id';
-      const { rows } = await ctx.deps.readPool.query(
-        `SELECT product_id, total_quantity_sold, ${MONEY('total_revenue')} AS total_revenue, order_count
-           FROM product_sales_view v WHERE v.order_count > 0 ORDER BY ${order} LIMIT $1`,
-        [limit],
-      );
-      sendJson(ctx.res, 200, { by, items: rows });
+      sendJson(ctx.res, 200, { by, items: await topProducts(ctx.deps.readPool, by, limit) });
     },
   },
   {
@@ -67,12 +52,7 @@ export const analyticsRoutes: Route[] = [
     async handler(ctx) {
       const id = parseId(ctx.params[0], 'id');
       await consistent(ctx);
-      const { rows } = await ctx.deps.readPool.query(
-        `SELECT product_id, total_quantity_sold, ${MONEY('total_revenue')} AS total_revenue, order_count
-           FROM product_sales_view v WHERE v.product_id = $1`,
-        [id],
-      );
-      sendJson(ctx.res, 200, rows[0] ?? { product_id: id, total_quantity_sold: 0, total_revenue: '0.00', order_count: 0 });
+      sendJson(ctx.res, 200, await productSales(ctx.deps.readPool, id));
     },
   },
   {
@@ -80,12 +60,7 @@ export const analyticsRoutes: Route[] = [
     path: '/analytics/categories',
     async handler(ctx) {
       await consistent(ctx);
-      const { rows } = await ctx.deps.readPool.query(
-        `SELECT category_name, ${MONEY('total_revenue')} AS total_revenue, total_orders
-           FROM category_metrics_view v WHERE v.total_orders <> 0 OR v.total_revenue <> 0
-          ORDER BY v.total_revenue DESC, v.category_name`,
-      );
-      sendJson(ctx.res, 200, { items: rows });
+      sendJson(ctx.res, 200, { items: await categoryMetrics(ctx.deps.readPool) });
     },
   },
   {
@@ -94,12 +69,7 @@ export const analyticsRoutes: Route[] = [
     async handler(ctx) {
       const limit = parseLimit(ctx.url.searchParams.get('limit'), 'limit', 10, 100);
       await consistent(ctx);
-      const { rows } = await ctx.deps.readPool.query(
-        `SELECT customer_id, ${MONEY('total_spent')} AS total_spent, order_count, last_order_date
-           FROM customer_ltv_view v WHERE v.order_count > 0 ORDER BY v.total_spent DESC, v.customer_id LIMIT $1`,
-        [limit],
-      );
-      sendJson(ctx.res, 200, { items: rows });
+      sendJson(ctx.res, 200, { items: await topCustomers(ctx.deps.readPool, limit) });
     },
   },
   {
@@ -108,12 +78,7 @@ export const analyticsRoutes: Route[] = [
     async handler(ctx) {
       const id = parseId(ctx.params[0], 'id');
       await consistent(ctx);
-      const { rows } = await ctx.deps.readPool.query(
-        `SELECT customer_id, ${MONEY('total_spent')} AS total_spent, order_count, last_order_date
-           FROM customer_ltv_view v WHERE v.customer_id = $1`,
-        [id],
-      );
-      sendJson(ctx.res, 200, rows[0] ?? { customer_id: id, total_spent: '0.00', order_count: 0, last_order_date: null });
+      sendJson(ctx.res, 200, await customerLtv(ctx.deps.readPool, id));
     },
   },
   {
@@ -124,16 +89,7 @@ export const analyticsRoutes: Route[] = [
       const to = parseTime(ctx.url.searchParams.get('to'), 'to');
       if (from && to && from > to) throw new ApiError('validation_failed', 'from must not be after to', { field: 'from' });
       await consistent(ctx);
-      const { rows } = await ctx.deps.readPool.query(
-        `SELECT hour_timestamp, total_orders, ${MONEY('total_revenue')} AS total_revenue
-           FROM hourly_sales_view v
-          WHERE ($1::timestamptz IS NULL OR hour_timestamp >= ($1::timestamptz AT TIME ZONE 'UTC'))
-            AND ($2::timestamptz IS NULL OR hour_timestamp <= ($2::timestamptz AT TIME ZONE 'UTC'))
-            AND (total_orders <> 0 OR total_revenue <> 0)
-          ORDER BY hour_timestamp`,
-        [from, to],
-      );
-      sendJson(ctx.res, 200, { from, to, items: rows });
+      sendJson(ctx.res, 200, { from, to, items: await hourlySales(ctx.deps.readPool, from, to) });
     },
   },
 ];

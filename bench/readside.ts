@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { categoryMetrics, customerLtv, hourlySales, productSales, topCustomers, topProducts } from '../db/analytics.js';
 import { percentile } from './lib.js';
 
 /**
@@ -56,22 +57,28 @@ export async function seedOrders(write: pg.Pool, orders: number, onProgress: (do
   await write.query('ANALYZE');
 }
 
-/** The same answers as the analytics endpoints, computed on the fly from write_db. */
-export const ON_THE_FLY: Record<string, { path: string; sql: string; params: unknown[] }> = {
+/**
+ * Each analytics endpoint; the read-model query it runs (db/analytics.ts,
+ * timed without HTTP); and the same answer computed on the fly from write_db.
+ */
+export const ON_THE_FLY: Record<string, { path: string; readModel: (read: pg.Pool) => Promise<unknown>; sql: string; params: unknown[] }> = {
   'product by id': {
     path: '/analytics/products/500',
+    readModel: (read) => productSales(read, 500),
     sql: `SELECT i.product_id, sum(i.quantity), sum(i.quantity * i.price), count(DISTINCT i.order_id)
             FROM order_items i JOIN orders o ON o.id = i.order_id WHERE i.product_id = $1 AND o.status <> 'cancelled' GROUP BY 1`,
     params: [500],
   },
   'top products': {
     path: '/analytics/products/top?by=revenue&limit=10',
+    readModel: (read) => topProducts(read, 'revenue', 10),
     sql: `SELECT i.product_id, sum(i.quantity * i.price) AS r FROM order_items i JOIN orders o ON o.id = i.order_id
            WHERE o.status <> 'cancelled' GROUP BY 1 ORDER BY r DESC LIMIT 10`,
     params: [],
   },
   categories: {
     path: '/analytics/categories',
+    readModel: (read) => categoryMetrics(read),
     sql: `SELECT c.category, sum(i.quantity * i.price), count(DISTINCT i.order_id) FROM order_items i
             JOIN orders o ON o.id = i.order_id JOIN order_item_categories c ON c.order_item_id = i.id
            WHERE o.status <> 'cancelled' GROUP BY 1`,
@@ -79,17 +86,20 @@ export const ON_THE_FLY: Record<string, { path: string; sql: string; params: unk
   },
   'customer by id': {
     path: '/analytics/customers/4242',
+    readModel: (read) => customerLtv(read, 4242),
     sql: `SELECT customer_id, sum(total) FILTER (WHERE status <> 'cancelled'), count(*) FILTER (WHERE status <> 'cancelled'), max(created_at)
             FROM orders WHERE customer_id = $1 GROUP BY 1`,
     params: [4242],
   },
   'top customers': {
     path: '/analytics/customers/top?limit=10',
+    readModel: (read) => topCustomers(read, 10),
     sql: `SELECT customer_id, sum(total) AS s FROM orders WHERE status <> 'cancelled' GROUP BY 1 ORDER BY s DESC LIMIT 10`,
     params: [],
   },
   'hourly, 7 days': {
     path: '/analytics/hourly?from=2026-02-01T00:00:00Z&to=2026-02-08T00:00:00Z',
+    readModel: (read) => hourlySales(read, '2026-02-01T00:00:00.000Z', '2026-02-08T00:00:00.000Z'),
     sql: `SELECT date_trunc('hour', created_at), count(*), sum(total) FROM orders
            WHERE status <> 'cancelled' AND created_at >= '2026-02-01' AND created_at <= '2026-02-08' GROUP BY 1 ORDER BY 1`,
     params: [],
