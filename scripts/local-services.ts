@@ -49,7 +49,8 @@ export function portAnswers(port: number, host = '127.0.0.1'): Promise<boolean> 
   });
 }
 
-async function freePort(preferred: number): Promise<number> {
+/** `preferred` if nothing answers there, else any free loopback port. */
+export async function freePort(preferred: number): Promise<number> {
   if (!(await portAnswers(preferred))) return preferred;
   return new Promise((resolve) => {
     const srv = net.createServer().listen(0, '127.0.0.1', () => {
