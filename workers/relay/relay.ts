@@ -16,12 +16,12 @@ interface OutboxRow {
 }
 
 /**
- * Move one batch of unpublished outbox rows to the queue. The rows stay
- * locked (SKIP LOCKED lets other relays take the next ones) until they are in
- * Redis and marked published in the same transaction: if Redis refuses,
- * nothing is marked, and if we die after addBulk but before COMMIT the rows
- * are enqueued again under the same job ids, which BullMQ and then
- * processed_events deduplicate.
+ * Move one batch of unpublished outbox rows to the queue. claim_outbox()
+ * locks the oldest rows no other relay holds (SKIP LOCKED) and marks them
+ * published, in a transaction that commits only once the jobs are in Redis:
+ * if Redis refuses, the rollback unmarks them, and if we die after addBulk
+ * but before COMMIT they are enqueued again under the same job ids, which
+ * BullMQ and then processed_events deduplicate.
  *
  * No cursor is kept: each claim looks for published_at IS NULL from the
  * lowest id, so a row whose transaction commits late is never skipped.
@@ -30,17 +30,12 @@ export async function relayBatch(pool: Pool, queue: Queue<EventJobData>, config:
   return withTransaction(pool, async (client) => {
     const { rows } = await client.query<OutboxRow>({
       name: 'claim_outbox',
-      text: `SELECT id, topic, payload, created_at FROM outbox
-              WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`,
+      text: 'SELECT id, topic, payload, created_at FROM claim_outbox($1)',
       values: [config.RELAY_BATCH_SIZE],
     });
     if (rows.length === 0) return 0;
+    rows.sort((a, b) => a.id - b.id); // UPDATE … RETURNING has no order; enqueue oldest first
     await queue.addBulk(rows.map((r) => toJob(config, r)));
-    await client.query({
-      name: 'mark_published',
-      text: `UPDATE outbox SET published_at = clock_timestamp() AT TIME ZONE 'UTC' WHERE id = ANY ($1::int[])`,
-      values: [rows.map((r) => r.id)],
-    });
     return rows.length;
   });
 }

@@ -29,7 +29,12 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   const requeued = new client.Counter({ name: 'reconciler_events_requeued_total', help: 'Published events re-enqueued because Redis had lost their job', registers: [registry] });
   const watermark = new client.Gauge({ name: 'reconciler_watermark_event_id', help: 'Every outbox id at or below this is applied', registers: [registry] });
 
-  const relay = new Relay(writePool, queue, config, log, (n) => relayed.inc(n));
+  const batchSize = new client.Histogram({ name: 'relay_batch_size', help: 'Events per relay batch (one addBulk, one write_db transaction)', buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000], registers: [registry] });
+
+  const relay = new Relay(writePool, queue, config, log, (n) => {
+    relayed.inc(n);
+    batchSize.observe(n);
+  });
   const reconciler = new Reconciler(writePool, readPool, queue, redis, config, log);
   await relay.start();
   const stopPush = startMetricsPush(redis, config.QUEUE_PREFIX, 'relay', registry, log);
