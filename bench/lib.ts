@@ -1,5 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -100,6 +101,76 @@ export async function waitForHttp(url: string, timeoutMs = 15_000): Promise<void
     await sleep(100);
   }
   throw new Error(`${url} did not answer in ${timeoutMs} ms`);
+}
+
+/** CPU seconds per process, by group: label → pid → seconds. */
+export type CpuSnapshot = Map<string, Map<number, number>>;
+
+function procCpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in USER_HZ ticks
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Where the CPU goes during a run (Linux only: /proc): the given child
+ * processes, the PostgreSQL backends of the bench databases (when the server
+ * is on this machine), Redis (its INFO; the whole server) and this process
+ * (the load generator). Take one before and one after, then cpuCores().
+ * A backend that exits between the two is not counted; pools keep theirs.
+ */
+export async function cpuSnapshot(env: BenchEnv, procs: Record<string, ChildProcess>): Promise<CpuSnapshot | undefined> {
+  if (!fs.existsSync('/proc/self/stat')) return undefined;
+  const snap: CpuSnapshot = new Map();
+  const add = (label: string, pid: number, seconds: number | undefined) => {
+    if (seconds === undefined) return;
+    if (!snap.has(label)) snap.set(label, new Map());
+    snap.get(label)!.set(pid, seconds);
+  };
+  for (const [label, child] of Object.entries(procs)) if (child.pid) add(label, child.pid, procCpuSeconds(child.pid));
+  if (['127.0.0.1', 'localhost', '[::1]'].includes(new URL(env.writeUrl).hostname)) {
+    for (const [label, pool] of [['write_db', env.write], ['read_db', env.read]] as const) {
+      const { rows } = await pool.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = current_database()');
+      for (const { pid } of rows) add(label, pid, procCpuSeconds(pid));
+    }
+  }
+  const r = new Redis(REDIS);
+  const info = await r.info('cpu').finally(() => r.disconnect());
+  const field = (name: string) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? 0);
+  add('redis', 0, field('used_cpu_sys') + field('used_cpu_user'));
+  const self = process.cpuUsage();
+  add('load generator', process.pid, (self.user + self.system) / 1e6);
+  return snap;
+}
+
+/** Cores used per group between two snapshots taken `seconds` apart, busiest first. */
+export function cpuCores(before: CpuSnapshot, after: CpuSnapshot, seconds: number): [string, number][] {
+  const out: [string, number][] = [];
+  for (const [label, pids] of after) {
+    let used = 0;
+    for (const [pid, sec] of pids) used += sec - (before.get(label)?.get(pid) ?? 0);
+    out.push([label, used / seconds]);
+  }
+  return out.sort((a, b) => b[1] - a[1]);
+}
+
+/** POST a JSON body over `agent`; resolves when the answer has been read, with the time its head arrived. */
+export function postJson(agent: http.Agent, url: string, body: string): Promise<{ at: number; status: number; token: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      const at = performance.now();
+      const token = res.headers['x-consistency-token'];
+      res.resume();
+      res.on('error', reject);
+      res.on('end', () => resolve({ at, status: res.statusCode ?? 0, token: typeof token === 'string' ? token : undefined }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 /** A random order of 1–3 items over the given products. */
