@@ -45,31 +45,49 @@ type Row = { section: string; measure: string; value: string; reference?: string
 const rows: Row[] = [];
 const results: Record<string, unknown> = {};
 
-async function withWeb<T>(env: BenchEnv, port: number, fn: (base: string, web: ChildProcess) => Promise<T>): Promise<T> {
+async function withWeb<T>(env: BenchEnv, preferredPort: number, fn: (base: string, web: ChildProcess) => Promise<T>): Promise<T> {
+  // A free port: a web left over from an interrupted run must not answer in this one's place.
+  const port = await freePort(preferredPort);
   const web = startProc('api/main.js', { ...env.env, PORT: String(port), LOG_LEVEL: 'warn' });
   try {
     await waitForHttp(`http://127.0.0.1:${port}/healthz`);
+    if (web.exitCode !== null) throw new Error(`web exited with code ${web.exitCode} before the run`);
     return await fn(`http://127.0.0.1:${port}`, web);
   } finally {
     await stopProc(web);
   }
 }
 
+/** Runs `fn` and measures the cores each process used meanwhile (none where /proc is missing). */
+async function withCpu<T>(env: BenchEnv, procs: Record<string, ChildProcess>, fn: () => Promise<T>): Promise<{ result: T; cores?: [string, number][] }> {
+  const before = await cpuSnapshot(env, procs);
+  const t0 = performance.now();
+  const result = await fn();
+  const after = await cpuSnapshot(env, procs);
+  return { result, cores: before && after ? cpuCores(before, after, (performance.now() - t0) / 1000) : undefined };
+}
+
+function cpuRow(section: string, cores: [string, number][]): Row {
+  const total = cores.reduce((sum, [, c]) => sum + c, 0);
+  return { section, measure: `  CPU, cores: ${cores.map(([name, c]) => `${name} ${c.toFixed(2)}`).join(' · ')}`, value: `${total.toFixed(2)} of ${os.cpus().length} cores` };
+}
+
 async function intake(): Promise<void> {
   const env = await benchEnv('intake');
   try {
     const products = await seedProducts(env.write, PRODUCTS);
-    const http = await withWeb(env, 3901, async (base) => {
-      const result = await autocannon({
-        url: `${base}/orders`,
-        connections: 32,
-        duration: SECONDS,
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify(randomOrder(products)) }) }],
-      });
-      return result;
-    });
+    const { result: http, cores } = await withWeb(env, 3901, (base, web) =>
+      withCpu(env, { web }, () =>
+        autocannon({
+          url: `${base}/orders`,
+          connections: 32,
+          duration: SECONDS,
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify(randomOrder(products)) }) }],
+        }),
+      ),
+    );
     const ok = http['2xx'];
     const ordersPerSec = ok / SECONDS;
     const pgb = pgbenchPlaceOrder(env.writeUrl, PRODUCTS, SECONDS, 32);
@@ -85,9 +103,11 @@ async function intake(): Promise<void> {
       pgbenchEightPerTransaction: { clients, ...grouped },
       ratio: ordersPerSec / pgb.ordersPerSec,
       ratioToFewClients: ordersPerSec / best.ordersPerSec,
+      cpuCores: cores && Object.fromEntries(cores),
     };
     rows.push({ section: 'intake', measure: 'POST /orders (32 conns, 1–3 items)', value: `${ordersPerSec.toFixed(0)} orders/s`, reference: `pgbench place_order, 32 clients: ${pgb.ordersPerSec.toFixed(0)} tps`, ratio: (ordersPerSec / pgb.ordersPerSec).toFixed(2) });
     rows.push({ section: 'intake', measure: 'POST /orders latency p50 / p99', value: `${http.latency.p50} / ${http.latency.p99} ms`, reference: `pgbench avg ${pgb.latencyMs} ms` });
+    if (cores) rows.push(cpuRow('intake', cores));
     rows.push({ section: 'intake', measure: `same, against pgbench with ${clients} clients`, value: '', reference: `${best.ordersPerSec.toFixed(0)} tps`, ratio: (ordersPerSec / best.ordersPerSec).toFixed(2) });
     rows.push({ section: 'intake', measure: `pgbench, 8 orders per transaction, ${clients} clients`, value: '', reference: `${grouped.ordersPerSec.toFixed(0)} orders/s (group-commit ceiling)`, ratio: (ordersPerSec / grouped.ordersPerSec).toFixed(2) });
   } finally {
@@ -166,12 +186,7 @@ async function freshnessSection(): Promise<void> {
       const seconds = Math.min(SECONDS, 10);
       const out: Record<string, Freshness & { cpuCores?: Record<string, number> }> = {};
       const run = async (rate: number, label: string) => {
-        const procs = { web, relay, worker };
-        const before = await cpuSnapshot(env, procs);
-        const t0 = performance.now();
-        const r = await freshness(rate, seconds, env, base, products);
-        const after = await cpuSnapshot(env, procs);
-        const cores = before && after ? cpuCores(before, after, (performance.now() - t0) / 1000) : undefined;
+        const { result: r, cores } = await withCpu(env, { web, relay, worker }, () => freshness(rate, seconds, env, base, products));
         out[label] = { ...r, cpuCores: cores && Object.fromEntries(cores) };
         rows.push({
           section: 'freshness',
@@ -179,14 +194,7 @@ async function freshnessSection(): Promise<void> {
           value: `${r.p50.toFixed(1)} / ${r.p99.toFixed(1)} ms`,
           reference: `${rate}/s offered, ${r.answered.toFixed(0)}/s answered`,
         });
-        if (cores) {
-          const total = cores.reduce((sum, [, c]) => sum + c, 0);
-          rows.push({
-            section: 'freshness',
-            measure: `  CPU, cores: ${cores.map(([name, c]) => `${name} ${c.toFixed(2)}`).join(' · ')}`,
-            value: `${total.toFixed(2)} of ${os.cpus().length} cores`,
-          });
-        }
+        if (cores) rows.push(cpuRow('freshness', cores));
         return r;
       };
       await run(200, '200 orders/s');
