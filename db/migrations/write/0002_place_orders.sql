@@ -12,28 +12,42 @@
 -- arrive faster than the pool can commit them). Errors, results and the
 -- locking order are unchanged.
 
+-- The order document's shape, in one place: order_document() reads it from
+-- the tables, order_insert() from the rows it just inserted. Plain SQL
+-- expressions, so the planner inlines them into the calling query (no call,
+-- no planning of their own).
+CREATE FUNCTION order_item_json(p_id INTEGER, p_product_id INTEGER, p_category VARCHAR, p_quantity INTEGER, p_price NUMERIC)
+RETURNS JSONB LANGUAGE sql STABLE AS $$
+  SELECT jsonb_build_object(
+    'id', p_id,
+    'product_id', p_product_id,
+    'category', p_category,
+    'quantity', p_quantity,
+    'price', p_price::text,
+    'line_total', (p_quantity * p_price)::text)
+$$;
+
+CREATE FUNCTION order_json(p_id INTEGER, p_customer_id INTEGER, p_status VARCHAR, p_total NUMERIC, p_created_at TIMESTAMP, p_items JSONB)
+RETURNS JSONB LANGUAGE sql STABLE AS $$
+  SELECT jsonb_build_object(
+    'id', p_id,
+    'customer_id', p_customer_id,
+    'status', p_status,
+    'total', p_total::text,
+    'created_at', to_char(p_created_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    'items', p_items)
+$$;
+
 CREATE OR REPLACE FUNCTION order_document(p_order_id INTEGER) RETURNS JSONB LANGUAGE plpgsql STABLE AS $$
 BEGIN
   RETURN (
-    SELECT jsonb_build_object(
-      'id', o.id,
-      'customer_id', o.customer_id,
-      'status', o.status,
-      'total', o.total::text,
-      'created_at', to_char(o.created_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-      'items', (
-        SELECT jsonb_agg(jsonb_build_object(
-                 'id', i.id,
-                 'product_id', i.product_id,
-                 'category', c.category,
-                 'quantity', i.quantity,
-                 'price', i.price::text,
-                 'line_total', (i.quantity * i.price)::text) ORDER BY i.id)
-          FROM order_items i
-          JOIN order_item_categories c ON c.order_item_id = i.id
-         WHERE i.order_id = o.id))
-    FROM orders o
-    WHERE o.id = p_order_id);
+    SELECT order_json(o.id, o.customer_id, o.status, o.total, o.created_at, (
+             SELECT jsonb_agg(order_item_json(i.id, i.product_id, c.category, i.quantity, i.price) ORDER BY i.id)
+               FROM order_items i
+               JOIN order_item_categories c ON c.order_item_id = i.id
+              WHERE i.order_id = o.id))
+      FROM orders o
+     WHERE o.id = p_order_id);
 END $$;
 
 -- Lock the products in id order and check them. Returns NULL when the order
@@ -91,24 +105,11 @@ BEGIN
     SELECT i.id, l.category FROM items i JOIN (SELECT DISTINCT pid, category FROM lines) l ON l.pid = i.product_id
     RETURNING order_item_id, category
   ), doc AS (
-    -- The same document as order_document(), from the rows just inserted.
-    SELECT jsonb_build_object(
-      'id', o.id,
-      'customer_id', o.customer_id,
-      'status', o.status,
-      'total', o.total::text,
-      'created_at', to_char(o.created_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-      'items', (
-        SELECT jsonb_agg(jsonb_build_object(
-                 'id', i.id,
-                 'product_id', i.product_id,
-                 'category', c.category,
-                 'quantity', i.quantity,
-                 'price', i.price::text,
-                 'line_total', (i.quantity * i.price)::text) ORDER BY i.id)
-          FROM items i
-          JOIN categories c ON c.order_item_id = i.id)) AS doc
-    FROM new_order o
+    SELECT order_json(o.id, o.customer_id, o.status, o.total, o.created_at, (
+             SELECT jsonb_agg(order_item_json(i.id, i.product_id, c.category, i.quantity, i.price) ORDER BY i.id)
+               FROM items i
+               JOIN categories c ON c.order_item_id = i.id)) AS doc
+      FROM new_order o
   ), event AS (
     INSERT INTO outbox (topic, payload) SELECT 'order.created', doc.doc FROM doc
     RETURNING id
