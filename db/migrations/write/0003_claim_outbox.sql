@@ -21,9 +21,9 @@
 -- the rows it locked through the primary key. Bitmap and sequential scans are
 -- switched off for this one function so that no plan, cached or fresh, can
 -- bring either back. Same load: 0.70–0.75 cores fresh, 0.79–0.80 after
--- 35,000 more orders; five claims after 5,000 published rows touch 36 heap
--- pages instead of 321 (test/faults.int.spec.ts). VACUUM still reclaims the
--- space.
+-- 35,000 more orders; five one-event relays after 5,000 published rows
+-- touch 36 heap pages of the outbox instead of 321 (test/faults.int.spec.ts).
+-- VACUUM still reclaims the space.
 CREATE FUNCTION claim_outbox(p_limit INTEGER)
 RETURNS TABLE (id INTEGER, topic VARCHAR, payload JSONB, created_at TIMESTAMP)
 LANGUAGE sql
