@@ -185,21 +185,15 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-/**
- * pgbench running place_order() with random 1–3 item orders, the same
- * transaction the API runs; with `perTransaction` > 1, that many orders share
- * one transaction (what group commit of orders would do). Returns orders/s.
- */
-export function pgbenchPlaceOrder(url: string, products: number, seconds: number, clients: number, perTransaction = 1): { tps: number; ordersPerSec: number; latencyMs: number } {
+type PgbenchResult = { tps: number; ordersPerSec: number; latencyMs: number };
+
+/** pgbench with one script per order size (1–3 items, chosen at random), each written by `script(n)`. */
+function runPgbench(url: string, products: number, seconds: number, clients: number, perTransaction: number, script: (n: number) => string): PgbenchResult {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opbench-'));
   const scripts = [1, 2, 3].map((n) => {
     const vars = Array.from({ length: n }, (_, i) => `\\set p${i} random(1, ${products})\n\\set q${i} random(1, 3)`).join('\n');
-    const ids = Array.from({ length: n }, (_, i) => `:p${i}`).join(',');
-    const qs = Array.from({ length: n }, (_, i) => `:q${i}`).join(',');
-    const call = `SELECT place_order(:c, ARRAY[${ids}]::int[], ARRAY[${qs}]::int[], NULL, NULL);`;
-    const body = perTransaction === 1 ? call : `BEGIN;\n${Array.from({ length: perTransaction }, () => call).join('\n')}\nCOMMIT;`;
     const file = path.join(dir, `order${n}.sql`);
-    fs.writeFileSync(file, `\\set c random(1, 10000)\n${vars}\n${body}\n`);
+    fs.writeFileSync(file, `\\set c random(1, 10000)\n${vars}\n${script(n)}\n`);
     return file;
   });
   const u = new URL(url);
@@ -210,4 +204,41 @@ export function pgbenchPlaceOrder(url: string, products: number, seconds: number
   const tps = Number(/tps = ([\d.]+)/.exec(res.stdout)?.[1]);
   const latencyMs = Number(/latency average = ([\d.]+) ms/.exec(res.stdout)?.[1]);
   return { tps, ordersPerSec: tps * perTransaction, latencyMs };
+}
+
+const itemList = (n: number, item: (i: number) => string, sep = ', ') => Array.from({ length: n }, (_, i) => item(i)).join(sep);
+
+/**
+ * pgbench running place_order() with random 1–3 item orders, the same
+ * transaction the API runs; with `perTransaction` > 1, that many orders share
+ * one transaction (what group commit of orders would do). Returns orders/s.
+ */
+export function pgbenchPlaceOrder(url: string, products: number, seconds: number, clients: number, perTransaction = 1): PgbenchResult {
+  return runPgbench(url, products, seconds, clients, perTransaction, (n) => {
+    const call = `SELECT place_order(:c, ARRAY[${itemList(n, (i) => `:p${i}`)}]::int[], ARRAY[${itemList(n, (i) => `:q${i}`)}]::int[], NULL, NULL);`;
+    return perTransaction === 1 ? call : `BEGIN;\n${Array.from({ length: perTransaction }, () => call).join('\n')}\nCOMMIT;`;
+  });
+}
+
+/**
+ * The order transaction written out as plain statements, the way one would
+ * without place_order(): lock the products in id order, take the stock,
+ * insert the order, its items and an outbox row (its trigger included). No
+ * stock check, no category rows, a two-field payload: less work than
+ * place_order() does, so a reference no implementation of the full
+ * transaction should expect to beat one order at a time.
+ */
+export function pgbenchPlainStatements(url: string, products: number, seconds: number, clients: number): PgbenchResult {
+  return runPgbench(url, products, seconds, clients, 1, (n) => {
+    const lines = `(VALUES ${itemList(n, (i) => `(:p${i}::int, :q${i}::int)`)}) l (p, q) JOIN products p ON p.id = l.p`;
+    return [
+      'BEGIN;',
+      `SELECT id FROM products WHERE id IN (${itemList(n, (i) => `:p${i}`)}) ORDER BY id FOR UPDATE;`,
+      itemList(n, (i) => `UPDATE products SET stock = stock - :q${i} WHERE id = :p${i};`, '\n'),
+      `INSERT INTO orders (customer_id, total) SELECT :c, sum(l.q * p.price) FROM ${lines} RETURNING id AS order_id \\gset`,
+      `INSERT INTO order_items (order_id, product_id, quantity, price) SELECT :order_id, l.p, l.q, p.price FROM ${lines};`,
+      `INSERT INTO outbox (topic, payload) VALUES ('order.created', jsonb_build_object('id', :order_id::int, 'customer_id', :c::int));`,
+      'COMMIT;',
+    ].join('\n');
+  });
 }

@@ -14,6 +14,7 @@ import {
   cpuSnapshot,
   percentile,
   pgbenchPlaceOrder,
+  pgbenchPlainStatements,
   postJson,
   randomOrder,
   seedProducts,
@@ -96,11 +97,13 @@ async function intake(): Promise<void> {
     const clients = Math.max(2, os.cpus().length * 2);
     const best = pgbenchPlaceOrder(env.writeUrl, PRODUCTS, SECONDS, clients);
     const grouped = pgbenchPlaceOrder(env.writeUrl, PRODUCTS, SECONDS, clients, 8);
+    const plain = pgbenchPlainStatements(env.writeUrl, PRODUCTS, SECONDS, clients);
     results.intake = {
       http: { ordersPerSec, non2xx: http.non2xx, errors: http.errors, latencyMs: { p50: http.latency.p50, p99: http.latency.p99, max: http.latency.max } },
       pgbench: pgb,
       pgbenchFewClients: { clients, ...best },
       pgbenchEightPerTransaction: { clients, ...grouped },
+      pgbenchPlainStatements: { clients, ...plain },
       ratio: ordersPerSec / pgb.ordersPerSec,
       ratioToFewClients: ordersPerSec / best.ordersPerSec,
       cpuCores: cores && Object.fromEntries(cores),
@@ -110,6 +113,7 @@ async function intake(): Promise<void> {
     if (cores) rows.push(cpuRow('intake', cores));
     rows.push({ section: 'intake', measure: `same, against pgbench with ${clients} clients`, value: '', reference: `${best.ordersPerSec.toFixed(0)} tps`, ratio: (ordersPerSec / best.ordersPerSec).toFixed(2) });
     rows.push({ section: 'intake', measure: `pgbench, 8 orders per transaction, ${clients} clients`, value: '', reference: `${grouped.ordersPerSec.toFixed(0)} orders/s (group-commit ceiling)`, ratio: (ordersPerSec / grouped.ordersPerSec).toFixed(2) });
+    rows.push({ section: 'intake', measure: `pgbench, plain statements instead of place_order(), ${clients} clients`, value: '', reference: `${plain.ordersPerSec.toFixed(0)} tps (less work: no check, no categories)`, ratio: (ordersPerSec / plain.ordersPerSec).toFixed(2) });
   } finally {
     await env.drop();
   }
