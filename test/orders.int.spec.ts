@@ -278,7 +278,10 @@ describe('group commit of POST /orders (integration)', function () {
     assert.deepEqual(scarceStatuses, [...Array(5).fill(201), ...Array(25).fill(409)]);
     assert.ok(by('scarce').filter((r) => r.status === 409).every((r) => r.json.code === 'insufficient_stock' && r.json.shortages[0].product_id === scarce));
 
-    // Every 201 is its own order, as GET returns it, with its own event.
+    // Every 201 is its own order — the one its request asked for — as GET returns it, with its own event.
+    results.forEach((r, i) => {
+      if (r.status === 201) assert.equal(r.json.customer_id, 500 + i, `answer ${i} belongs to another request`);
+    });
     const created = results.filter((r) => r.status === 201);
     assert.equal(new Set(created.map((r) => r.json.id)).size, created.length);
     for (const r of created.slice(0, 10)) assert.deepEqual((await call(f.base, 'GET', `/orders/${r.json.id}`)).json, r.json);
