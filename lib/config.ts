@@ -49,7 +49,7 @@ const schema = z.object({
   /** Group commit of POST /orders: at most this many orders per write_db transaction (1: one each). */
   ORDER_BATCH_SIZE: int(1, 1000).default(32),
   /** Order transactions in flight at once per web process; orders arriving meanwhile gather into the next. */
-  ORDER_BATCH_CONCURRENCY: int(1, 500).default(4),
+  ORDER_BATCH_CONCURRENCY: int(1, 500).default(2),
   RELAY_BATCH_SIZE: int(1, 10000).default(500),
   RELAY_POLL_MS: int(10, 600000).default(500),
   RECONCILE_INTERVAL_MS: int(100, 3600000).default(5000),
