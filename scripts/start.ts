@@ -82,7 +82,9 @@ async function main(): Promise<void> {
     const commands = [...scale].flatMap(([name, count]) =>
       Array.from({ length: count }, (_, i) => ({
         name: `${name}.${i + 1}`,
-        command: procs.get(name)!,
+        // exec: the shell becomes the process, so the SIGTERM concurrently forwards reaches it and it
+        // stops gracefully (exit 0) instead of the shell dying of the signal and being restarted.
+        command: `exec ${procs.get(name)!}`,
         cwd: projectRoot,
         prefixColor: colours[name] ?? 'blue',
         // Like foreman, each extra web process gets its own port (PORT + 100 × i).
