@@ -78,38 +78,29 @@ BEGIN
   RETURN v_result;
 END $$;
 
-CREATE OR REPLACE FUNCTION place_orders(p_orders JSONB) RETURNS JSONB LANGUAGE plpgsql AS $$
+-- The per-order loop of 0002 stays as it is, under a name that says what it
+-- does; place_orders() now only decides which way a batch goes.
+ALTER FUNCTION place_orders(JSONB) RENAME TO place_orders_one_by_one;
+
+-- Lock every product of the batch in id order, then: all there, and enough
+-- of each for the whole batch, means every order fits: one statement for
+-- all. The aggregate reads every row of the join, so every product is
+-- locked before the choice (the loop locks them again, a no-op).
+CREATE FUNCTION place_orders(p_orders JSONB) RETURNS JSONB LANGUAGE plpgsql AS $$
 DECLARE
-  v_order   JSONB;
-  v_ids     INTEGER[];
-  v_qtys    INTEGER[];
-  v_problem JSONB;
-  v_results JSONB[] := '{}';
+  v_fits BOOLEAN;
 BEGIN
-  PERFORM 1 FROM products
-   WHERE id IN (SELECT (i->>'product_id')::int FROM jsonb_array_elements(p_orders) o, jsonb_array_elements(o->'items') i)
-   ORDER BY id FOR UPDATE;
-  -- Every product there and enough of each for the whole batch: every order fits, all in one statement.
-  IF NOT EXISTS (
-    SELECT 1
-      FROM (SELECT (i->>'product_id')::int AS pid, sum((i->>'quantity')::int) AS qty
-              FROM jsonb_array_elements(p_orders) o, jsonb_array_elements(o->'items') i
-             GROUP BY 1) w
-      LEFT JOIN products p ON p.id = w.pid
-     WHERE p.id IS NULL OR p.stock < w.qty)
-     AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_orders) o WHERE jsonb_array_length(o->'items') = 0) THEN
+  WITH demand AS MATERIALIZED (
+    SELECT (i->>'product_id')::int AS pid, sum((i->>'quantity')::int) AS qty
+      FROM jsonb_array_elements(p_orders) o, jsonb_array_elements(o->'items') i
+     GROUP BY 1
+  ), locked AS MATERIALIZED (
+    SELECT id, stock FROM products WHERE id IN (SELECT pid FROM demand) ORDER BY id FOR UPDATE
+  )
+  SELECT coalesce(bool_and(l.id IS NOT NULL AND l.stock >= d.qty), false) INTO v_fits
+    FROM demand d LEFT JOIN locked l ON l.id = d.pid;
+  IF v_fits AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_orders) o WHERE jsonb_array_length(o->'items') = 0) THEN
     RETURN orders_insert(p_orders);
   END IF;
-  FOR v_order IN SELECT value FROM jsonb_array_elements(p_orders) LOOP
-    SELECT array_agg((i->>'product_id')::int ORDER BY n), array_agg((i->>'quantity')::int ORDER BY n)
-      INTO v_ids, v_qtys
-      FROM jsonb_array_elements(v_order->'items') WITH ORDINALITY AS e (i, n);
-    v_problem := order_check(v_ids, v_qtys);
-    IF v_problem IS NULL THEN
-      v_results := v_results || order_insert((v_order->>'customer_id')::int, v_ids, v_qtys);
-    ELSE
-      v_results := v_results || v_problem;
-    END IF;
-  END LOOP;
-  RETURN to_jsonb(v_results);
+  RETURN place_orders_one_by_one(p_orders);
 END $$;
