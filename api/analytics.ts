@@ -8,15 +8,17 @@ import { categoryMetrics, customerLtv, hourlySales, productSales, topCustomers, 
 
 /** Analytics over read_db only; the queries are in db/analytics.ts. */
 
-/** Read-your-writes: with X-Consistency-Token, wait (bounded) until that event is applied. */
+/** Read-your-writes: with X-Consistency-Token, wait (bounded) until that write and every earlier one are applied (see ConsistencyWaiter). */
 async function consistent(ctx: Ctx): Promise<void> {
   const raw = ctx.req.headers[CONSISTENCY_HEADER.toLowerCase()];
   if (raw === undefined) return;
-  if (typeof raw !== 'string' || !/^[1-9]\d{0,18}$/.test(raw)) {
+  // Tokens are outbox ids, which are INTEGER: anything else was never issued.
+  const token = typeof raw === 'string' && /^[1-9]\d{0,9}$/.test(raw) ? Number(raw) : NaN;
+  if (!(token <= 2_147_483_647)) {
     throw new ApiError('validation_failed', `${CONSISTENCY_HEADER} must be the token a write returned`, { field: CONSISTENCY_HEADER });
   }
   const waitMs = ctx.deps.config.CONSISTENCY_WAIT_MS;
-  if (await ctx.deps.consistency.wait(raw, waitMs)) return;
+  if (await ctx.deps.consistency.wait(token, waitMs)) return;
   const backlog = await outboxBacklog(ctx.deps.writePool);
   throw new ApiError('consistency_timeout', `Event ${raw} was not in the read model after ${waitMs} ms`, {
     waited_ms: waitMs,

@@ -2,6 +2,7 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import express from 'express';
 import type { Queue } from 'bullmq';
+import type { RedisClient } from '../lib/redis.js';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
@@ -27,7 +28,7 @@ export function checkBasicAuth(header: string | undefined, password: string): bo
  * Express adapter is mounted under /admin/queues only; the API itself stays
  * on plain node:http.
  */
-export function createBoardHandler(queue: Queue, password: string): (req: IncomingMessage, res: ServerResponse) => void {
+export function createBoardHandler(queue: Queue, redis: RedisClient, password: string): (req: IncomingMessage, res: ServerResponse) => void {
   const adapter = new ExpressAdapter();
   adapter.setBasePath(BOARD_PATH);
   createBullBoard({ queues: [new BullMQAdapter(queue)], serverAdapter: adapter });
@@ -37,6 +38,11 @@ export function createBoardHandler(queue: Queue, password: string): (req: Incomi
   return (req, res) => {
     if (!checkBasicAuth(req.headers.authorization, password)) {
       sendProblem(res, new ApiError('unauthorized', 'Bull Board needs the admin password', {}, { 'WWW-Authenticate': 'Basic realm="bull-board", charset="UTF-8"' }));
+      return;
+    }
+    // BullMQ waits for a connection that is not ready, and the board's pages would hang with it.
+    if (redis.status !== 'ready') {
+      sendProblem(res, new ApiError('service_unavailable', 'Redis is unavailable; Bull Board needs it', {}, { 'Retry-After': '1' }));
       return;
     }
     app(req as express.Request, res as express.Response);

@@ -2,6 +2,8 @@ import type { Route } from './router.js';
 import type { Deps } from './deps.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
 import { outboxBacklog } from '../db/outbox.js';
+import { within } from '../lib/timeout.js';
+import type pg from 'pg';
 
 /** Mean projection lag over the workers' lifetime and their pushed histograms; undefined when none reported. */
 async function projectionLagMs(deps: Deps): Promise<number | undefined> {
@@ -59,44 +61,50 @@ function table(headers: string[], rows: (string | number)[][], empty: string): s
     .join('')}</tbody></table>`;
 }
 
+/** Each source gets this long; a service that is away leaves its part of the page marked unavailable. */
+const SOURCE_TIMEOUT_MS = 1500;
+const UNAVAILABLE = 'unavailable';
+
 async function render(deps: Deps): Promise<string> {
+  const read = <T extends pg.QueryResultRow>(sql: string) => within(deps.readPool.query<T>(sql).then((r) => r.rows), SOURCE_TIMEOUT_MS);
   const [hours, products, categories, totals, backlog] = await Promise.all([
-    deps.readPool.query<Hour>(
+    read<Hour>(
       `SELECT to_char(hour_timestamp, 'YYYY-MM-DD"T"HH24:MI"Z"') AS hour, total_orders AS orders, round(total_revenue, 2)::text AS revenue,
               coalesce(greatest(total_revenue, 0) / nullif(max(total_revenue) OVER (), 0), 0)::float8 AS share
          FROM hourly_sales_view
         WHERE total_orders <> 0 AND hour_timestamp > (now() AT TIME ZONE 'UTC') - interval '24 hours'
         ORDER BY hour_timestamp`,
     ),
-    deps.readPool.query<{ product_id: number; total_quantity_sold: number; revenue: string; order_count: number }>(
+    read<{ product_id: number; total_quantity_sold: number; revenue: string; order_count: number }>(
       `SELECT product_id, total_quantity_sold, round(total_revenue, 2)::text AS revenue, order_count
          FROM product_sales_view WHERE order_count > 0 ORDER BY total_revenue DESC, product_id LIMIT 10`,
     ),
-    deps.readPool.query<{ category_name: string; revenue: string; total_orders: number }>(
+    read<{ category_name: string; revenue: string; total_orders: number }>(
       `SELECT category_name, round(total_revenue, 2)::text AS revenue, total_orders
          FROM category_metrics_view WHERE total_orders <> 0 ORDER BY total_revenue DESC, category_name`,
     ),
-    deps.readPool.query<{ orders: number; revenue: string; events: number }>(
+    read<{ orders: number; revenue: string; events: number }>(
       `SELECT coalesce(sum(total_orders), 0)::int AS orders, round(coalesce(sum(total_revenue), 0), 2)::text AS revenue,
               (SELECT count(*) FROM processed_events)::int AS events
          FROM hourly_sales_view`,
     ),
-    outboxBacklog(deps.writePool),
+    within(outboxBacklog(deps.writePool), SOURCE_TIMEOUT_MS),
   ]);
-  const ids = products.rows.map((p) => p.product_id);
-  const { rows: named } = await deps.writePool.query<{ id: number; name: string }>('SELECT id, name FROM products WHERE id = ANY ($1::int[])', [ids]);
-  const names = new Map(named.map((p) => [p.id, p.name]));
-  let waiting: string;
+  const ids = (products ?? []).map((p) => p.product_id);
+  const named = await within(deps.writePool.query<{ id: number; name: string }>('SELECT id, name FROM products WHERE id = ANY ($1::int[])', [ids]), SOURCE_TIMEOUT_MS);
+  const names = new Map((named?.rows ?? []).map((p) => [p.id, p.name]));
+  let waiting = 'Redis unavailable';
   let lag = '–';
-  try {
-    waiting = String((await deps.queue.getJobCounts('waiting')).waiting ?? 0);
-    const ms = await projectionLagMs(deps);
+  // BullMQ waits for a connection that is not ready: ask only when it is.
+  if (deps.redis.status === 'ready') {
+    const counts = await within(deps.queue.getJobCounts('waiting'), SOURCE_TIMEOUT_MS);
+    if (counts) waiting = String(counts.waiting ?? 0);
+    const ms = await within(projectionLagMs(deps), SOURCE_TIMEOUT_MS);
     if (ms !== undefined) lag = `${ms.toFixed(0)} ms`;
-  } catch {
-    waiting = 'Redis unavailable';
   }
-  const t = totals.rows[0]!;
-  const b = backlog;
+  const t = totals?.[0] ?? { orders: UNAVAILABLE, revenue: UNAVAILABLE, events: UNAVAILABLE };
+  const b = backlog ?? { unpublished: UNAVAILABLE, oldestAgeSeconds: 0 };
+  const section = <T>(rows: T[] | undefined, draw: (rows: T[]) => string) => (rows ? draw(rows) : `<p class="empty">The read model is unavailable right now.</p>`);
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -114,16 +122,16 @@ svg{width:100%;height:auto}rect{fill:#3f7de0}text{font-size:10px;fill:#5b6475}.e
 <header><h1>Order pipeline</h1></header>
 <main>
 <section class="wide"><div class="kpis">
-<div class="kpi" id="orders"><b>${t.orders}</b><span>orders (not cancelled)</span></div>
+<div class="kpi" id="orders"><b>${esc(t.orders)}</b><span>orders (not cancelled)</span></div>
 <div class="kpi" id="revenue"><b>${esc(t.revenue)}</b><span>revenue</span></div>
-<div class="kpi" id="events"><b>${t.events}</b><span>events applied</span></div>
-<div class="kpi" id="backlog"><b>${b.unpublished}</b><span>outbox backlog${b.unpublished > 0 ? ` (oldest ${Math.round(b.oldestAgeSeconds)} s)` : ''}</span></div>
+<div class="kpi" id="events"><b>${esc(t.events)}</b><span>events applied</span></div>
+<div class="kpi" id="backlog"><b>${esc(b.unpublished)}</b><span>outbox backlog${typeof b.unpublished === 'number' && b.unpublished > 0 ? ` (oldest ${Math.round(b.oldestAgeSeconds)} s)` : ''}</span></div>
 <div class="kpi" id="queue"><b>${esc(waiting)}</b><span>jobs waiting</span></div>
 <div class="kpi" id="lag"><b>${esc(lag)}</b><span>projection lag (mean, commit → read model)</span></div>
 </div></section>
-<section class="wide"><h2>Revenue per hour (UTC)</h2>${hourlyChart(hours.rows)}</section>
-<section id="top-products"><h2>Top products</h2>${table(['product', 'quantity', 'revenue', 'orders'], products.rows.map((p) => [names.get(p.product_id) ?? `#${p.product_id}`, p.total_quantity_sold, p.revenue, p.order_count]), 'No sales yet.')}</section>
-<section id="categories"><h2>Categories</h2>${table(['category', 'revenue', 'orders'], categories.rows.map((c) => [c.category_name, c.revenue, c.total_orders]), 'No sales yet.')}</section>
+<section class="wide"><h2>Revenue per hour (UTC)</h2>${section(hours, (rows) => hourlyChart(rows))}</section>
+<section id="top-products"><h2>Top products</h2>${section(products, (rows) => table(['product', 'quantity', 'revenue', 'orders'], rows.map((p) => [names.get(p.product_id) ?? `#${p.product_id}`, p.total_quantity_sold, p.revenue, p.order_count]), 'No sales yet.'))}</section>
+<section id="categories"><h2>Categories</h2>${section(categories, (rows) => table(['category', 'revenue', 'orders'], rows.map((c) => [c.category_name, c.revenue, c.total_orders]), 'No sales yet.'))}</section>
 </main></body></html>`;
 }
 

@@ -14,6 +14,7 @@ export const PROBLEMS = {
   method_not_allowed: { status: 405, title: 'Method not allowed on this resource' },
   insufficient_stock: { status: 409, title: 'Not enough stock to fill the order' },
   invalid_transition: { status: 409, title: 'The order cannot change to that status' },
+  event_conflict: { status: 409, title: 'The event cannot take that action in its current state' },
   payload_too_large: { status: 413, title: 'The body is larger than 1 MiB' },
   unsupported_media_type: { status: 415, title: 'The body must be application/json' },
   unknown_product: { status: 422, title: 'The order names a product that does not exist' },
@@ -21,6 +22,7 @@ export const PROBLEMS = {
   total_out_of_range: { status: 422, title: 'The order total exceeds the largest amount a total can hold' },
   internal_error: { status: 500, title: 'Internal server error' },
   service_unavailable: { status: 503, title: 'A backing service is unavailable' },
+  shutting_down: { status: 503, title: 'The server is stopping' },
   consistency_timeout: { status: 504, title: 'The read model did not catch up in time' },
 } as const;
 

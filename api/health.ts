@@ -2,32 +2,24 @@ import { sendJson } from './http.js';
 import type { Route } from './router.js';
 import type { Deps } from './deps.js';
 import { renderMetrics } from './metrics.js';
+import { withTimeout } from '../lib/timeout.js';
 
-const CHECK_TIMEOUT_MS = 2000;
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
+const CHECK_TIMEOUT_MS = 1500;
 
 export async function readiness(deps: Deps): Promise<{ ok: boolean; checks: Record<string, string> }> {
   const probes: Record<string, () => Promise<unknown>> = {
     write_db: () => deps.writePool.query('SELECT 1'),
     read_db: () => deps.readPool.query('SELECT 1'),
-    redis: () => deps.redis.ping(),
+    // ioredis's own words for a closed connection ("Stream isn't writeable…") say nothing to an operator.
+    redis: () => (deps.redis.status === 'ready' ? deps.redis.ping() : Promise.reject(new Error(`not connected (${deps.redis.status})`))),
   };
   const entries = await Promise.all(
     Object.entries(probes).map(async ([name, probe]) => {
       try {
-        await withTimeout(probe(), CHECK_TIMEOUT_MS);
+        await withTimeout(probe(), CHECK_TIMEOUT_MS, name);
         return [name, 'ok'] as const;
       } catch (err) {
-        return [name, (err as Error).message] as const;
+        return [name, (err as Error).message.replace(`${name}: `, '')] as const;
       }
     }),
   );

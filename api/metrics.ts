@@ -5,6 +5,8 @@ import type { Pool } from '../db/pool.js';
 import type { EventJobData } from '../lib/queue.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
 import { outboxBacklog } from '../db/outbox.js';
+import { countDeadLetters } from '../db/dead-letters.js';
+import { within } from '../lib/timeout.js';
 
 export interface ApiMetrics {
   registry: client.Registry;
@@ -15,8 +17,13 @@ export interface ApiMetrics {
 
 export interface ScrapeSources {
   writePool: Pool;
+  readPool: Pool;
   queue: Queue<EventJobData>;
+  redis: RedisClient;
 }
+
+/** Each source gets this long at scrape time; a service that is away leaves its series out instead of holding /metrics. */
+const SCRAPE_TIMEOUT_MS = 1000;
 
 /** The web process's own metrics, plus gauges read at scrape time from write_db and Redis. */
 export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
@@ -28,12 +35,11 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
       help: 'Outbox rows not yet relayed to the queue',
       registers: [registry],
       async collect() {
-        try {
-          const backlog = await outboxBacklog(sources.writePool);
+        // write_db unreachable: /readyz says so; keep serving the other series.
+        const backlog = await within(outboxBacklog(sources.writePool), SCRAPE_TIMEOUT_MS);
+        if (backlog) {
           this.set(backlog.unpublished);
           oldest.set(backlog.oldestAgeSeconds);
-        } catch {
-          // write_db unreachable: /readyz says so; keep serving the other series.
         }
       },
     });
@@ -48,11 +54,22 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
       labelNames: ['state'],
       registers: [registry],
       async collect() {
-        try {
-          const counts = await sources.queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed', 'prioritized');
-          for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
-        } catch {
-          // Redis unreachable: /readyz says so; keep serving the other series.
+        // BullMQ waits for a connection that is not ready: ask only when it is.
+        if (sources.redis.status !== 'ready') return;
+        const counts = await within(sources.queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed', 'prioritized'), SCRAPE_TIMEOUT_MS);
+        for (const [state, n] of Object.entries(counts ?? {})) this.set({ state }, n);
+      },
+    });
+    new client.Gauge({
+      name: 'dead_letter_events',
+      help: 'Events that failed for good, by state: failed (waiting for an operator: replay or park) or parked',
+      labelNames: ['state'],
+      registers: [registry],
+      async collect() {
+        const counts = await within(countDeadLetters(sources.readPool), SCRAPE_TIMEOUT_MS);
+        if (counts) {
+          this.set({ state: 'failed' }, counts.failed);
+          this.set({ state: 'parked' }, counts.parked);
         }
       },
     });
@@ -84,11 +101,7 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
 /** Prometheus text: this process's metrics summed with those relays and workers pushed to Redis. */
 export async function renderMetrics(metrics: ApiMetrics, redis: RedisClient, prefix: string): Promise<string> {
   const local = await metrics.registry.getMetricsAsJSON();
-  let pushed: Awaited<ReturnType<typeof readPushedMetrics>> = [];
-  try {
-    pushed = await readPushedMetrics(redis, prefix);
-  } catch {
-    // Redis down: relays' and workers' series are missing until it is back.
-  }
+  // Redis down: relays' and workers' series are missing until it is back.
+  const pushed = redis.status === 'ready' ? ((await within(readPushedMetrics(redis, prefix), SCRAPE_TIMEOUT_MS)) ?? []) : [];
   return client.AggregatorRegistry.aggregate([local, ...pushed]).metrics();
 }

@@ -12,7 +12,7 @@ type Op = { summary: string; body?: string; query?: string[]; headers?: string[]
 
 const problem = (codes: string) => `problem: ${codes}`;
 const json = (schema: string) => `json: ${schema}`;
-const COMMON = { '500': problem('internal_error'), '503': problem('service_unavailable') };
+const COMMON = { '500': problem('internal_error'), '503': problem('service_unavailable, shutting_down') };
 const BAD_ID = { '400': problem('validation_failed') };
 const ANALYTICS = { '400': problem('validation_failed'), '504': problem('consistency_timeout') };
 
@@ -42,6 +42,9 @@ export const OPERATIONS: Record<string, Op> = {
   'GET /analytics/categories': { summary: 'Revenue and orders per category (at time of sale)', headers: ['X-Consistency-Token'], responses: { '200': json('CategoryPage'), ...ANALYTICS } },
   'GET /analytics/customers/top': { summary: 'Top customers by lifetime value', query: ['limit'], headers: ['X-Consistency-Token'], responses: { '200': json('CustomerPage'), ...ANALYTICS } },
   'GET /analytics/customers/{id}': { summary: "A customer's lifetime value", headers: ['X-Consistency-Token'], responses: { '200': json('CustomerLtv'), ...ANALYTICS } },
+  'GET /admin/events': { summary: 'Events that failed for good (dead letters); admin password', query: ['state'], responses: { '200': json('DeadLetterPage'), '400': problem('validation_failed'), '401': problem('unauthorized'), '404': problem('not_found (admin API off)') } },
+  'POST /admin/events/{id}/replay': { summary: 'Send a dead letter back to the workers (unparks it); admin password; body {}', body: 'Empty', responses: { '202': json('EventAction'), ...BAD_ID, '401': problem('unauthorized'), '404': problem('not_found'), '409': problem('event_conflict'), '415': problem('unsupported_media_type') } },
+  'POST /admin/events/{id}/park': { summary: 'Never apply this dead letter; verify reports it by id; admin password', body: 'Park', responses: { '200': json('EventAction'), '400': problem('validation_failed, malformed_json'), '401': problem('unauthorized'), '404': problem('not_found'), '409': problem('event_conflict'), '415': problem('unsupported_media_type') } },
   'GET /analytics/hourly': { summary: 'Orders and revenue per UTC hour; buckets starting within [from, to]', query: ['from', 'to'], headers: ['X-Consistency-Token'], responses: { '200': json('HourlyPage'), ...ANALYTICS } },
 };
 
@@ -91,6 +94,11 @@ const SCHEMAS: Record<string, unknown> = {
   CustomerLtv: { type: 'object', properties: { customer_id: int, total_spent: money, order_count: int, last_order_date: { type: ['string', 'null'], format: 'date-time' } } },
   CustomerPage: page('CustomerLtv'),
   Hourly: { type: 'object', properties: { hour_timestamp: ts, total_orders: int, total_revenue: money } },
+  DeadLetter: { type: 'object', properties: { event_id: { type: 'string' }, topic: { type: 'string' }, payload: {}, error: { type: 'string' }, attempts: int, failed_at: ts, parked_at: { type: ['string', 'null'], format: 'date-time' }, park_reason: { type: ['string', 'null'] } } },
+  DeadLetterPage: { type: 'object', properties: { state: { enum: ['failed', 'parked', 'all'] }, items: { type: 'array', items: { $ref: '#/components/schemas/DeadLetter' } } } },
+  Empty: { type: 'object', additionalProperties: false },
+  Park: { type: 'object', additionalProperties: false, required: ['reason'], properties: { reason: { type: 'string', maxLength: 1000 } } },
+  EventAction: { type: 'object', properties: { event_id: { type: 'string' }, result: { type: 'string' } } },
   HourlyPage: { type: 'object', properties: { from: { type: ['string', 'null'] }, to: { type: ['string', 'null'] }, items: { type: 'array', items: { $ref: '#/components/schemas/Hourly' } } } },
 };
 
@@ -101,9 +109,10 @@ const PARAMS: Record<string, { in: 'query' | 'header'; schema: unknown; descript
   customer_id: { in: 'query', schema: { type: 'integer', minimum: 1 }, description: 'The customer (required)' },
   by: { in: 'query', schema: { enum: ['revenue', 'quantity'] }, description: 'Ranking (default revenue)' },
   from: { in: 'query', schema: { type: 'string', format: 'date-time' }, description: 'ISO-8601, UTC when no zone' },
+  state: { in: 'query', schema: { enum: ['failed', 'parked', 'all'] }, description: 'failed (default): waiting for a decision; parked; all' },
   to: { in: 'query', schema: { type: 'string', format: 'date-time' }, description: 'ISO-8601, UTC when no zone' },
-  'Idempotency-Key': { in: 'header', schema: { type: 'string', maxLength: 255 }, description: 'Retry-safe creation: the same key and body return the original order' },
-  'X-Consistency-Token': { in: 'header', schema: { type: 'string' }, description: 'Token from a write; waits (bounded) until that write is in the read model' },
+  'Idempotency-Key': { in: 'header', schema: { type: 'string', maxLength: 255 }, description: 'Retry-safe creation: the same key and body return the original outcome (the order, or the 409 refusal), marked Idempotent-Replayed' },
+  'X-Consistency-Token': { in: 'header', schema: { type: 'string' }, description: 'Token from a write; waits (bounded) until that write and every write committed before it are in the read model' },
 };
 
 function response(status: string, what: string): unknown {

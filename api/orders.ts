@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { ApiError } from './errors.js';
+import { ApiError, fromDatabaseError } from './errors.js';
 import { readJson, sendJson } from './http.js';
 import type { Ctx, Route } from './router.js';
 import { createOrderBody, decodeCursor, encodeCursor, parseBody, parseId, parseLimit } from './validate.js';
@@ -19,6 +19,13 @@ function idempotencyKey(ctx: Ctx): string | undefined {
     });
   }
   return raw;
+}
+
+/** A refusal stored under an Idempotency-Key and replayed: the same problem, marked as a replay. */
+function replayedRefusal(err: unknown): ApiError | undefined {
+  if (!(err as { replayed?: boolean }).replayed) return undefined;
+  const problem = fromDatabaseError(err);
+  return problem && new ApiError(problem.code, problem.detail, problem.extra, { 'Idempotent-Replayed': 'true' });
 }
 
 function sendChange(ctx: Ctx, status: number, change: OrderChange): void {
@@ -52,7 +59,9 @@ export const orderRoutes: Route[] = [
       const change =
         key === undefined
           ? await ctx.deps.orders.place(body)
-          : await placeOrder(ctx.deps.writePool, body, { key, requestHash: createHash('sha256').update(JSON.stringify(body)).digest('base64url') });
+          : await placeOrder(ctx.deps.writePool, body, { key, requestHash: createHash('sha256').update(JSON.stringify(body)).digest('base64url') }).catch((err: unknown) => {
+              throw replayedRefusal(err) ?? err;
+            });
       sendChange(ctx, 201, change);
     },
   },

@@ -10,40 +10,53 @@ import { orderRoutes } from './orders.js';
 import { OrderIntake } from '../db/orders.js';
 import { createApiMetrics } from './metrics.js';
 import { analyticsRoutes } from './analytics.js';
+import { adminRoutes } from './admin.js';
 import { openapiRoutes } from './openapi.js';
 import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
 import { ConsistencyWaiter } from './consistency.js';
 import { createQueue } from '../lib/queue.js';
-import { createPool } from '../db/pool.js';
+import { createPool, isUnavailable } from '../db/pool.js';
 import { createRedis } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import { once, type Handle } from '../lib/lifecycle.js';
 
-export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...openapiRoutes, ...dashboardRoutes];
+export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...adminRoutes, ...openapiRoutes, ...dashboardRoutes];
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
-/** Connection-level failures of PostgreSQL or Redis: the request was fine, a backing service is not. */
-const UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', '57P01', '57P03', '53300']);
 
 function classify(err: unknown): ApiError | undefined {
   if (err instanceof ApiError) return err;
   const db = fromDatabaseError(err);
   if (db) return db;
   if (err instanceof URIError) return new ApiError('validation_failed', 'The path is not valid percent-encoding', { field: '(path)' });
-  const code = (err as { code?: unknown }).code;
-  const message = (err as Error).message ?? '';
-  if ((typeof code === 'string' && UNAVAILABLE.has(code)) || /Connection terminated|timeout exceeded when trying to connect|Stream isn't writeable/.test(message)) {
+  if (isUnavailable(err) || /Stream isn't writeable|Connection is closed|Redis did not answer/.test((err as Error)?.message ?? '')) {
     return new ApiError('service_unavailable', 'A database or Redis did not answer; try again', {}, { 'Retry-After': '1' });
   }
   return undefined;
 }
 
-export function createRequestListener(deps: Deps): http.RequestListener {
+/** What the web process knows about its own requests, for a graceful stop. */
+export interface ServerState {
+  /** Set by stop(): new requests are refused with 503 and Connection: close. */
+  draining: boolean;
+  /** Responses not yet finished. */
+  inFlight: Set<http.ServerResponse>;
+}
+
+export function createRequestListener(deps: Deps, state: ServerState = { draining: false, inFlight: new Set() }): http.RequestListener {
   const table = compile(routes);
-  const board = deps.config.ADMIN_PASSWORD ? createBoardHandler(deps.queue, deps.config.ADMIN_PASSWORD) : undefined;
+  const board = deps.config.ADMIN_PASSWORD ? createBoardHandler(deps.queue, deps.redis, deps.config.ADMIN_PASSWORD) : undefined;
   return (req, res) => {
+    if (state.draining) {
+      // Arrived on a kept-alive connection after SIGTERM: not executed, safe to send elsewhere.
+      sendProblem(res, new ApiError('shutting_down', 'This process is stopping; send the request again', {}, { Connection: 'close', 'Retry-After': '0' }));
+      req.resume();
+      return;
+    }
+    state.inFlight.add(res);
+    res.once('close', () => state.inFlight.delete(res));
     if (board && (req.url === BOARD_PATH || req.url?.startsWith(`${BOARD_PATH}/`) || req.url?.startsWith(`${BOARD_PATH}?`))) {
       board(req, res);
       return;
@@ -89,11 +102,12 @@ export function createRequestListener(deps: Deps): http.RequestListener {
 }
 
 export function buildDeps(config: Config, log: Logger): Deps {
-  const writePool = createPool(config.DATABASE_URL, config.WRITE_POOL_SIZE, log, 'web-write');
-  const readPool = createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read');
+  const limits = { statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
+  const writePool = createPool(config.DATABASE_URL, config.WRITE_POOL_SIZE, log, 'web-write', limits);
+  const readPool = createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read', limits);
   const redis = createRedis(config, 'producer', log, 'web');
   const queue = createQueue(config, redis);
-  const metrics = createApiMetrics({ writePool, queue });
+  const metrics = createApiMetrics({ writePool, readPool, queue, redis });
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   return {
     config,
@@ -108,7 +122,7 @@ export function buildDeps(config: Config, log: Logger): Deps {
       concurrency: Math.min(config.ORDER_BATCH_CONCURRENCY, config.WRITE_POOL_SIZE),
       onBatch: (size) => metrics.orderBatchSize.observe(size),
     }),
-    consistency: new ConsistencyWaiter(readPool, config.READ_DATABASE_URL, log),
+    consistency: new ConsistencyWaiter(writePool, readPool, config.READ_DATABASE_URL, log),
   };
 }
 
@@ -120,7 +134,8 @@ export interface WebHandle extends Handle {
 /** Procfile `web`: the HTTP API on config.PORT. */
 export async function startWeb(config: Config, log: Logger, deps = buildDeps(config, log)): Promise<WebHandle> {
   await deps.consistency.start();
-  const server = http.createServer({ requestTimeout: 30_000, keepAliveTimeout: 65_000 }, createRequestListener(deps));
+  const state: ServerState = { draining: false, inFlight: new Set() };
+  const server = http.createServer({ requestTimeout: 30_000, keepAliveTimeout: 65_000 }, createRequestListener(deps, state));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.PORT, () => resolve());
@@ -129,8 +144,13 @@ export async function startWeb(config: Config, log: Logger, deps = buildDeps(con
   const port = typeof address === 'object' && address ? address.port : config.PORT;
   log.info({ port, board: config.ADMIN_PASSWORD ? BOARD_PATH : 'off (ADMIN_PASSWORD unset)' }, 'web listening');
   const stop = once(async () => {
-    // Stop accepting, let in-flight requests finish, then close the backing connections.
+    // Stop listening; refuse what arrives on open connections from now on
+    // (503, not executed); let the requests in flight finish and answer them
+    // with Connection: close; close idle connections. server.close() alone
+    // would keep serving kept-alive connections for as long as clients send.
+    state.draining = true;
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const res of state.inFlight) if (!res.headersSent) res.setHeader('Connection', 'close');
     server.closeIdleConnections();
     await closed;
     // Handlers of requests whose client went away may still be queued for group commit.

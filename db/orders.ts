@@ -43,7 +43,7 @@ export async function placeOrder(
   order: NewOrder,
   idempotency?: { key: string; requestHash: string },
 ): Promise<OrderChange> {
-  const { rows } = await pool.query<{ r: OrderChange }>({
+  const { rows } = await pool.query<{ r: OrderChange | { problem: Problem; replayed?: boolean } }>({
     name: 'place_order',
     text: 'SELECT place_order($1, $2::int[], $3::int[], $4, $5) AS r',
     values: [
@@ -54,7 +54,17 @@ export async function placeOrder(
       idempotency?.requestHash ?? null,
     ],
   });
-  return rows[0]!.r;
+  const r = rows[0]!.r;
+  // A keyed order refused for lack of stock: the refusal is its stored outcome (see place_order in write/0005).
+  if ('problem' in r) throw Object.assign(rejection(r.problem), { replayed: r.replayed === true });
+  return r;
+}
+
+/** An order the database turned down, as order_check() describes it. */
+interface Problem {
+  code: string;
+  message: string;
+  detail: string;
 }
 
 type Outcome = { change: OrderChange } | { error: unknown };
@@ -63,7 +73,7 @@ type Outcome = { change: OrderChange } | { error: unknown };
 const STATEMENT_REJECTED = /^(22|23|40|OP)/;
 
 /** An order place_orders() turned down, shaped like the error place_order raises (code = SQLSTATE, detail). */
-function rejection(r: { code: string; message: string; detail: string }): Error {
+function rejection(r: Problem): Error {
   return Object.assign(new Error(r.message), { code: r.code, detail: r.detail });
 }
 
@@ -108,7 +118,7 @@ export class OrderIntake {
     this.onBatch(orders.length);
     if (orders.length > 1) {
       try {
-        const { rows } = await this.pool.query<{ r: (OrderChange | { code: string; message: string; detail: string })[] }>({
+        const { rows } = await this.pool.query<{ r: (OrderChange | Problem)[] }>({
           name: 'place_orders',
           text: 'SELECT place_orders($1::jsonb) AS r',
           values: [JSON.stringify(orders)],

@@ -19,6 +19,8 @@ export interface RebuildProgress {
 
 export interface RebuildResult {
   events: number;
+  /** Dead letters (failed or parked) whose events the recomputation now covers. */
+  deadLettersResolved: number;
   rows: Record<string, number>;
   seconds: number;
 }
@@ -42,7 +44,9 @@ async function* chunks(client: pg.Client, name: string, sql: string): AsyncGener
  *     projector applied before the lock was committed before the snapshot;
  *  3. replace every view with the recomputation from that snapshot, and
  *     processed_events with exactly the snapshot's outbox ids (keeping ids
- *     of events already pruned from the outbox);
+ *     of events already pruned from the outbox); dead letters among those
+ *     ids are resolved (the recomputation reads orders, not events: a
+ *     parked event of a real order is counted from then on);
  *  4. commit: waiting projectors resume; events of the snapshot are skipped
  *     as already processed, later ones are applied as usual.
  */
@@ -76,15 +80,20 @@ export async function rebuild(writeUrl: string, readUrl: string, onProgress: (p:
       }
     }
 
-    // Ids below the lowest outbox id were pruned from the outbox after being applied: keep them, so they stay deduplicated.
-    const { rows: low } = await write.query<{ min: string | null }>('SELECT min(id)::text AS min FROM outbox');
-    await read.query(`DELETE FROM processed_events WHERE event_id::bigint >= $1::bigint`, [low[0]!.min]);
+    // Ids at or below the retention floor count as processed whatever is in the tables (db/retention.ts);
+    // ids below the lowest outbox id were pruned from it after being applied: keep both, so they stay deduplicated.
+    const { rows: f } = await read.query<{ floor: string }>('SELECT event_id::text AS floor FROM processed_floor');
+    const floor = f[0]!.floor;
+    const { rows: low } = await write.query<{ min: string | null }>('SELECT min(id)::text AS min FROM outbox WHERE id > $1', [floor]);
+    await read.query(`DELETE FROM processed_events WHERE event_id::bigint >= $1::bigint AND event_id::bigint > $2::bigint`, [low[0]!.min, floor]);
     let events = 0;
-    for await (const batch of chunks(write, 'rebuild_events', 'SELECT id::text AS id FROM outbox ORDER BY id')) {
-      await read.query(
-        `INSERT INTO processed_events (event_id, processed_at) SELECT id, now() AT TIME ZONE 'UTC' FROM unnest($1::text[]) AS id`,
-        [batch.map((r) => r.id)],
-      );
+    let resolved = 0;
+    for await (const batch of chunks(write, 'rebuild_events', `SELECT id::text AS id FROM outbox WHERE id > ${Number(floor)} ORDER BY id`)) {
+      const ids = batch.map((r) => r.id);
+      await read.query(`INSERT INTO processed_events (event_id, processed_at) SELECT id, now() AT TIME ZONE 'UTC' FROM unnest($1::text[]) AS id`, [ids]);
+      // The recomputation covers these events whatever became of them: dead letters among them are resolved.
+      const { rowCount } = await read.query('DELETE FROM dead_letters WHERE event_id = ANY ($1::text[])', [ids]);
+      resolved += rowCount ?? 0;
       events += batch.length;
       onProgress({ phase: 'processed_events', rows: events, total });
     }
@@ -92,7 +101,7 @@ export async function rebuild(writeUrl: string, readUrl: string, onProgress: (p:
     await write.query('COMMIT');
     // Fresh statistics, so the planner uses the views' indexes right away (ANALYZE cannot run inside the transaction above).
     await read.query(`ANALYZE ${VIEW_NAMES.join(', ')}`);
-    return { events, rows, seconds: (performance.now() - started) / 1000 };
+    return { events, rows, deadLettersResolved: resolved, seconds: (performance.now() - started) / 1000 };
   } catch (err) {
     await read.query('ROLLBACK').catch(() => undefined);
     await write.query('ROLLBACK').catch(() => undefined);

@@ -3,6 +3,7 @@ export interface Queryable {
   query: Pool['query'];
 }
 import type { Pool } from './pool.js';
+import { deltasFor, type Deltas } from '../workers/projector/deltas.js';
 
 /**
  * SPEC §3 in SQL: what each read-model view must hold, computed from
@@ -59,8 +60,8 @@ function canonical(view: ViewName, inner: string): string {
   return `SELECT ${key} AS key, ${cols} FROM (${inner}) t`;
 }
 
-async function load(pool: Queryable, view: ViewName, inner: string): Promise<ViewRows> {
-  const { rows } = await pool.query<Record<string, string | null>>(canonical(view, inner));
+async function load(pool: Queryable, view: ViewName, inner: string, params: unknown[] = []): Promise<ViewRows> {
+  const { rows } = await pool.query<Record<string, string | null>>(canonical(view, inner), params);
   const out: ViewRows = new Map();
   for (const r of rows) {
     const values = COLUMNS[view].map((c) => r[c] ?? 'null');
@@ -71,8 +72,50 @@ async function load(pool: Queryable, view: ViewName, inner: string): Promise<Vie
   return out;
 }
 
+/** Delta rows of events, shaped as the view's rows (for adding events that are not applied to what is). */
+const DELTA_ROWS: Record<ViewName, { sql: string; params: (all: Deltas[]) => unknown[] }> = {
+  product_sales_view: {
+    sql: 'SELECT product_id, quantity, revenue, orders FROM unnest($1::int[], $2::int[], $3::numeric[], $4::int[]) AS d (product_id, quantity, revenue, orders)',
+    params: (all) => {
+      const p = all.flatMap((d) => d.products);
+      return [p.map((x) => x.product_id), p.map((x) => x.quantity), p.map((x) => x.revenue), p.map((x) => x.orders)];
+    },
+  },
+  category_metrics_view: {
+    sql: 'SELECT category, revenue, orders FROM unnest($1::text[], $2::numeric[], $3::int[]) AS d (category, revenue, orders)',
+    params: (all) => {
+      const c = all.flatMap((d) => d.categories);
+      return [c.map((x) => x.category), c.map((x) => x.revenue), c.map((x) => x.orders)];
+    },
+  },
+  customer_ltv_view: {
+    sql: 'SELECT customer_id, spent, orders, last_order_date FROM unnest($1::int[], $2::numeric[], $3::int[], $4::timestamp[]) AS d (customer_id, spent, orders, last_order_date)',
+    params: (all) => {
+      const c = all.flatMap((d) => d.customers);
+      return [c.map((x) => x.customer_id), c.map((x) => x.spent), c.map((x) => x.orders), c.map((x) => x.last_order_date)];
+    },
+  },
+  hourly_sales_view: {
+    sql: 'SELECT hour, orders, revenue FROM unnest($1::timestamp[], $2::int[], $3::numeric[]) AS d (hour, orders, revenue)',
+    params: (all) => {
+      const h = all.flatMap((d) => d.hours);
+      return [h.map((x) => x.hour), h.map((x) => x.orders), h.map((x) => x.revenue)];
+    },
+  },
+};
+
 export const expectedView = (write: Queryable, view: ViewName) => load(write, view, EXPECTED_SQL[view]);
-export const actualView = (read: Queryable, view: ViewName) => load(read, view, ACTUAL_SQL[view]);
+
+/**
+ * The view as it is, or, given the deltas of events that are not applied
+ * (parked ones), as it would be with them: what verify compares with the
+ * recomputation, so that an operator's decision is not reported as an error.
+ */
+export function actualView(read: Queryable, view: ViewName, plus: Deltas[] = []): Promise<ViewRows> {
+  if (plus.length === 0) return load(read, view, ACTUAL_SQL[view]);
+  const cols = COLUMNS[view].map((c) => (c === 'last_order_date' ? `max(${c}) AS ${c}` : `sum(${c}) AS ${c}`)).join(', ');
+  return load(read, view, `SELECT key, ${cols} FROM (${ACTUAL_SQL[view]} UNION ALL ${DELTA_ROWS[view].sql}) u GROUP BY key`, DELTA_ROWS[view].params(plus));
+}
 
 export interface Difference {
   view: ViewName;
@@ -97,27 +140,81 @@ export function diffRows(view: ViewName, expected: ViewRows, actual: ViewRows): 
   return out;
 }
 
-/** Every view compared with its recomputation. Empty means the read model is exactly right. */
-export async function compareViews(write: Queryable, read: Queryable): Promise<Difference[]> {
+/**
+ * Every view compared with its recomputation. Empty means the read model is
+ * exactly right. `plus`: deltas of parked events, counted as if applied.
+ */
+export async function compareViews(write: Queryable, read: Queryable, plus: Deltas[] = []): Promise<Difference[]> {
   // One view at a time: `write` and `read` may be single clients inside a snapshot transaction.
   const diffs: Difference[] = [];
-  for (const v of VIEW_NAMES) diffs.push(...diffRows(v, await expectedView(write, v), await actualView(read, v)));
+  for (const v of VIEW_NAMES) diffs.push(...diffRows(v, await expectedView(write, v), await actualView(read, v, plus)));
   return diffs;
 }
 
+export interface EventIdComparison {
+  /** Outbox ids with no processed_events row that are not dead letters: not yet applied. */
+  unprocessed: number[];
+  /** Processed ids with no outbox row above the retention floor: should never happen. */
+  unknown: string[];
+  /** Dead letters waiting for a decision (replay or park). */
+  failed: number[];
+  /** Dead letters an operator parked, with what they would have added to the views. */
+  parked: { id: number; deltas: Deltas | undefined }[];
+}
+
 /**
- * Outbox ids with no processed_events row, and processed ids with no outbox
- * row. Ids below the lowest outbox id still present are taken as pruned from
- * the outbox (see docs/operations.md, Retention) and not reported.
+ * Which events are applied, by id. Ids at or below the retention floor
+ * (processed_floor, see db/retention.ts) count as processed and may be gone
+ * from both tables, as may ids below the lowest outbox id still present.
  */
-export async function compareEventIds(write: Queryable, read: Queryable): Promise<{ unprocessed: number[]; unknown: string[] }> {
-  const { rows: outbox } = await write.query<{ id: number }>('SELECT id FROM outbox ORDER BY id');
+export async function compareEventIds(write: Queryable, read: Queryable): Promise<EventIdComparison> {
+  const { rows: f } = await read.query<{ floor: string }>('SELECT event_id::text AS floor FROM processed_floor');
+  const floor = Number(f[0]?.floor ?? 0);
+  const { rows: outbox } = await write.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 ORDER BY id', [floor]);
   const { rows: processed } = await read.query<{ event_id: string }>('SELECT event_id FROM processed_events');
+  const { rows: dead } = await read.query<{ event_id: string; topic: string; payload: unknown; parked: boolean }>(
+    'SELECT event_id, topic, payload, parked_at IS NOT NULL AS parked FROM dead_letters ORDER BY event_id::bigint',
+  );
   const ids = new Set(outbox.map((r) => String(r.id)));
   const done = new Set(processed.map((r) => r.event_id));
+  const letters = new Set(dead.map((d) => d.event_id));
   const lowest = outbox[0]?.id ?? Infinity;
+  const parked = dead.filter((d) => d.parked);
+  const real = await realEvents(write, parked);
   return {
-    unprocessed: outbox.filter((r) => !done.has(String(r.id))).map((r) => r.id),
-    unknown: [...done].filter((id) => !ids.has(id) && !(Number(id) < lowest)),
+    unprocessed: outbox.filter((r) => !done.has(String(r.id)) && !letters.has(String(r.id))).map((r) => r.id),
+    unknown: [...done].filter((id) => !ids.has(id) && Number(id) > floor && !(Number(id) < lowest)),
+    failed: dead.filter((d) => !d.parked && Number(d.event_id) > floor).map((d) => Number(d.event_id)),
+    parked: parked.map((d) => ({ id: Number(d.event_id), deltas: real.has(d.event_id) ? deltasOrUndefined(d.topic, d.payload) : undefined })),
   };
+}
+
+/**
+ * Of these events, those that describe write_db: the order they carry exists
+ * (and, for a cancellation, is cancelled). Only those would have changed the
+ * views had they been applied; an event written by hand or by a bug, with no
+ * order behind it, changes no recomputation.
+ */
+async function realEvents(write: Queryable, events: { event_id: string; topic: string; payload: unknown }[]): Promise<Set<string>> {
+  const orderId = (p: unknown) => (typeof p === 'object' && p !== null && Number.isInteger((p as { id?: unknown }).id) ? ((p as { id: number }).id) : undefined);
+  const wanted = events.map((e) => orderId(e.payload)).filter((id): id is number => id !== undefined && id > 0 && id <= 2_147_483_647);
+  if (wanted.length === 0) return new Set();
+  const { rows } = await write.query<{ id: number; status: string }>('SELECT id, status FROM orders WHERE id = ANY ($1::int[])', [wanted]);
+  const status = new Map(rows.map((r) => [r.id, r.status]));
+  return new Set(
+    events
+      .filter((e) => {
+        const s = status.get(orderId(e.payload) ?? 0);
+        return s !== undefined && (e.topic !== 'order.cancelled' || s === 'cancelled');
+      })
+      .map((e) => e.event_id),
+  );
+}
+
+function deltasOrUndefined(topic: string, payload: unknown): Deltas | undefined {
+  try {
+    return deltasFor(topic, payload);
+  } catch {
+    return undefined; // malformed: it adds nothing anyone could compute
+  }
 }

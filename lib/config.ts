@@ -54,6 +54,10 @@ const schema = z.object({
   RELAY_POLL_MS: int(10, 600000).default(500),
   RECONCILE_INTERVAL_MS: int(100, 3600000).default(5000),
   RECONCILE_GRACE_MS: int(0, 3600000).default(10000),
+  /** How often each relay prunes the outbox and processed_events (0: never; `npm run prune` does it by hand). */
+  PRUNE_INTERVAL_MS: int(0, 604800000).default(0),
+  /** Events younger than this are never pruned. */
+  PRUNE_KEEP_MS: int(0, 31536000000).default(604800000),
   WORKER_CONCURRENCY: int(1, 5000).default(500),
   PROJECTOR_BATCH_SIZE: int(1, 10000).default(500),
   PROJECTOR_BATCH_WAIT_MS: int(0, 10000).default(5),
@@ -61,6 +65,10 @@ const schema = z.object({
   JOB_BACKOFF_MS: int(1, 3600000).default(1000),
   STALLED_INTERVAL_MS: int(100, 3600000).default(30000),
   SHUTDOWN_TIMEOUT_MS: int(100, 600000).default(9000),
+  /** statement_timeout of the web's, relays' and workers' PostgreSQL sessions (0: none). */
+  PG_STATEMENT_TIMEOUT_MS: int(0, 3600000).default(30000),
+  /** idle_in_transaction_session_timeout of those sessions (0: none): a stalled process cannot hold row locks for long. */
+  PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: int(0, 3600000).default(60000),
   CONSISTENCY_WAIT_MS: int(0, 60000).default(5000),
 });
 

@@ -20,7 +20,7 @@ export function jobIdFor(eventId: string | number): string {
   return `evt-${id}`;
 }
 
-export function jobOptions(config: Config, eventId: string | number): JobsOptions {
+export function jobOptions(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, eventId: string | number): JobsOptions {
   return {
     jobId: jobIdFor(eventId),
     attempts: config.JOB_ATTEMPTS,
@@ -37,7 +37,7 @@ export function createQueue(config: Config, connection: ConnectionOptions): Queu
   return new Queue<EventJobData>(config.QUEUE_NAME, { connection, prefix: config.QUEUE_PREFIX });
 }
 
-export function toJob(config: Config, row: { id: number | string; topic: string; payload: unknown; created_at: string }) {
+export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, row: { id: number | string; topic: string; payload: unknown; created_at: string }) {
   const data: EventJobData = { event_id: String(row.id), topic: row.topic, payload: row.payload, created_at: row.created_at };
   return { name: row.topic, data, opts: jobOptions(config, row.id) };
 }

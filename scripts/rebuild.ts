@@ -16,7 +16,7 @@ async function main(): Promise<void> {
   });
   if (tty) process.stderr.write('\r\x1b[K');
   const views = Object.entries(result.rows).map(([v, n]) => `${v} ${n}`).join(', ');
-  console.log(`rebuild: done in ${result.seconds.toFixed(1)} s — ${result.events} events marked processed; rows: ${views}`);
+  console.log(`rebuild: done in ${result.seconds.toFixed(1)} s — ${result.events} events marked processed; rows: ${views}${result.deadLettersResolved > 0 ? `; ${result.deadLettersResolved} dead letter(s) resolved` : ''}`);
 }
 
 main().catch((err: unknown) => {

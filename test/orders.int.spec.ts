@@ -182,6 +182,36 @@ describe('write side: orders and products over HTTP (integration)', function () 
       assert.equal(await snapshot(f), before);
     });
 
+    it('a keyed order refused for lack of stock stays refused under its key after a restock (Stripe: the outcome is stored)', async () => {
+      const p = await createProduct(f.base, { price: '2.50', stock: 1 });
+      const body = { customer_id: 31, items: [{ product_id: p, quantity: 2 }] };
+      const first = await call(f.base, 'POST', '/orders', body, { 'Idempotency-Key': 'key-refused' });
+      assert.equal(first.status, 409);
+      assert.equal(first.json.code, 'insufficient_stock');
+      assert.equal((await call(f.base, 'PATCH', `/products/${p}`, { stock: 100 })).status, 200);
+      const before = await snapshot(f);
+      const retry = await call(f.base, 'POST', '/orders', body, { 'Idempotency-Key': 'key-refused' });
+      assert.equal(retry.status, 409);
+      assert.deepEqual(retry.json, first.json);
+      assert.equal(retry.headers.get('idempotent-replayed'), 'true');
+      assert.equal(await snapshot(f), before);
+      // Another body under the same key is still a reuse; a new key places the order.
+      assert.equal((await call(f.base, 'POST', '/orders', { ...body, customer_id: 32 }, { 'Idempotency-Key': 'key-refused' })).json.code, 'idempotency_key_reused');
+      assert.equal((await call(f.base, 'POST', '/orders', body, { 'Idempotency-Key': 'key-refused-2' })).status, 201);
+    });
+
+    it('a keyed request rejected by validation (400, 422 unknown_product) stores nothing: the key places an order later', async () => {
+      const bad = await call(f.base, 'POST', '/orders', { customer_id: 33, items: [{ product_id: widget, quantity: 0 }] }, { 'Idempotency-Key': 'key-invalid' });
+      assert.equal(bad.status, 400);
+      const unknown = await call(f.base, 'POST', '/orders', { customer_id: 33, items: [{ product_id: 999_999, quantity: 1 }] }, { 'Idempotency-Key': 'key-invalid' });
+      assert.equal(unknown.status, 422);
+      assert.equal(unknown.json.code, 'unknown_product');
+      const { rows } = await f.write.query(`SELECT 1 FROM idempotency_keys WHERE key = 'key-invalid'`);
+      assert.equal(rows.length, 0);
+      const ok = await call(f.base, 'POST', '/orders', { customer_id: 33, items: [{ product_id: widget, quantity: 1 }] }, { 'Idempotency-Key': 'key-invalid' });
+      assert.equal(ok.status, 201);
+    });
+
     it('pay → ship, cancel restores stock, and invalid transitions are 409', async () => {
       const p = await createProduct(f.base, { price: '3.33', stock: 10 });
       const o1 = await call(f.base, 'POST', '/orders', { customer_id: 9, items: [{ product_id: p, quantity: 4 }] });

@@ -17,11 +17,18 @@ export async function waitForDrain(write: pg.Pool, read: pg.Pool, timeoutMs = 60
   throw new Error(`pipeline did not drain in ${timeoutMs} ms: ${last}`);
 }
 
-/** The SPEC §3 invariant: views equal the recomputation and processed ids equal outbox ids. */
-export async function assertConsistent(write: pg.Pool, read: pg.Pool): Promise<void> {
-  const diffs: Difference[] = await compareViews(write, read);
+/**
+ * The SPEC §3 invariant: views equal the recomputation and processed ids equal
+ * outbox ids, with no dead letter unless `deadLetters` lists exactly them
+ * (parked ones are counted as verify counts them).
+ */
+export async function assertConsistent(write: pg.Pool, read: pg.Pool, deadLetters: number[] = []): Promise<void> {
   const ids = await compareEventIds(write, read);
+  const diffs: Difference[] = await compareViews(write, read, ids.parked.flatMap((p) => (p.deltas ? [p.deltas] : [])));
   const problems: string[] = [];
+  const letters = [...ids.failed, ...ids.parked.map((p) => p.id)].sort((a, b) => a - b);
+  const wanted = [...deadLetters].sort((a, b) => a - b);
+  if (letters.join() !== wanted.join()) problems.push(`dead letters ${letters.join(',') || '(none)'}, expected ${wanted.join(',') || '(none)'}`);
   if (diffs.length > 0) problems.push(`view differences: ${JSON.stringify(diffs.slice(0, 10))}${diffs.length > 10 ? ` (+${diffs.length - 10})` : ''}`);
   if (ids.unprocessed.length > 0) problems.push(`unprocessed events: ${ids.unprocessed.slice(0, 20).join(',')}`);
   if (ids.unknown.length > 0) problems.push(`processed ids not in outbox: ${ids.unknown.slice(0, 20).join(',')}`);

@@ -67,10 +67,11 @@ export class Proc {
   constructor(
     readonly script: string,
     readonly env: Record<string, string>,
+    readonly args: string[] = [],
   ) {}
 
   start(): this {
-    this.child = spawn(process.execPath, [path.join(projectRoot, 'dist', this.script)], {
+    this.child = spawn(process.execPath, [path.join(projectRoot, 'dist', this.script), ...this.args], {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

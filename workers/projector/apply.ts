@@ -1,5 +1,5 @@
 import type { Pool, PoolClient } from '../../db/pool.js';
-import { isRetryable } from '../../db/pool.js';
+import { isRetryable, isTransient } from '../../db/pool.js';
 import type { Deltas } from './deltas.js';
 import { APPLIED_CHANNEL } from '../../lib/channels.js';
 
@@ -11,15 +11,22 @@ export interface ProjectionEvent {
 export interface ApplyResult {
   /** Event ids recorded by this call: their deltas are now in the views. */
   applied: string[];
-  /** Event ids already in processed_events: skipped, nothing changed. */
+  /** Event ids already processed (in processed_events, or at or below the retention floor): skipped. */
   duplicates: string[];
+  /** Event ids an operator parked: never applied. */
+  parked: string[];
 }
+
+/** What became of one event of a batch; an Error when it can never apply (its batch-mates were applied without it). */
+export type Outcome = 'applied' | 'duplicate' | 'parked' | Error;
 
 const MAX_TRIES = 5;
 
 /**
  * Apply a batch of events exactly once, in one read_db transaction:
- *  1. record the ids in processed_events; ON CONFLICT DO NOTHING returns only the new ones;
+ *  1. record the ids in processed_events; ON CONFLICT DO NOTHING returns only
+ *     the new ones. Ids at or below the retention floor count as processed
+ *     and parked ids are never recorded (see recordProcessed);
  *  2. add the deltas of those new events to each view with one set-based upsert per view.
  * Rows are touched in key order and the views in a fixed order, so concurrent
  * batches wait on each other instead of deadlocking; a deadlock or
@@ -31,33 +38,88 @@ export async function applyEvents(pool: Pool, events: ProjectionEvent[]): Promis
   const ids = [...byId.keys()].sort();
   for (let attempt = 1; ; attempt++) {
     const client = await pool.connect();
+    let broken: Error | undefined;
     try {
       await client.query('BEGIN');
-      const applied = await recordProcessed(client, ids);
+      const { applied, parked } = await recordProcessed(client, ids);
       await addDeltas(client, applied.map((id) => byId.get(id)!.deltas));
       // Wakes read-your-writes waiters in the web processes once this commits.
       if (applied.length > 0) await client.query(`SELECT pg_notify('${APPLIED_CHANNEL}', '')`);
       await client.query('COMMIT');
-      const fresh = new Set(applied);
-      return { applied, duplicates: ids.filter((id) => !fresh.has(id)) };
+      const settled = new Set([...applied, ...parked]);
+      return { applied, parked, duplicates: ids.filter((id) => !settled.has(id)) };
     } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
+      await client.query('ROLLBACK').catch((e: unknown) => (broken = e as Error));
       if (attempt >= MAX_TRIES || !isRetryable(err)) throw err;
     } finally {
-      client.release();
+      client.release(broken);
     }
   }
 }
 
-async function recordProcessed(client: PoolClient, sortedIds: string[]): Promise<string[]> {
-  const { rows } = await client.query<{ event_id: string }>(
-    `INSERT INTO processed_events (event_id, processed_at)
-     SELECT id, now() AT TIME ZONE 'UTC' FROM unnest($1::text[]) AS id ORDER BY id
-     ON CONFLICT (event_id) DO NOTHING
-     RETURNING event_id`,
+/**
+ * Apply a batch, isolating failures: when the database refuses the batch for
+ * a reason that will not go away (a value out of range, a constraint, a
+ * malformed id), split it in halves and apply each, down to the single event
+ * at fault; every other event is applied. Returns one outcome per event, in
+ * the order given. Transient failures (the database away, a timeout) are not
+ * the events' fault: they are thrown for the caller to retry the whole batch.
+ */
+export async function applyIsolating(pool: Pool, events: ProjectionEvent[]): Promise<Outcome[]> {
+  try {
+    const { applied, parked } = await applyEvents(pool, events);
+    const a = new Set(applied);
+    const p = new Set(parked);
+    // A duplicate delivery inside one batch is applied once; its twin is a duplicate.
+    const seen = new Set<string>();
+    return events.map((e) => {
+      const first = !seen.has(e.event_id);
+      seen.add(e.event_id);
+      return a.has(e.event_id) && first ? 'applied' : p.has(e.event_id) ? 'parked' : 'duplicate';
+    });
+  } catch (err) {
+    if (isTransient(err)) throw err;
+    if (events.length === 1) return [err instanceof Error ? err : new Error(String(err))];
+    const mid = Math.ceil(events.length / 2);
+    return [...(await applyIsolating(pool, events.slice(0, mid))), ...(await applyIsolating(pool, events.slice(mid)))];
+  }
+}
+
+/**
+ * Insert the batch's ids into processed_events and return those inserted
+ * (applied) and those parked. An id at or below processed_floor is left out:
+ * its row may have been pruned, and it must still count as processed. A
+ * parked id is left out: an operator decided it is never applied. Both are
+ * read by this statement's snapshot, taken after it has its lock on
+ * processed_events, and prune and park change them under a SHARE ROW
+ * EXCLUSIVE lock on that table: a batch running alongside either sees the
+ * floor or the parked row as committed, or holds them off until it commits.
+ * A dead letter that is applied at last (replayed after a fix) is resolved in
+ * the same statement.
+ */
+async function recordProcessed(client: PoolClient, sortedIds: string[]): Promise<{ applied: string[]; parked: string[] }> {
+  const { rows } = await client.query<{ event_id: string; parked: boolean }>(
+    `WITH batch AS (
+       SELECT id FROM unnest($1::text[]) AS id
+     ), parked AS (
+       SELECT d.event_id FROM dead_letters d JOIN batch b ON b.id = d.event_id WHERE d.parked_at IS NOT NULL
+     ), inserted AS (
+       INSERT INTO processed_events (event_id, processed_at)
+       SELECT id, now() AT TIME ZONE 'UTC' FROM batch
+        WHERE id::bigint > (SELECT event_id FROM processed_floor)
+          AND id NOT IN (SELECT event_id FROM parked)
+        ORDER BY id
+       ON CONFLICT (event_id) DO NOTHING
+       RETURNING event_id
+     ), resolved AS (
+       DELETE FROM dead_letters d USING inserted i WHERE d.event_id = i.event_id
+     )
+     SELECT event_id, false AS parked FROM inserted
+     UNION ALL
+     SELECT event_id, true FROM parked`,
     [sortedIds],
   );
-  return rows.map((r) => r.event_id);
+  return { applied: rows.filter((r) => !r.parked).map((r) => r.event_id), parked: rows.filter((r) => r.parked).map((r) => r.event_id) };
 }
 
 /** Add the deltas of freshly recorded events to the four views. */

@@ -5,6 +5,8 @@ export interface ProjectorMetrics {
   applied: client.Counter;
   duplicates: client.Counter;
   failed: client.Counter;
+  poison: client.Counter;
+  parkedSkipped: client.Counter;
   batchSize: client.Histogram;
   lag: client.Histogram;
 }
@@ -14,7 +16,9 @@ export function createProjectorMetrics(registry = new client.Registry()): Projec
     registry,
     applied: new client.Counter({ name: 'projection_events_applied_total', help: 'Events applied to the read model', registers: [registry] }),
     duplicates: new client.Counter({ name: 'projection_duplicates_skipped_total', help: 'Deliveries skipped because the event was already in processed_events', registers: [registry] }),
-    failed: new client.Counter({ name: 'projection_batches_failed_total', help: 'Batches whose read_db transaction failed (their jobs are retried)', registers: [registry] }),
+    failed: new client.Counter({ name: 'projection_batches_failed_total', help: 'Tries of a batch that failed for a transient reason (read_db away, deadlock, timeout); the batch is retried', registers: [registry] }),
+    poison: new client.Counter({ name: 'projection_events_dead_lettered_total', help: 'Events that can never apply (malformed, or refused by read_db every time), split out of their batch and recorded in dead_letters', registers: [registry] }),
+    parkedSkipped: new client.Counter({ name: 'projection_parked_skipped_total', help: 'Deliveries of events an operator parked: not applied', registers: [registry] }),
     batchSize: new client.Histogram({ name: 'projection_batch_size', help: 'Events per read_db transaction', buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000], registers: [registry] }),
     lag: new client.Histogram({
       name: 'projection_lag_seconds',

@@ -1,59 +1,119 @@
-import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import type { EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
-import { createPool } from '../../db/pool.js';
-import { applyEvents, type ProjectionEvent } from './apply.js';
+import { createPool, isUnavailable } from '../../db/pool.js';
+import { recordDeadLetter } from '../../db/dead-letters.js';
+import { applyIsolating, type Outcome, type ProjectionEvent } from './apply.js';
 import { Batcher } from '../../lib/batcher.js';
 import { deltasFor, InvalidEventError } from './deltas.js';
 import { createProjectorMetrics, type ProjectorMetrics } from './metrics.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
+import { Sleeper } from '../../lib/sleeper.js';
 
 export interface ProjectorHandle extends Handle {
   worker: Worker<EventJobData>;
   metrics: ProjectorMetrics;
 }
 
+/** Tries of a batch that failed for a transient reason other than the database being away (deadlock storm, timeouts). */
+const BUSY_TRIES = 10;
+
+/** Thrown to the jobs of a batch that could not be applied before the worker stopped. */
+class StoppingError extends Error {
+  override name = 'StoppingError';
+}
+
 /**
  * Procfile `worker`: BullMQ jobs → read model. Jobs are gathered into
  * batches (see Batcher) so one read_db transaction applies hundreds of events;
  * each job completes only after its batch committed.
+ *
+ * Failures, by kind:
+ *  - read_db away (stopped, restarting, refusing connections): the batch is
+ *    retried with capped backoff for as long as it takes, its jobs staying
+ *    active (BullMQ keeps renewing their locks). Attempts are not spent on
+ *    an outage.
+ *  - an event that can never apply (a malformed payload, or a write the
+ *    database refuses every time): the batch is split until only that event
+ *    fails (applyIsolating); the others are applied. The event is recorded
+ *    in read_db's dead_letters and its job fails at once.
+ *  - other transient trouble (deadlocks, timeouts) past BUSY_TRIES: the jobs
+ *    fail this attempt and BullMQ retries them with backoff; after the last
+ *    attempt the event is a dead letter too.
+ *  - SIGTERM while a batch cannot be applied: its jobs are moved back to
+ *    delayed (no attempt spent), so nothing is lost and the stop is quick.
  */
 export async function startProjector(config: Config, log: Logger): Promise<ProjectorHandle> {
-  const pool = createPool(config.READ_DATABASE_URL, 4, log, 'worker');
+  const pool = createPool(config.READ_DATABASE_URL, 4, log, 'worker', {
+    statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
+    idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+  });
   const metrics = createProjectorMetrics();
+  const sleeper = new Sleeper();
 
-  const batcher = new Batcher<ProjectionEvent, 'applied' | 'duplicate'>(
-    async (events) => {
+  const applyWithRetry = async (events: ProjectionEvent[]): Promise<Outcome[]> => {
+    for (let attempt = 1; ; attempt++) {
       try {
-        const { applied, duplicates } = await applyEvents(pool, events);
-        metrics.applied.inc(applied.length);
-        metrics.duplicates.inc(duplicates.length);
+        const outcomes = await applyIsolating(pool, events);
         metrics.batchSize.observe(events.length);
-        const done = new Set(applied);
-        return events.map((e) => (done.has(e.event_id) ? 'applied' : 'duplicate'));
+        for (const o of outcomes) {
+          if (o === 'applied') metrics.applied.inc();
+          else if (o === 'duplicate') metrics.duplicates.inc();
+          else if (o === 'parked') metrics.parkedSkipped.inc();
+          else metrics.poison.inc();
+        }
+        return outcomes;
       } catch (err) {
         metrics.failed.inc();
-        log.warn({ err, events: events.length }, 'projection batch failed; its jobs will be retried');
-        throw err;
+        if (sleeper.stopped) throw new StoppingError('worker stopping; batch not applied');
+        const unavailable = isUnavailable(err);
+        if (!unavailable && attempt >= BUSY_TRIES) throw err;
+        // One line per outage, not one per retry.
+        if (attempt === 1 || attempt % 20 === 0) {
+          log.warn({ err: (err as Error).message, events: events.length, attempt }, unavailable ? 'read_db unavailable; retrying the batch' : 'batch failed; retrying');
+        }
+        await sleeper.sleep(Math.min(100 * 2 ** attempt, 5000));
       }
-    },
-    config.PROJECTOR_BATCH_SIZE,
-    config.PROJECTOR_BATCH_WAIT_MS,
-  );
+    }
+  };
+  const batcher = new Batcher<ProjectionEvent, Outcome>(applyWithRetry, config.PROJECTOR_BATCH_SIZE, config.PROJECTOR_BATCH_WAIT_MS);
 
-  const processor = async (job: Job<EventJobData>): Promise<string> => {
+  const deadLetter = async (job: Job<EventJobData>, err: Error) => {
+    log.error({ eventId: job.data.event_id, topic: job.data.topic, err: err.message }, 'event failed for good; recorded as a dead letter');
+    await recordDeadLetter(pool, { event_id: job.data.event_id, topic: job.data.topic, payload: job.data.payload, error: err.message, attempts: job.attemptsMade + 1 }).catch((e: unknown) =>
+      // The reconciler records it from the failed set later.
+      log.warn({ eventId: job.data.event_id, err: (e as Error).message }, 'could not record the dead letter now'),
+    );
+  };
+
+  const processor = async (job: Job<EventJobData>, token?: string): Promise<string> => {
     let deltas;
     try {
       deltas = deltasFor(job.data.topic, job.data.payload);
     } catch (err) {
-      // A malformed event will never apply: fail it now, keep it in the failed set.
-      if (err instanceof InvalidEventError) throw new UnrecoverableError(err.message);
+      if (!(err instanceof InvalidEventError)) throw err;
+      await deadLetter(job, err);
+      throw new UnrecoverableError(err.message);
+    }
+    let outcome: Outcome;
+    try {
+      outcome = await batcher.submit({ event_id: job.data.event_id, deltas });
+    } catch (err) {
+      if (err instanceof StoppingError && token) {
+        // Back to the queue without spending an attempt; another worker (or this one, restarted) takes it.
+        await job.moveToDelayed(Date.now() + 1000, token);
+        throw new DelayedError();
+      }
+      if (job.attemptsMade + 1 >= (job.opts.attempts ?? 1)) await deadLetter(job, err as Error);
       throw err;
     }
-    const outcome = await batcher.submit({ event_id: job.data.event_id, deltas });
+    if (outcome instanceof Error) {
+      await deadLetter(job, outcome);
+      throw new UnrecoverableError(outcome.message);
+    }
     if (outcome === 'applied') {
       const created = Date.parse(job.data.created_at);
       if (Number.isFinite(created)) metrics.lag.observe(Math.max(0, (Date.now() - created) / 1000));
@@ -71,7 +131,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     autorun: true,
   });
   worker.on('failed', (job, err) => {
-    log.warn({ jobId: job?.id, attempts: job?.attemptsMade, err: err.message }, 'job failed');
+    if (err.name !== 'UnrecoverableError') log.warn({ jobId: job?.id, attempts: job?.attemptsMade, err: err.message }, 'job attempt failed');
   });
   worker.on('error', (err) => log.warn({ err: err.message }, 'worker error'));
   await worker.waitUntilReady();
@@ -80,7 +140,9 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
   log.info({ queue: config.QUEUE_NAME, concurrency: config.WORKER_CONCURRENCY }, 'worker started');
 
   const stop = once(async () => {
-    // close() stops fetching and waits for active jobs, whose batches drain through the Batcher.
+    // close() stops fetching and waits for active jobs, whose batches drain
+    // through the Batcher; a batch waiting out a read_db outage gives up now.
+    sleeper.stop();
     const closing = worker.close();
     await batcher.drain();
     await closing;

@@ -4,37 +4,65 @@ import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { toJob, jobIdFor, type EventJobData } from '../../lib/queue.js';
 import type { Pool } from '../../db/pool.js';
+import { recordDeadLetter, resolvedIds } from '../../db/dead-letters.js';
 
 const PAGE = 1000;
-const PAGES_PER_TICK = 20;
+/** Pages of new ids scanned per tick, and pages of pending ids checked again per tick. */
+const SCAN_PAGES_PER_TICK = 20;
+const RECHECK_PAGES_PER_TICK = 20;
 
 export interface ReconcileResult {
   watermark: number;
+  /** Highest id looked at; ids in (watermark, cursor] that are not resolved are `pending`. */
+  cursor: number;
+  pending: number;
   scanned: number;
   requeued: number;
-  /** Published, not yet processed, but their job is still in Redis (waiting, active, delayed or failed). */
+  /** Published, not yet processed, but their job is still in Redis (waiting, active or delayed). */
   inFlight: number;
+  /** Jobs found in the failed set without a dead letter, now recorded as one. */
+  deadLettered: number;
 }
+
+type JobState = 'missing' | 'failed' | 'present';
 
 /**
  * Finds events that were published but never applied (Redis lost them:
  * restarted empty, flushed, failed over) and enqueues them again.
  *
- * It keeps a watermark W in read_db: every outbox id ≤ W is in
- * processed_events or will never exist. Each tick looks only above W, and
- * only up to a bound B below which no transaction can still commit an outbox
- * row: B is the sequence value seen at an earlier tick whose concurrent
- * transactions have all ended since (snapshot xmin has passed that tick's
- * xmax). Every write path assigns its transaction id (an UPDATE or row lock)
- * before it draws an outbox id, so a row whose id is ≤ B is visible by then.
- * Without that bound, a long transaction holding a low id could commit after
- * W had moved past it, and its event would never be checked.
+ * An event is resolved when it is in processed_events (or at or below the
+ * retention floor) or is a dead letter (failed for good, or parked: known
+ * and listed, see db/dead-letters.ts). Three numbers:
+ *  - the bound B: no transaction can still commit an outbox id ≤ B (see safeBound);
+ *  - the watermark W, kept in read_db: every id ≤ W is resolved or never
+ *    existed, so no tick looks below it again;
+ *  - the cursor C, in memory: every id in (W, C] has been looked at; those
+ *    not resolved then are in `pending` and are looked at again each tick.
+ * Each tick checks the pending ids, then scans up to 20,000 new ids above C
+ * (C never passes B). W moves up to just below the lowest pending id. So one
+ * event that never resolves holds W but not C: losses above it are still
+ * found, however large the backlog; a larger backlog only takes more ticks.
+ *
+ * For each unresolved event published more than RECONCILE_GRACE_MS ago, one
+ * pipelined look in Redis tells whether its job is still there. Gone: enqueued
+ * again (same job id, so a job that exists after all is not doubled). In the
+ * failed set: recorded as a dead letter if the worker could not. Dead letters
+ * whose job Redis lost are enqueued again too, so the failed set shows them.
+ *
+ * Any number of reconcilers may run (one per relay): re-enqueueing is
+ * idempotent and W only moves up (GREATEST). A restarted reconciler starts
+ * with C = W.
  */
 export class Reconciler {
-  /** Sequence values seen at earlier ticks, waiting for that tick's concurrent transactions to end. */
-  private horizons: { xmax: bigint; seq: number }[] = [];
-  /** The highest sequence value already known to be settled. */
+  /** Horizons taken at earlier ticks, waiting for every transaction older than their xid to end. */
+  private horizons: { xid: bigint; seq: number }[] = [];
+  /** The highest sequence value known to be settled. */
   private settled = 0;
+  private cursor = 0;
+  /** Unresolved ids in (W, cursor], in ascending order (a Set keeps insertion order, and ids are added ascending). */
+  private pending = new Set<number>();
+  /** Where the next re-check of pending ids starts, so a large pending set is covered over several ticks. */
+  private recheckFrom = 0;
 
   constructor(
     private readonly writePool: Pool,
@@ -46,19 +74,25 @@ export class Reconciler {
     private readonly log: Logger,
   ) {}
 
-  /** The highest outbox id that no open transaction can still add below. */
+  /**
+   * The highest outbox id that no transaction can still commit. Each tick
+   * takes a horizon with outbox_horizon() (migration write/0005): the last
+   * id drawn, S, then a transaction id X of its own. Every writer gets its
+   * transaction id before it draws an outbox id (outbox_next_id), so any
+   * transaction holding an id ≤ S has an xid < X. Once a snapshot's xmin has
+   * passed X, none of them is running: every id ≤ S is committed and
+   * visible, or rolled back for good. (A snapshot's xmax would not do: it is
+   * the latest *completed* xid + 1, and a running transaction newer than
+   * that is in neither xip nor xmin.)
+   */
   private async safeBound(): Promise<number> {
-    const { rows } = await this.writePool.query<{ xmin: string; xmax: string; seq: string; called: boolean }>(
-      `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
-              pg_snapshot_xmax(pg_current_snapshot())::text AS xmax,
-              last_value::text AS seq, is_called AS called
-         FROM outbox_id_seq`,
-    );
-    const r = rows[0]!;
-    const xmin = BigInt(r.xmin);
-    this.horizons.push({ xmax: BigInt(r.xmax), seq: r.called ? Number(r.seq) : Number(r.seq) - 1 });
-    for (const h of this.horizons) if (h.xmax <= xmin) this.settled = Math.max(this.settled, h.seq);
-    this.horizons = this.horizons.filter((h) => h.xmax > xmin);
+    const { rows: h } = await this.writePool.query<{ seq: string; xid: string }>('SELECT seq::text, xid FROM outbox_horizon()');
+    this.horizons.push({ seq: Number(h[0]!.seq), xid: BigInt(h[0]!.xid) });
+    // A new statement, after outbox_horizon()'s transaction committed.
+    const { rows: s } = await this.writePool.query<{ xmin: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin');
+    const xmin = BigInt(s[0]!.xmin);
+    for (const x of this.horizons) if (x.xid < xmin) this.settled = Math.max(this.settled, x.seq);
+    this.horizons = this.horizons.filter((x) => x.xid >= xmin);
     return this.settled;
   }
 
@@ -66,67 +100,117 @@ export class Reconciler {
     const bound = await this.safeBound();
     const { rows: wm } = await this.readPool.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
     const start = Number(wm[0]?.w ?? 0);
-    let cursor = start;
-    let firstUnresolved: number | undefined;
-    let scanned = 0;
-    let requeued = 0;
-    let inFlight = 0;
+    if (this.cursor < start) this.cursor = start;
+    for (const id of this.pending) if (id <= start) this.pending.delete(id);
+    const result: ReconcileResult = { watermark: start, cursor: this.cursor, pending: 0, scanned: 0, requeued: 0, inFlight: 0, deadLettered: 0 };
 
-    for (let page = 0; page < PAGES_PER_TICK && cursor < bound; page++) {
-      const { rows } = await this.writePool.query<{ id: number; due: boolean }>(
-        `SELECT id, (published_at IS NOT NULL AND published_at < (now() AT TIME ZONE 'UTC') - $3 * interval '1 millisecond') AS due
-           FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT ${PAGE}`,
-        [cursor, bound, this.config.RECONCILE_GRACE_MS],
-      );
-      if (rows.length === 0) {
-        cursor = bound;
-        break;
-      }
-      scanned += rows.length;
-      const { rows: done } = await this.readPool.query<{ event_id: string }>(
-        'SELECT event_id FROM processed_events WHERE event_id = ANY ($1::text[])',
-        [rows.map((r) => String(r.id))],
-      );
-      const processed = new Set(done.map((d) => d.event_id));
-      const missing = rows.filter((r) => !processed.has(String(r.id)));
-      if (missing.length > 0) firstUnresolved ??= missing[0]!.id;
-      const due = missing.filter((r) => r.due).map((r) => r.id);
-      if (due.length > 0) {
-        const lost = await this.notInRedis(due);
-        inFlight += due.length - lost.length;
-        if (lost.length > 0) {
-          await this.requeue(lost);
-          requeued += lost.length;
-        }
-      }
-      cursor = rows.length < PAGE ? bound : rows[rows.length - 1]!.id;
+    // 1. Pending ids, looked at again, a budget's worth per tick.
+    const recheck = [...this.pending].filter((id) => id >= this.recheckFrom);
+    if (recheck.length < RECHECK_PAGES_PER_TICK * PAGE) recheck.push(...[...this.pending].filter((id) => id < this.recheckFrom));
+    const slice = recheck.slice(0, RECHECK_PAGES_PER_TICK * PAGE);
+    for (let i = 0; i < slice.length; i += PAGE) await this.check(slice.slice(i, i + PAGE), result);
+    this.recheckFrom = slice.length < recheck.length ? recheck[slice.length]! : 0;
+
+    // 2. New ids above the cursor, up to the bound.
+    for (let page = 0; page < SCAN_PAGES_PER_TICK && this.cursor < bound; page++) {
+      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [this.cursor, bound, PAGE]);
+      const ids = rows.map((r) => r.id);
+      for (const id of ids) this.pending.add(id);
+      result.scanned += ids.length;
+      await this.check(ids, result);
+      this.cursor = ids.length < PAGE ? bound : ids[ids.length - 1]!;
     }
 
-    const watermark = firstUnresolved !== undefined ? firstUnresolved - 1 : cursor;
+    // 3. Dead letters whose job Redis lost: back into the failed set (they fail again, or apply after a fix).
+    await this.restoreDeadLetters(result);
+
+    const first = this.pending.values().next();
+    const watermark = first.done ? this.cursor : first.value - 1;
     if (watermark > start) {
       await this.readPool.query('UPDATE reconciler_watermark SET last_event_id = GREATEST(last_event_id, $1)', [watermark]);
     }
-    if (requeued > 0) this.log.warn({ requeued, watermark }, 're-enqueued events that Redis lost');
-    return { watermark: Math.max(watermark, start), scanned, requeued, inFlight };
+    if (result.requeued > 0) this.log.warn({ requeued: result.requeued, watermark }, 're-enqueued events that Redis lost');
+    return { ...result, watermark: Math.max(watermark, start), cursor: this.cursor, pending: this.pending.size };
   }
 
-  /** Of these event ids, those whose job hash no longer exists in Redis. */
-  private async notInRedis(ids: number[]): Promise<number[]> {
+  /** Drop the resolved ids from pending; re-enqueue the lost ones among the rest. */
+  private async check(ids: number[], result: ReconcileResult): Promise<void> {
+    if (ids.length === 0) return;
+    const resolved = await resolvedIds(this.readPool, ids);
+    const unresolved = ids.filter((id) => !resolved.has(id));
+    for (const id of resolved) this.pending.delete(id);
+    if (unresolved.length === 0) return;
+    const { rows } = await this.writePool.query<{ id: number; due: boolean }>(
+      `SELECT id, (published_at IS NOT NULL AND published_at < (now() AT TIME ZONE 'UTC') - $2 * interval '1 millisecond') AS due
+         FROM outbox WHERE id = ANY ($1::int[])`,
+      [unresolved, this.config.RECONCILE_GRACE_MS],
+    );
+    // Below the bound, an id missing from the outbox never existed (its transaction rolled back).
+    const present = new Set(rows.map((r) => r.id));
+    for (const id of unresolved) if (!present.has(id)) this.pending.delete(id);
+    const due = rows.filter((r) => r.due).map((r) => r.id);
+    if (due.length === 0) return;
+    const states = await this.jobStates(due);
+    const lost = due.filter((_, i) => states[i] === 'missing');
+    const failed = due.filter((_, i) => states[i] === 'failed');
+    result.inFlight += due.length - lost.length - failed.length;
+    if (lost.length > 0) result.requeued += await this.requeue(lost);
+    for (const id of failed) if (await this.recordFailed(id)) result.deadLettered++;
+  }
+
+  /** For each event id: is its job gone from Redis, in the failed set, or still there (waiting, active, delayed, completed)? */
+  private async jobStates(ids: number[]): Promise<JobState[]> {
     const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.exists(this.queue.toKey(jobIdFor(id)));
+    for (const id of ids) {
+      pipeline.exists(this.queue.toKey(jobIdFor(id)));
+      pipeline.zscore(this.queue.keys.failed!, jobIdFor(id));
+    }
     const replies = (await pipeline.exec()) ?? [];
-    return ids.filter((_, i) => {
-      const [err, n] = replies[i] ?? [null, 0];
-      if (err) throw err;
-      return n === 0;
+    return ids.map((_, i) => {
+      const [e1, exists] = replies[2 * i] ?? [null, 0];
+      const [e2, score] = replies[2 * i + 1] ?? [null, null];
+      if (e1) throw e1;
+      if (e2) throw e2;
+      return exists === 0 ? 'missing' : score !== null ? 'failed' : 'present';
     });
   }
 
-  private async requeue(ids: number[]): Promise<void> {
+  private async requeue(ids: number[]): Promise<number> {
     const { rows } = await this.writePool.query<{ id: number; topic: string; payload: unknown; created_at: string }>(
       'SELECT id, topic, payload, created_at FROM outbox WHERE id = ANY ($1::int[]) ORDER BY id',
       [ids],
     );
-    await this.queue.addBulk(rows.map((r) => toJob(this.config, r)));
+    if (rows.length > 0) await this.queue.addBulk(rows.map((r) => toJob(this.config, r)));
+    return rows.length;
+  }
+
+  /** A job in the failed set whose event has no dead letter (the worker died, or read_db was away, as it failed). */
+  private async recordFailed(id: number): Promise<boolean> {
+    const job = await this.queue.getJob(jobIdFor(id));
+    if (!job) return false;
+    await recordDeadLetter(this.readPool, {
+      event_id: String(id),
+      topic: job.data.topic,
+      payload: job.data.payload,
+      error: job.failedReason || 'failed (no reason recorded)',
+      attempts: job.attemptsMade,
+    });
+    this.pending.delete(id);
+    return true;
+  }
+
+  private async restoreDeadLetters(result: ReconcileResult): Promise<void> {
+    const { rows } = await this.readPool.query<{ event_id: string }>(
+      'SELECT event_id FROM dead_letters WHERE parked_at IS NULL ORDER BY event_id::bigint LIMIT $1',
+      [PAGE],
+    );
+    const ids = rows.map((r) => Number(r.event_id));
+    if (ids.length === 0) return;
+    const states = await this.jobStates(ids);
+    const lost = ids.filter((_, i) => states[i] === 'missing');
+    if (lost.length > 0) {
+      result.requeued += await this.requeue(lost);
+      this.log.warn({ events: lost }, 're-enqueued dead letters whose job Redis lost');
+    }
   }
 }

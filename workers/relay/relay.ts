@@ -6,6 +6,7 @@ import type { Logger } from '../../lib/logger.js';
 import { toJob, type EventJobData } from '../../lib/queue.js';
 import { OUTBOX_CHANNEL } from '../../lib/channels.js';
 import { withTransaction, type Pool } from '../../db/pool.js';
+import { Sleeper } from '../../lib/sleeper.js';
 
 
 interface OutboxRow {
@@ -48,9 +49,8 @@ export async function relayBatch(pool: Pool, queue: Queue<EventJobData>, config:
  */
 export class Relay {
   private subscriber: Subscriber | undefined;
-  private wake: (() => void) | undefined;
+  private readonly sleeper = new Sleeper();
   private woken = false;
-  private stopped = false;
   private loopDone: Promise<void> | undefined;
   relayed = 0;
 
@@ -76,33 +76,32 @@ export class Relay {
   /** Cut the current sleep short. */
   notify(): void {
     this.woken = true;
-    this.wake?.();
+    this.sleeper.wake();
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
-    this.notify();
+    this.sleeper.stop();
     await this.loopDone;
     await this.subscriber?.close().catch(() => undefined);
   }
 
   private async connectListener(): Promise<void> {
     // The first connect is ours to retry; after that pg-listen reconnects by itself.
-    for (let attempt = 0; !this.stopped; attempt++) {
+    for (let attempt = 0; !this.sleeper.stopped; attempt++) {
       try {
         await this.subscriber!.connect();
         await this.subscriber!.listenTo(OUTBOX_CHANNEL);
         return;
       } catch (err) {
         this.log.warn({ err: (err as Error).message, attempt }, 'LISTEN connect failed; polling meanwhile');
-        await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** attempt, 5000)));
+        await this.sleeper.sleep(Math.min(200 * 2 ** attempt, 5000));
       }
     }
   }
 
   private async loop(): Promise<void> {
     let failures = 0;
-    while (!this.stopped) {
+    while (!this.sleeper.stopped) {
       this.woken = false;
       try {
         const n = await relayBatch(this.pool, this.queue, this.config);
@@ -115,25 +114,12 @@ export class Relay {
         }
       } catch (err) {
         failures++;
-        this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published');
-        await this.sleep(Math.min(100 * 2 ** failures, 5000));
+        // One line per outage, not one per retry.
+        if (failures === 1 || failures % 20 === 0) this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published; retrying');
+        await this.sleeper.sleep(Math.min(100 * 2 ** failures, 5000));
         continue;
       }
-      if (!this.woken) await this.sleep(this.config.RELAY_POLL_MS);
+      if (!this.woken) await this.sleeper.sleep(this.config.RELAY_POLL_MS);
     }
-  }
-
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.wake = () => {
-        this.wake = undefined;
-        done();
-      };
-    });
   }
 }

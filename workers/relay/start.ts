@@ -7,6 +7,8 @@ import { createPool } from '../../db/pool.js';
 import { Relay } from './relay.js';
 import { Reconciler } from './reconciler.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
+import { Sleeper } from '../../lib/sleeper.js';
+import { prune } from '../../db/retention.js';
 import client from 'prom-client';
 
 export interface RelayHandle extends Handle {
@@ -14,10 +16,11 @@ export interface RelayHandle extends Handle {
   reconciler: Reconciler;
 }
 
-/** Procfile `relay`: outbox → BullMQ, plus the reconciler. Any number may run. */
+/** Procfile `relay`: outbox → BullMQ, plus the reconciler (and pruning, when configured). Any number may run. */
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
-  const writePool = createPool(config.DATABASE_URL, 2, log, 'relay');
-  const readPool = createPool(config.READ_DATABASE_URL, 1, log, 'relay-reconciler');
+  const limits = { statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
+  const writePool = createPool(config.DATABASE_URL, 2, log, 'relay', limits);
+  const readPool = createPool(config.READ_DATABASE_URL, 1, log, 'relay-reconciler', limits);
   const redis = createRedis(config, 'producer', log, 'relay');
   const queue = createQueue(config, redis);
   // Connection errors are already logged once per outage by createRedis.
@@ -27,8 +30,8 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   const registry = new client.Registry();
   const relayed = new client.Counter({ name: 'relay_events_relayed_total', help: 'Outbox events enqueued and marked published', registers: [registry] });
   const requeued = new client.Counter({ name: 'reconciler_events_requeued_total', help: 'Published events re-enqueued because Redis had lost their job', registers: [registry] });
-  const watermark = new client.Gauge({ name: 'reconciler_watermark_event_id', help: 'Every outbox id at or below this is applied', registers: [registry] });
-
+  const watermark = new client.Gauge({ name: 'reconciler_watermark_event_id', help: 'Every outbox id at or below this is resolved (applied, or a dead letter)', registers: [registry] });
+  const pending = new client.Gauge({ name: 'reconciler_pending_events', help: 'Events above the watermark the reconciler has seen unresolved (in flight, or lost)', registers: [registry] });
   const batchSize = new client.Histogram({ name: 'relay_batch_size', help: 'Events per relay batch (one addBulk, one write_db transaction)', buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000], registers: [registry] });
 
   const relay = new Relay(writePool, queue, config, log, (n) => {
@@ -39,22 +42,42 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   await relay.start();
   const stopPush = startMetricsPush(redis, config.QUEUE_PREFIX, 'relay', registry, log);
 
-  let reconciling: Promise<unknown> = Promise.resolve();
-  const timer = setInterval(() => {
-    reconciling = reconciler.tick().then(
-      (r) => {
+  // One tick at a time: the reconciler keeps its cursor in memory.
+  const sleeper = new Sleeper();
+  const reconciling = (async () => {
+    while (!sleeper.stopped) {
+      await sleeper.sleep(config.RECONCILE_INTERVAL_MS);
+      if (sleeper.stopped) break;
+      try {
+        const r = await reconciler.tick();
         requeued.inc(r.requeued);
         watermark.set(r.watermark);
-      },
-      (err: unknown) => log.warn({ err: (err as Error).message }, 'reconcile tick failed'),
-    );
-  }, config.RECONCILE_INTERVAL_MS);
+        pending.set(r.pending);
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'reconcile tick failed');
+      }
+    }
+  })();
+  const pruning = config.PRUNE_INTERVAL_MS > 0
+    ? (async () => {
+        while (!sleeper.stopped) {
+          await sleeper.sleep(config.PRUNE_INTERVAL_MS);
+          if (sleeper.stopped) break;
+          try {
+            const r = await prune({ writePool, readPool, keepMs: config.PRUNE_KEEP_MS, shouldStop: () => sleeper.stopped });
+            if (r.outbox > 0) log.info(r, 'pruned outbox and processed_events');
+          } catch (err) {
+            log.warn({ err: (err as Error).message }, 'prune failed');
+          }
+        }
+      })()
+    : Promise.resolve();
 
   const stop = once(async () => {
-    clearInterval(timer);
+    sleeper.stop();
     await stopPush();
     await relay.stop();
-    await reconciling;
+    await Promise.all([reconciling, pruning]);
     await queue.close().catch(() => undefined);
     redis.disconnect();
     await Promise.allSettled([writePool.end(), readPool.end()]);

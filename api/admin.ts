@@ -1,0 +1,67 @@
+import { z } from 'zod';
+import { ApiError } from './errors.js';
+import { readJson, sendJson } from './http.js';
+import type { Ctx, Route } from './router.js';
+import { checkBasicAuth } from './board.js';
+import { parseBody, parseId } from './validate.js';
+import { listDeadLetters, type DeadLetterState } from '../db/dead-letters.js';
+import { parkEvent, replayDeadLetter } from '../workers/dead-letters.js';
+
+/**
+ * Dead letters over HTTP, behind the same password as Bull Board (404 when
+ * ADMIN_PASSWORD is unset): the list, and an operator's two decisions. The
+ * POSTs take a JSON body, so a cross-site form cannot send them.
+ */
+function requireAdmin(ctx: Ctx): void {
+  const password = ctx.deps.config.ADMIN_PASSWORD;
+  if (!password) throw new ApiError('not_found', 'The admin API is off (ADMIN_PASSWORD is unset)');
+  if (!checkBasicAuth(ctx.req.headers.authorization, password)) {
+    throw new ApiError('unauthorized', 'The admin API needs the admin password', {}, { 'WWW-Authenticate': 'Basic realm="admin", charset="UTF-8"' });
+  }
+}
+
+const parkBody = z.strictObject({ reason: z.string({ error: 'must be a string' }).trim().min(1, 'must not be empty').max(1000, 'must be at most 1000 characters') });
+const replayBody = z.strictObject({});
+
+function ops(ctx: Ctx) {
+  return { readPool: ctx.deps.readPool, queue: ctx.deps.queue, config: ctx.deps.config };
+}
+
+export const adminRoutes: Route[] = [
+  {
+    method: 'GET',
+    path: '/admin/events',
+    async handler(ctx) {
+      requireAdmin(ctx);
+      const state = ctx.url.searchParams.get('state') ?? 'failed';
+      if (!['failed', 'parked', 'all'].includes(state)) throw new ApiError('validation_failed', 'state must be failed, parked or all', { field: 'state' });
+      sendJson(ctx.res, 200, { state, items: await listDeadLetters(ctx.deps.readPool, state as DeadLetterState) });
+    },
+  },
+  {
+    method: 'POST',
+    path: '/admin/events/:id/replay',
+    async handler(ctx) {
+      requireAdmin(ctx);
+      const id = String(parseId(ctx.params[0], 'id'));
+      parseBody(replayBody, await readJson(ctx.req));
+      const result = await replayDeadLetter(ops(ctx), id);
+      if (result === 'not_found') throw new ApiError('not_found', `Event ${id} is not a dead letter`);
+      if (result === 'below_floor') throw new ApiError('event_conflict', `Event ${id} is below the retention floor and can no longer be applied`);
+      sendJson(ctx.res, 202, { event_id: id, result });
+    },
+  },
+  {
+    method: 'POST',
+    path: '/admin/events/:id/park',
+    async handler(ctx) {
+      requireAdmin(ctx);
+      const id = String(parseId(ctx.params[0], 'id'));
+      const { reason } = parseBody(parkBody, await readJson(ctx.req));
+      const result = await parkEvent(ops(ctx), id, reason);
+      if (result === 'not_found') throw new ApiError('not_found', `Event ${id} is not a dead letter`);
+      if (result === 'processed') throw new ApiError('event_conflict', `Event ${id} is already applied`);
+      sendJson(ctx.res, 200, { event_id: id, result });
+    },
+  },
+];

@@ -1,0 +1,106 @@
+import { parseArgs } from 'node:util';
+import { configOrExit } from '../lib/lifecycle.js';
+import { createQueue } from '../lib/queue.js';
+import { createRedis } from '../lib/redis.js';
+import { createLogger } from '../lib/logger.js';
+import { createPool } from '../db/pool.js';
+import { listDeadLetters, type DeadLetterState } from '../db/dead-letters.js';
+import { parkEvent, replayAllFailed, replayDeadLetter } from '../workers/dead-letters.js';
+
+const USAGE = `usage: npm run events [-- <command>]
+
+  list [--parked | --all] [--json]     events that failed for good (the default command; by default those waiting for a decision)
+  replay <event id>...                 send them to the workers again (after a fix); unparks parked ones
+  replay --all                         every failed event, and every job in BullMQ's failed set
+  park <event id> --reason "<why>"     never apply it; verify then reports it by id instead of a difference`;
+
+/** npm run events: the dead letters (db/dead-letters.ts) and an operator's decisions about them. */
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      allowPositionals: true,
+      options: { parked: { type: 'boolean' }, all: { type: 'boolean' }, json: { type: 'boolean' }, reason: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    });
+  } catch (err) {
+    console.error(`events: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  const [command = 'list', ...ids] = positionals;
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (!['list', 'replay', 'park'].includes(command)) {
+    console.error(`events: unknown command ${JSON.stringify(command)}\n${USAGE}`);
+    return 2;
+  }
+  const bad = ids.find((id) => !/^[1-9]\d{0,9}$/.test(id));
+  if (bad !== undefined) {
+    console.error(`events: ${JSON.stringify(bad)} is not an event id (the outbox id, e.g. 1234)`);
+    return 2;
+  }
+  const config = configOrExit('events');
+  const log = createLogger('warn', 'events');
+  const readPool = createPool(config.READ_DATABASE_URL, 2, log, 'events');
+  const redis = createRedis(config, 'worker', log, 'events');
+  const queue = createQueue(config, redis);
+  queue.on('error', () => undefined);
+  const ops = { readPool, queue, config };
+  try {
+    if (command === 'list') {
+      const state: DeadLetterState = values.all ? 'all' : values.parked ? 'parked' : 'failed';
+      const rows = await listDeadLetters(readPool, state);
+      if (values.json) {
+        console.log(JSON.stringify(rows, null, 2));
+        return 0;
+      }
+      if (rows.length === 0) {
+        console.log(`no ${state === 'all' ? '' : `${state} `}events`);
+        return 0;
+      }
+      for (const d of rows) {
+        const status = d.parked_at ? `parked ${d.parked_at} (${d.park_reason})` : `failed ${d.failed_at} after ${d.attempts} attempt(s)`;
+        console.log(`${d.event_id}\t${d.topic}\t${status}\n\t${d.error}`);
+      }
+      return 0;
+    }
+    if (command === 'replay') {
+      if (values.all) {
+        console.log(`replayed ${await replayAllFailed(ops)} failed event(s)`);
+        return 0;
+      }
+      if (ids.length === 0) {
+        console.error(`events: replay needs event ids or --all\n${USAGE}`);
+        return 2;
+      }
+      let failures = 0;
+      for (const id of ids) {
+        const r = await replayDeadLetter(ops, id);
+        if (r === 'not_found' || r === 'below_floor') failures++;
+        console.log(`${id}: ${r.replace('_', ' ')}`);
+      }
+      return failures > 0 ? 1 : 0;
+    }
+    if (ids.length !== 1 || !values.reason?.trim()) {
+      console.error(`events: park takes one event id and --reason "<why>"\n${USAGE}`);
+      return 2;
+    }
+    const r = await parkEvent(ops, ids[0]!, values.reason.trim());
+    console.log(`${ids[0]}: ${r.replace('_', ' ')}`);
+    return r === 'parked' || r === 'already_parked' ? 0 : 1;
+  } finally {
+    await queue.close().catch(() => undefined);
+    redis.disconnect();
+    await readPool.end();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`events: ${(err as Error).message}`);
+    process.exit(1);
+  },
+);
