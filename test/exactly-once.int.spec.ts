@@ -96,6 +96,66 @@ describe('exactly once under faults (integration)', function () {
     });
   });
 
+  describe('read-your-writes', () => {
+    let f: WebFixture;
+    let relay: RelayHandle | undefined;
+    let worker: ProjectorHandle | undefined;
+
+    beforeEach(async () => {
+      // No reconciling during the test: the lost event stays lost until the test brings it back.
+      f = await startTestWeb({ CONSISTENCY_WAIT_MS: '1000', RECONCILE_INTERVAL_MS: '3600000' });
+    });
+    afterEach(async () => {
+      await relay?.stop();
+      await worker?.stop();
+      relay = worker = undefined;
+      await f.stop();
+    });
+
+    it("a later write's token covers the client's earlier writes: never a cancellation without its order", async () => {
+      relay = await startRelay(f.env.config, testLog);
+      const p = await createProduct(f.base, { price: '20.00', stock: 100 });
+      const placed = await call(f.base, 'POST', '/orders', { customer_id: 4242, items: [{ product_id: p, quantity: 1 }] });
+      const created = Number(placed.headers.get('x-consistency-token'));
+      await waitPublished(f.write);
+      const queue = createQueue(f.env.config, createRedis(f.env.config, 'producer', testLog, 'test'));
+      try {
+        await (await queue.getJob(jobIdFor(created)))!.remove(); // Redis loses the order's event
+        worker = await startProjector(f.env.config, testLog);
+        const cancelled = await call(f.base, 'POST', `/orders/${placed.json.id}/cancel`);
+        const token = cancelled.headers.get('x-consistency-token')!;
+        // The cancellation is applied on its own: without a token, the read model shows what never existed.
+        for (let i = 0; i < 100; i++) {
+          if ((await f.read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [token])).rows.length > 0) break;
+          await sleep(20);
+        }
+        assert.deepEqual((await call(f.base, 'GET', '/analytics/customers/4242')).json.total_spent, '-20.00');
+        // With the cancellation's token: not that state; the bound passes, 504.
+        const r = await call(f.base, 'GET', '/analytics/customers/4242', undefined, { 'X-Consistency-Token': token });
+        assert.equal(r.status, 504, JSON.stringify(r.json));
+        // Once the order's event is back (the reconciler's job, done by hand here), the same read answers 200, right.
+        const { rows } = await f.write.query<{ id: number; topic: string; payload: unknown; created_at: string }>('SELECT id, topic, payload, created_at FROM outbox WHERE id = $1', [created]);
+        await queue.add(rows[0]!.topic, { event_id: String(created), topic: rows[0]!.topic, payload: rows[0]!.payload, created_at: rows[0]!.created_at }, { jobId: jobIdFor(created) });
+        const ok = await call(f.base, 'GET', '/analytics/customers/4242', undefined, { 'X-Consistency-Token': token });
+        assert.equal(ok.status, 200);
+        assert.deepEqual([ok.json.total_spent, ok.json.order_count], ['0.00', 0]);
+      } finally {
+        await queue.close();
+      }
+    });
+
+    it('a token far beyond every write neither answers early nor lets later writes skip the wait', async () => {
+      relay = await startRelay(f.env.config, testLog);
+      worker = await startProjector(f.env.config, testLog);
+      const p = await createProduct(f.base, { price: '1.00', stock: 100 });
+      assert.equal((await call(f.base, 'GET', '/analytics/categories', undefined, { 'X-Consistency-Token': '2000000000' })).status, 504);
+      const o = await call(f.base, 'POST', '/orders', { customer_id: 77, items: [{ product_id: p, quantity: 3 }] });
+      const r = await call(f.base, 'GET', '/analytics/customers/77', undefined, { 'X-Consistency-Token': o.headers.get('x-consistency-token')! });
+      assert.deepEqual([r.status, r.json.total_spent], [200, '3.00']);
+      assert.equal((await call(f.base, 'GET', '/analytics/categories', undefined, { 'X-Consistency-Token': '99999999999' })).status, 400);
+    });
+  });
+
   describe('poison events', () => {
     let f: WebFixture;
     let relay: RelayHandle | undefined;
@@ -123,10 +183,7 @@ describe('exactly once under faults (integration)', function () {
       const { rows: m } = await f.write.query<{ id: number }>(`INSERT INTO outbox (topic, payload) VALUES ('order.created', '{"id": -1}') RETURNING id`);
       const malformed = m[0]!.id;
       const refused = Number(poisoned.headers.get('x-consistency-token'));
-      for (let i = 0; i < 100; i++) {
-        if ((await f.write.query('SELECT 1 FROM outbox WHERE published_at IS NULL')).rows.length === 0) break;
-        await sleep(50);
-      }
+      await waitPublished(f.write);
       // A standing backlog: the worker takes it as one batch.
       const t0 = Date.now();
       worker = await startProjector(f.env.config, testLog);
@@ -179,3 +236,11 @@ describe('exactly once under faults (integration)', function () {
   });
 });
 
+
+async function waitPublished(write: pg.Pool): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if ((await write.query('SELECT 1 FROM outbox WHERE published_at IS NULL')).rows.length === 0) return;
+    await sleep(25);
+  }
+  throw new Error('the relay did not publish the outbox');
+}
