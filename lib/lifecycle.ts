@@ -7,6 +7,9 @@ export interface Handle {
   stop(): Promise<void>;
 }
 
+/** Signals this soon after the first one are taken as the same request to stop, not as "force it". */
+const SIGNAL_GRACE_MS = 1000;
+
 /** Memoise a stop function so that a second call returns the same promise. */
 export function once(fn: () => Promise<void>): () => Promise<void> {
   let p: Promise<void> | undefined;
@@ -48,14 +51,17 @@ export async function runProcess(
   });
   // Signals are wired before start() so that a SIGTERM during start-up also
   // drains (once start has finished) instead of killing the process outright.
-  let stopping = false;
+  let stoppingSince = 0;
   const started = start(config, log);
   const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) {
+    if (stoppingSince > 0) {
+      // A terminal's Ctrl-C reaches every process of the group and a supervisor forwards a
+      // SIGTERM as well: signals that come together are one request to stop.
+      if (Date.now() - stoppingSince < SIGNAL_GRACE_MS) return;
       log.warn({ signal }, 'second signal, exiting now');
       process.exit(1);
     }
-    stopping = true;
+    stoppingSince = Date.now();
     log.info({ signal }, 'stopping');
     const deadline = setTimeout(() => {
       log.error({ timeoutMs: config.SHUTDOWN_TIMEOUT_MS }, 'shutdown deadline passed, exiting');
