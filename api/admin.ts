@@ -48,6 +48,7 @@ export const adminRoutes: Route[] = [
       const result = await replayDeadLetter(ops(ctx), id);
       if (result === 'not_found') throw new ApiError('not_found', `Event ${id} is not a dead letter`);
       if (result === 'below_floor') throw new ApiError('event_conflict', `Event ${id} is below the retention floor and can no longer be applied`);
+      if (result === 'already_applied') throw new ApiError('event_conflict', `Event ${id} is already applied`);
       sendJson(ctx.res, 202, { event_id: id, result });
     },
   },

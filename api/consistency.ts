@@ -17,25 +17,30 @@ interface Waiter {
 /**
  * Read-your-writes. A token is the outbox id N of a write; a request that
  * sends it back waits until the read model holds that write and every write
- * committed before it was issued: every outbox id < N that was committed by
- * then is applied (or parked by an operator), and so is N. So a token covers
- * all earlier writes of the same client whatever their ids' fate (a client's
- * earlier write committed before its later one began, and so drew a lower
- * id), and an order's cancellation is never shown without the order.
+ * that had committed by the time the request is checked and has a lower id:
+ * those are applied (or parked by an operator), and so is N. A client's
+ * earlier writes committed before its later one began, so they drew lower
+ * ids and are among them: a token covers all earlier writes of its client,
+ * whatever their fate on the way, and an order's cancellation is never shown
+ * without the order. Writes still in flight when a request is checked cannot
+ * be its client's earlier writes, and are not waited for.
  *
- * How it is checked, cheaply, by one check shared by all waiting requests:
- * a frontier F per web process, with the invariant "F is an id that was
- * visible in write_db at some past check τ, and every id ≤ F visible at τ
- * was resolved". Each check reads the ids above F (up to the largest token
- * waited for) from write_db, then which of them are resolved from read_db,
- * and moves F up to the last id before the first unresolved one. An id below
- * F that was invisible at τ belongs to a transaction that drew it before F
- * was drawn, so before τ: the writes its client made earlier had committed
- * by τ and were checked. A token N is satisfied when N ≤ F, N itself is
- * applied or parked (it may have been invisible at τ), and no dead letter
- * waiting for a decision is ≤ N. F never moves past an id that is not
- * visible, so a forged far-future token cannot move it. F starts at the
- * reconciler's watermark (every id ≤ it is resolved and settled).
+ * How it is checked cheaply, by one check shared by all waiting requests:
+ * a frontier F per web process and the set G of ids below F that were not
+ * visible in write_db when F passed them (in flight then, or rolled back).
+ * Invariant: every id ≤ F that is not in G was visible, and resolved, at
+ * some check. Each check
+ *  1. drops from G the ids at or below the reconciler's watermark (every id
+ *     there is resolved or never existed), and F starts there;
+ *  2. looks again at the ids of G: one that has become visible and is
+ *     resolved leaves G; one visible and not resolved blocks every token above it;
+ *  3. reads the visible ids above F (up to the largest token waited for) and
+ *     which of them are resolved, and moves F up to the last one before the
+ *     first unresolved id, adding the invisible ids it passes to G.
+ * A token N is satisfied when N ≤ F, no visible unresolved id of G is below
+ * N, N itself is applied or parked, and no dead letter waiting for a decision
+ * is ≤ N. F never moves past an id that is not visible, so a forged
+ * far-future token cannot move it.
  *
  * The check runs when the projector signals a committed batch (LISTEN on
  * read_db) and at most every 200 ms otherwise.
@@ -47,6 +52,7 @@ export class ConsistencyWaiter {
   private checking: Promise<void> | undefined;
   private again = false;
   private frontier = 0;
+  private gaps = new Set<number>();
 
   constructor(
     private readonly writePool: Pool,
@@ -113,12 +119,12 @@ export class ConsistencyWaiter {
     const tokens = [...new Set([...this.waiters].map((w) => w.token))];
     let satisfied: (token: number) => boolean;
     try {
-      await this.advance(Math.max(...tokens));
+      const blockedFrom = await this.advance(Math.max(...tokens));
       const { rows } = await this.readPool.query<{ dead: string | null }>(
         'SELECT min(event_id::bigint)::text AS dead FROM dead_letters WHERE parked_at IS NULL',
       );
       const dead = rows[0]?.dead == null ? Infinity : Number(rows[0].dead);
-      const own = await resolvedIds(this.readPool, tokens.filter((t) => t <= this.frontier && t < dead));
+      const own = await resolvedIds(this.readPool, tokens.filter((t) => t <= this.frontier && t < dead && t < blockedFrom));
       satisfied = (t) => own.has(t);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'consistency check failed');
@@ -136,21 +142,37 @@ export class ConsistencyWaiter {
     }
   }
 
-  /** Move the frontier up as far as every visible id is resolved, up to `upTo`. */
-  private async advance(upTo: number): Promise<void> {
-    if (this.frontier === 0) {
-      const { rows } = await this.readPool.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
-      this.frontier = Math.max(this.frontier, Number(rows[0]?.w ?? 0));
-    }
-    while (this.frontier < upTo) {
-      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [this.frontier, upTo, PAGE]);
-      if (rows.length === 0) return;
+  /**
+   * Steps 1–3 above, up to `upTo`. Returns the lowest id of G that is
+   * visible and not resolved (Infinity when none): no token above it is satisfied.
+   */
+  private async advance(upTo: number): Promise<number> {
+    const { rows: w } = await this.readPool.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
+    const watermark = Number(w[0]?.w ?? 0);
+    this.frontier = Math.max(this.frontier, watermark);
+    for (const g of this.gaps) if (g <= watermark) this.gaps.delete(g);
+
+    let blockedFrom = Infinity;
+    if (this.gaps.size > 0) {
+      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id = ANY ($1::int[])', [[...this.gaps]]);
       const resolved = await resolvedIds(this.readPool, rows.map((r) => r.id));
       for (const { id } of rows) {
-        if (!resolved.has(id)) return;
+        if (resolved.has(id)) this.gaps.delete(id);
+        else blockedFrom = Math.min(blockedFrom, id);
+      }
+    }
+
+    while (this.frontier < upTo) {
+      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [this.frontier, upTo, PAGE]);
+      if (rows.length === 0) break;
+      const resolved = await resolvedIds(this.readPool, rows.map((r) => r.id));
+      for (const { id } of rows) {
+        if (!resolved.has(id)) return blockedFrom;
+        for (let g = this.frontier + 1; g < id; g++) this.gaps.add(g);
         this.frontier = id;
       }
-      if (rows.length < PAGE) return;
+      if (rows.length < PAGE) break;
     }
+    return blockedFrom;
   }
 }

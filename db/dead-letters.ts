@@ -1,4 +1,5 @@
 import { withTransaction, type Pool } from './pool.js';
+import type { Queryable } from './recompute.js';
 
 /** A row of read_db's dead_letters (migration read/0002): an event that failed for good. */
 export interface DeadLetter {
@@ -17,21 +18,28 @@ const COLUMNS = 'event_id, topic, payload, error, attempts, failed_at, parked_at
 /**
  * Record that an event failed for good. Nothing is recorded for an event that
  * is processed (another delivery applied it) or parked already; a repeated
- * failure updates the error.
+ * failure updates the error. Under a SHARE lock on processed_events, which
+ * waits for projector batches in flight and holds new ones off: otherwise a
+ * batch applying this very event (a replay racing the reconciler's record of
+ * its failure) could commit unseen, leaving the event applied and a dead
+ * letter at once. Dead letters are rare; batches wait a moment.
  */
 export async function recordDeadLetter(
   pool: Pool,
   e: { event_id: string; topic: string; payload: unknown; error: string; attempts: number },
 ): Promise<void> {
-  await pool.query(
-    `INSERT INTO dead_letters (event_id, topic, payload, error, attempts, failed_at)
-     SELECT $1::text, $2::text, $3::jsonb, $4::text, $5::int, now() AT TIME ZONE 'UTC'
-      WHERE NOT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1::text)
-        AND $1::text::bigint > (SELECT event_id FROM processed_floor)
-     ON CONFLICT (event_id) DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at
-      WHERE dead_letters.parked_at IS NULL`,
-    [e.event_id, e.topic, JSON.stringify(e.payload ?? null), e.error.slice(0, 2000), e.attempts],
-  );
+  await withTransaction(pool, async (c) => {
+    await c.query('LOCK TABLE processed_events IN SHARE MODE');
+    await c.query(
+      `INSERT INTO dead_letters (event_id, topic, payload, error, attempts, failed_at)
+       SELECT $1::text, $2::text, $3::jsonb, $4::text, $5::int, now() AT TIME ZONE 'UTC'
+        WHERE NOT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1::text)
+          AND $1::text::bigint > (SELECT event_id FROM processed_floor)
+       ON CONFLICT (event_id) DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at
+        WHERE dead_letters.parked_at IS NULL`,
+      [e.event_id, e.topic, JSON.stringify(e.payload ?? null), e.error.slice(0, 2000), e.attempts],
+    );
+  });
 }
 
 export type DeadLetterState = 'failed' | 'parked' | 'all';
@@ -46,11 +54,6 @@ export async function listDeadLetters(pool: Pool, state: DeadLetterState = 'all'
   return rows;
 }
 
-export async function getDeadLetter(pool: Pool, eventId: string): Promise<DeadLetter | undefined> {
-  const { rows } = await pool.query<DeadLetter>(`SELECT ${COLUMNS} FROM dead_letters WHERE event_id = $1`, [eventId]);
-  return rows[0];
-}
-
 export async function countDeadLetters(pool: Pool): Promise<{ failed: number; parked: number }> {
   const { rows } = await pool.query<{ failed: number; parked: number }>(
     `SELECT count(*) FILTER (WHERE parked_at IS NULL)::int AS failed, count(*) FILTER (WHERE parked_at IS NOT NULL)::int AS parked FROM dead_letters`,
@@ -60,20 +63,29 @@ export async function countDeadLetters(pool: Pool): Promise<{ failed: number; pa
 
 export type ParkResult = 'parked' | 'already_parked' | 'processed' | 'not_found';
 
+/** Is the event applied (in processed_events, or at or below the retention floor)? */
+async function isProcessed(c: Queryable, eventId: string): Promise<boolean> {
+  const { rows } = await c.query(
+    'SELECT 1 FROM processed_events WHERE event_id = $1::text UNION ALL SELECT 1 FROM processed_floor WHERE $1::text::bigint <= event_id',
+    [eventId],
+  );
+  return rows.length > 0;
+}
+
 /**
  * Park a dead letter: it will never be applied. Under a SHARE ROW EXCLUSIVE
  * lock on processed_events (projector batches wait a moment; see
  * recordProcessed in workers/projector/apply.ts), so an event cannot be both
- * applied and parked.
+ * applied and parked. A failed dead letter of an event found applied is
+ * resolved on the way.
  */
 export async function parkDeadLetter(pool: Pool, eventId: string, reason: string): Promise<ParkResult> {
   return withTransaction(pool, async (c) => {
     await c.query('LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE');
-    const { rows: done } = await c.query(
-      'SELECT 1 FROM processed_events WHERE event_id = $1::text UNION ALL SELECT 1 FROM processed_floor WHERE $1::text::bigint <= event_id',
-      [eventId],
-    );
-    if (done.length > 0) return 'processed';
+    if (await isProcessed(c, eventId)) {
+      await c.query('DELETE FROM dead_letters WHERE event_id = $1 AND parked_at IS NULL', [eventId]);
+      return 'processed';
+    }
     const { rows } = await c.query<{ parked: boolean }>('SELECT parked_at IS NOT NULL AS parked FROM dead_letters WHERE event_id = $1 FOR UPDATE', [eventId]);
     if (rows.length === 0) return 'not_found';
     if (rows[0]!.parked) return 'already_parked';
@@ -82,10 +94,28 @@ export async function parkDeadLetter(pool: Pool, eventId: string, reason: string
   });
 }
 
-/** Take a parked event back into the pipeline (it stays a dead letter until it applies). False when it is not a dead letter. */
-export async function unparkDeadLetter(pool: Pool, eventId: string): Promise<boolean> {
-  const { rowCount } = await pool.query('UPDATE dead_letters SET parked_at = NULL, park_reason = NULL WHERE event_id = $1', [eventId]);
-  return (rowCount ?? 0) > 0;
+export type ReplayCheck = { ok: true; letter: DeadLetter } | { ok: false; why: 'not_found' | 'processed' | 'below_floor' };
+
+/**
+ * Make a dead letter replayable: unpark it if parked. Refused when it is
+ * applied already (its row is then resolved) or at or below the retention
+ * floor (a delivery would be skipped as a duplicate). Under the lock prune
+ * raises the floor with, so a replay and a prune cannot pass each other.
+ */
+export async function prepareReplay(pool: Pool, eventId: string): Promise<ReplayCheck> {
+  return withTransaction(pool, async (c) => {
+    await c.query('LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE');
+    const { rows } = await c.query<DeadLetter>(`SELECT ${COLUMNS} FROM dead_letters WHERE event_id = $1 FOR UPDATE`, [eventId]);
+    const letter = rows[0];
+    if (!letter) return { ok: false, why: 'not_found' };
+    if (await isProcessed(c, eventId)) {
+      const { rows: floor } = await c.query<{ below: boolean }>('SELECT $1::text::bigint <= event_id AS below FROM processed_floor', [eventId]);
+      if (!floor[0]?.below) await c.query('DELETE FROM dead_letters WHERE event_id = $1 AND parked_at IS NULL', [eventId]);
+      return { ok: false, why: floor[0]?.below ? 'below_floor' : 'processed' };
+    }
+    if (letter.parked_at) await c.query('UPDATE dead_letters SET parked_at = NULL, park_reason = NULL WHERE event_id = $1', [eventId]);
+    return { ok: true, letter: { ...letter, parked_at: null, park_reason: null } };
+  });
 }
 
 /** Of these event ids, those that are resolved: processed, at or below the retention floor, or dead letters (failed or parked). */

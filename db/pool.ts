@@ -69,10 +69,11 @@ export async function withTransaction<T>(
   }
 }
 
+/** The SQLSTATE (or socket error code) of an error, or of the error it wraps. */
 export function pgCode(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string'
-    ? err.code
-    : undefined;
+  if (typeof err !== 'object' || err === null) return undefined;
+  if ('code' in err && typeof err.code === 'string') return err.code;
+  return 'cause' in err && err.cause !== err ? pgCode(err.cause) : undefined;
 }
 
 /** Deadlock or serialization failure: safe to retry the whole transaction at once. */
@@ -101,12 +102,19 @@ export function isUnavailable(err: unknown): boolean {
 }
 
 /**
- * Worth trying the same work again later: the database was unavailable, a
- * deadlock or serialization failure, a lock or statement timeout, a
- * cancelled query. Anything else (a data exception, a constraint, a bug) will
- * fail the same way again.
+ * The statement was refused for what it says about the data: SQLSTATE class
+ * 22 (data exception: a value out of range, malformed input) or 23 (a
+ * constraint). The same statement with the same data fails the same way
+ * again. Anything else — the database away, read-only after a failover,
+ * permissions, a missing table, a timeout, a deadlock, a bug — says nothing
+ * about the data and must not condemn it.
  */
-export function isTransient(err: unknown): boolean {
+export function isDataError(err: unknown): boolean {
+  return /^(22|23)/.test(pgCode(err) ?? '');
+}
+
+/** Busy rather than away: a deadlock or serialization failure, a lock or statement timeout, a cancelled query. */
+export function isBusy(err: unknown): boolean {
   const code = pgCode(err);
-  return isUnavailable(err) || isRetryable(err) || code === '55P03' || code === '57014' || code === '25P03';
+  return isRetryable(err) || code === '55P03' || code === '57014' || code === '25P03';
 }

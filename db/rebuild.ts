@@ -87,7 +87,8 @@ export async function rebuild(writeUrl: string, readUrl: string, onProgress: (p:
     const { rows: low } = await write.query<{ min: string | null }>('SELECT min(id)::text AS min FROM outbox WHERE id > $1', [floor]);
     await read.query(`DELETE FROM processed_events WHERE event_id::bigint >= $1::bigint AND event_id::bigint > $2::bigint`, [low[0]!.min, floor]);
     let events = 0;
-    let resolved = 0;
+    // Events at or below the floor are in the snapshot too (pruned because old and settled): their dead letters are resolved.
+    let resolved = (await read.query('DELETE FROM dead_letters WHERE event_id::bigint <= $1::bigint', [floor])).rowCount ?? 0;
     for await (const batch of chunks(write, 'rebuild_events', `SELECT id::text AS id FROM outbox WHERE id > ${Number(floor)} ORDER BY id`)) {
       const ids = batch.map((r) => r.id);
       await read.query(`INSERT INTO processed_events (event_id, processed_at) SELECT id, now() AT TIME ZONE 'UTC' FROM unnest($1::text[]) AS id`, [ids]);

@@ -180,32 +180,42 @@ export async function compareEventIds(write: Queryable, read: Queryable): Promis
   const letters = new Set(dead.map((d) => d.event_id));
   const lowest = outbox[0]?.id ?? Infinity;
   const parked = dead.filter((d) => d.parked);
-  const real = await realEvents(write, parked);
+  const real = await realEvents(write, parked, done);
   return {
     unprocessed: outbox.filter((r) => !done.has(String(r.id)) && !letters.has(String(r.id))).map((r) => r.id),
     unknown: [...done].filter((id) => !ids.has(id) && Number(id) > floor && !(Number(id) < lowest)),
-    failed: dead.filter((d) => !d.parked && Number(d.event_id) > floor).map((d) => Number(d.event_id)),
+    failed: dead.filter((d) => !d.parked).map((d) => Number(d.event_id)),
     parked: parked.map((d) => ({ id: Number(d.event_id), deltas: real.has(d.event_id) ? deltasOrUndefined(d.topic, d.payload) : undefined })),
   };
 }
 
 /**
- * Of these events, those that describe write_db: the order they carry exists
- * (and, for a cancellation, is cancelled). Only those would have changed the
- * views had they been applied; an event written by hand or by a bug, with no
- * order behind it, changes no recomputation.
+ * Of these (parked) events, those whose effect the recomputation counts: the
+ * order they carry exists (and, for a cancellation, is cancelled), and no
+ * other event of the same topic for that order is applied. Only those would
+ * have changed the views had they been applied; an event written by hand or
+ * by a bug (no order behind it, or a second copy of an order's event) changes
+ * no recomputation.
  */
-async function realEvents(write: Queryable, events: { event_id: string; topic: string; payload: unknown }[]): Promise<Set<string>> {
+async function realEvents(write: Queryable, events: { event_id: string; topic: string; payload: unknown }[], applied: Set<string>): Promise<Set<string>> {
   const orderId = (p: unknown) => (typeof p === 'object' && p !== null && Number.isInteger((p as { id?: unknown }).id) ? ((p as { id: number }).id) : undefined);
   const wanted = events.map((e) => orderId(e.payload)).filter((id): id is number => id !== undefined && id > 0 && id <= 2_147_483_647);
   if (wanted.length === 0) return new Set();
   const { rows } = await write.query<{ id: number; status: string }>('SELECT id, status FROM orders WHERE id = ANY ($1::int[])', [wanted]);
   const status = new Map(rows.map((r) => [r.id, r.status]));
+  // Other events of the same orders (one scan of the outbox; verify runs rarely and parked events are few).
+  const { rows: twins } = await write.query<{ id: number; topic: string; order_id: number }>(
+    `SELECT id, topic, (payload->>'id')::int AS order_id FROM outbox
+      WHERE CASE WHEN jsonb_typeof(payload->'id') = 'number' THEN (payload->>'id')::numeric END = ANY ($1::numeric[])`,
+    [wanted],
+  );
   return new Set(
     events
       .filter((e) => {
-        const s = status.get(orderId(e.payload) ?? 0);
-        return s !== undefined && (e.topic !== 'order.cancelled' || s === 'cancelled');
+        const order = orderId(e.payload) ?? 0;
+        const s = status.get(order);
+        if (s === undefined || (e.topic === 'order.cancelled' && s !== 'cancelled')) return false;
+        return !twins.some((t) => t.order_id === order && t.topic === e.topic && String(t.id) !== e.event_id && applied.has(String(t.id)));
       })
       .map((e) => e.event_id),
   );

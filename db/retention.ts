@@ -27,8 +27,8 @@ export interface PruneResult {
  *  - below the lowest dead letter still waiting for a decision, so that one
  *    can still be replayed and applied;
  *  - older than keepMs.
- * The floor is raised first, in read_db's processed_floor, under the same
- * lock projector batches take on processed_events: from its commit on, a
+ * The floor is raised first, in read_db's processed_floor, under a lock that
+ * conflicts with projector batches' inserts and with replay's unparking: from its commit on, a
  * delivery of any id at or below it is skipped as a duplicate, whether or
  * not its processed_events row is still there. That is what makes deleting
  * those rows safe even while a relay's claim could still roll back (and
@@ -39,29 +39,27 @@ export interface PruneResult {
  */
 export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const chunk = opts.chunk ?? 10_000;
-  const { rows: r } = await opts.readPool.query<{ watermark: string; dead: string | null; floor: string }>(
-    `SELECT (SELECT last_event_id FROM reconciler_watermark)::text AS watermark,
-            (SELECT min(event_id::bigint) - 1 FROM dead_letters WHERE parked_at IS NULL)::text AS dead,
-            (SELECT event_id FROM processed_floor)::text AS floor`,
+  const { rows: w } = await opts.readPool.query<{ watermark: string; floor: string }>(
+    'SELECT (SELECT last_event_id FROM reconciler_watermark)::text AS watermark, (SELECT event_id FROM processed_floor)::text AS floor',
   );
-  const watermark = Number(r[0]!.watermark);
-  const dead = r[0]!.dead === null ? Infinity : Number(r[0]!.dead);
-  const { rows: a } = await opts.writePool.query<{ id: number | null }>(
-    `SELECT id FROM outbox WHERE id <= $1 AND created_at < (now() AT TIME ZONE 'UTC') - $2 * interval '1 millisecond' ORDER BY id DESC LIMIT 1`,
-    [watermark, opts.keepMs],
-  );
-  const aged = a[0]?.id ?? 0;
-  const target = Math.min(watermark, dead, aged);
-  const limitedBy: PruneResult['limitedBy'] = target === watermark ? 'watermark' : target === dead ? 'dead_letter' : 'age';
-
-  let floor = Number(r[0]!.floor);
-  if (target > floor) {
-    floor = await withTransaction(opts.readPool, async (c) => {
-      await c.query('LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE');
-      const { rows } = await c.query<{ floor: string }>('UPDATE processed_floor SET event_id = GREATEST(event_id, $1) RETURNING event_id::text AS floor', [target]);
-      return Number(rows[0]!.floor);
-    });
-  }
+  const aged = await oldEnough(opts.writePool, Number(w[0]!.floor), Number(w[0]!.watermark), opts.keepMs);
+  // The dead letters and the floor are read and moved under the lock replay unparks with, so neither passes the other.
+  const { floor, limitedBy } = await withTransaction(opts.readPool, async (c) => {
+    await c.query('LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE');
+    const { rows } = await c.query<{ watermark: string; dead: string | null; floor: string }>(
+      `SELECT (SELECT last_event_id FROM reconciler_watermark)::text AS watermark,
+              (SELECT min(event_id::bigint) - 1 FROM dead_letters WHERE parked_at IS NULL)::text AS dead,
+              (SELECT event_id FROM processed_floor)::text AS floor`,
+    );
+    const watermark = Number(rows[0]!.watermark);
+    const dead = rows[0]!.dead === null ? Infinity : Number(rows[0]!.dead);
+    const target = Math.min(watermark, dead, aged);
+    const current = Number(rows[0]!.floor);
+    const why: PruneResult['limitedBy'] = target <= current ? 'nothing_to_prune' : target === aged ? 'age' : target === dead ? 'dead_letter' : 'watermark';
+    if (target <= current) return { floor: current, limitedBy: why };
+    await c.query('UPDATE processed_floor SET event_id = $1', [target]);
+    return { floor: target, limitedBy: why };
+  });
 
   let outbox = 0;
   for (;;) {
@@ -78,5 +76,26 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     opts.onProgress?.({ floor, outbox });
     if ((rowCount ?? 0) === 0) break; // all locked by relays right now: the next run takes them
   }
-  return { floor, outbox, limitedBy: outbox === 0 && target <= floor ? 'nothing_to_prune' : limitedBy };
+  return { floor, outbox, limitedBy };
+}
+
+/**
+ * The highest id such that every event above `from`, up to it and not above
+ * `upTo`, was written more than keepMs ago. Walked in id order, because
+ * created_at (its transaction's start) does not rise strictly with the id.
+ */
+async function oldEnough(pool: Pool, from: number, upTo: number, keepMs: number): Promise<number> {
+  let last = from;
+  while (last < upTo) {
+    const { rows } = await pool.query<{ id: number; old: boolean }>(
+      `SELECT id, created_at < (now() AT TIME ZONE 'UTC') - $3 * interval '1 millisecond' AS old
+         FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 10000`,
+      [last, upTo, keepMs],
+    );
+    if (rows.length === 0) return upTo; // nothing left in between: pruned already, or never existed
+    const young = rows.find((r) => !r.old);
+    if (young) return young.id - 1;
+    last = rows[rows.length - 1]!.id;
+  }
+  return upTo;
 }

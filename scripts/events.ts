@@ -78,8 +78,8 @@ async function main(): Promise<number> {
       let failures = 0;
       for (const id of ids) {
         const r = await replayDeadLetter(ops, id);
-        if (r === 'not_found' || r === 'below_floor') failures++;
-        console.log(`${id}: ${r.replace('_', ' ')}`);
+        if (r === 'not_found' || r === 'below_floor' || r === 'already_applied') failures++;
+        console.log(`${id}: ${r.replaceAll('_', ' ')}`);
       }
       return failures > 0 ? 1 : 0;
     }
@@ -88,7 +88,7 @@ async function main(): Promise<number> {
       return 2;
     }
     const r = await parkEvent(ops, ids[0]!, values.reason.trim());
-    console.log(`${ids[0]}: ${r.replace('_', ' ')}`);
+    console.log(`${ids[0]}: ${r.replaceAll('_', ' ')}`);
     return r === 'parked' || r === 'already_parked' ? 0 : 1;
   } finally {
     await queue.close().catch(() => undefined);

@@ -144,6 +144,66 @@ describe('exactly once under faults (integration)', function () {
       }
     });
 
+    const processed = async (id: number | string) => (await f.read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [String(id)])).rows.length > 0;
+    const waitProcessed = async (id: number | string) => {
+      for (let i = 0; i < 250 && !(await processed(id)); i++) await sleep(20);
+      assert.ok(await processed(id), `event ${id} applied`);
+    };
+
+  it('an earlier write that committed after the frontier passed its id is still waited for', async () => {
+    relay = await startRelay(f.env.config, testLog);
+    worker = await startProjector(f.env.config, testLog);
+    const p = await createProduct(f.base, { price: '20.00', stock: 100 });
+    const q = await createProduct(f.base, { price: '5.00', stock: 100 });
+
+    // Client C's first write: place_order draws outbox id `a`; its commit is slow (WAL flush, sync replica, a long group-commit batch ...).
+    const slow = new pg.Client({ connectionString: f.env.config.DATABASE_URL });
+    await slow.connect();
+    slow.on('error', () => undefined);
+    await slow.query('BEGIN');
+    const { rows } = await slow.query<{ r: { order: { id: number }; event_id: number } }>('SELECT place_order(4242, ARRAY[$1::int], ARRAY[1], NULL, NULL) AS r', [p]);
+    const orderId = rows[0]!.r.order.id;
+    const a = rows[0]!.r.event_id;
+
+    // Meanwhile another client writes and reads its own write with its token: the web's frontier moves to b, past the invisible a.
+    const other = await call(f.base, 'POST', '/orders', { customer_id: 7, items: [{ product_id: q, quantity: 1 }] });
+    const b = Number(other.headers.get('x-consistency-token'));
+    assert.ok(b > a, `b=${b} a=${a} ${other.status}`);
+    const r0 = await call(f.base, 'GET', '/analytics/customers/7', undefined, { 'X-Consistency-Token': String(b) });
+    assert.equal(r0.status, 200);
+
+    // C's first write commits now; C has its answer (order, token a).
+    await worker.stop();
+    worker = undefined;
+    await slow.query('COMMIT');
+    await slow.end();
+    for (let i = 0; i < 200; i++) {
+      if ((await f.write.query('SELECT 1 FROM outbox WHERE id = $1 AND published_at IS NOT NULL', [a])).rows.length > 0) break;
+      await sleep(20);
+    }
+    // Event a is late (here: its job is lost and waits for the reconciler; any delay of a will do).
+    const redis = createRedis(f.env.config, 'producer', testLog, 'test');
+    const queue = createQueue(f.env.config, redis);
+    try {
+      await (await queue.getJob(jobIdFor(a)))!.remove();
+    } finally {
+      await queue.close();
+      redis.disconnect();
+    }
+    worker = await startProjector(f.env.config, testLog);
+
+    // C's second write: it cancels the order it placed. Its token must cover the earlier write a.
+    const cancelled = await call(f.base, 'POST', `/orders/${orderId}/cancel`);
+    assert.equal(cancelled.status, 200);
+    const c = cancelled.headers.get('x-consistency-token')!;
+    await waitProcessed(c);
+    assert.equal(await processed(a), false, 'the order event a is not applied');
+
+    const r = await call(f.base, 'GET', '/analytics/customers/4242', undefined, { 'X-Consistency-Token': c });
+    // The promise: 504 (or the state with both writes). What happens: 200 with a state that never existed.
+    assert.equal(r.status, 504, `expected 504, got ${r.status} ${JSON.stringify(r.json)}`);
+  });
+
     it('a token far beyond every write neither answers early nor lets later writes skip the wait', async () => {
       relay = await startRelay(f.env.config, testLog);
       worker = await startProjector(f.env.config, testLog);

@@ -1,6 +1,6 @@
 import type { Queue } from 'bullmq';
 import { jobIdFor, toJob, type EventJobData } from '../lib/queue.js';
-import { getDeadLetter, listDeadLetters, parkDeadLetter, unparkDeadLetter, type ParkResult } from '../db/dead-letters.js';
+import { listDeadLetters, parkDeadLetter, prepareReplay, type ParkResult } from '../db/dead-letters.js';
 import type { Pool } from '../db/pool.js';
 import type { Config } from '../lib/config.js';
 
@@ -16,7 +16,7 @@ export interface Ops {
   config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>;
 }
 
-export type ReplayResult = 'retried' | 'requeued' | 'in_queue' | 'not_found' | 'below_floor';
+export type ReplayResult = 'retried' | 'requeued' | 'in_queue' | 'not_found' | 'below_floor' | 'already_applied';
 
 /**
  * Send an event back to the workers: unpark it if parked, then retry its job
@@ -24,19 +24,16 @@ export type ReplayResult = 'retried' | 'requeued' | 'in_queue' | 'not_found' | '
  * dead letter until a worker applies it (or it fails again).
  */
 export async function replayDeadLetter({ readPool, queue, config }: Ops, eventId: string): Promise<ReplayResult> {
-  const dl = await getDeadLetter(readPool, eventId);
   const job = await queue.getJob(jobIdFor(eventId));
-  if (!dl) {
+  const check = await prepareReplay(readPool, eventId);
+  if (!check.ok) {
     // A job that failed before its dead letter could be recorded.
-    if (job && (await job.isFailed())) {
+    if (check.why === 'not_found' && job && (await job.isFailed())) {
       await job.retry('failed');
       return 'retried';
     }
-    return 'not_found';
+    return check.why === 'processed' ? 'already_applied' : check.why;
   }
-  const { rows } = await readPool.query<{ below: boolean }>('SELECT $1::bigint <= event_id AS below FROM processed_floor', [eventId]);
-  if (rows[0]?.below) return 'below_floor';
-  if (dl.parked_at) await unparkDeadLetter(readPool, eventId);
   if (job && (await job.isFailed())) {
     await job.retry('failed');
     return 'retried';
@@ -44,6 +41,7 @@ export async function replayDeadLetter({ readPool, queue, config }: Ops, eventId
   if (job && !(await job.isCompleted())) return 'in_queue';
   // Gone from Redis, or a completed job of an earlier delivery (BullMQ would ignore an add under its id).
   await job?.remove();
+  const dl = check.letter;
   const j = toJob(config, { id: eventId, topic: dl.topic, payload: dl.payload, created_at: dl.failed_at });
   await queue.add(j.name, j.data, j.opts);
   return 'requeued';

@@ -1,5 +1,5 @@
 import type { Pool, PoolClient } from '../../db/pool.js';
-import { isRetryable, isTransient } from '../../db/pool.js';
+import { isDataError, isRetryable } from '../../db/pool.js';
 import type { Deltas } from './deltas.js';
 import { APPLIED_CHANNEL } from '../../lib/channels.js';
 
@@ -59,11 +59,12 @@ export async function applyEvents(pool: Pool, events: ProjectionEvent[]): Promis
 
 /**
  * Apply a batch, isolating failures: when the database refuses the batch for
- * a reason that will not go away (a value out of range, a constraint, a
- * malformed id), split it in halves and apply each, down to the single event
- * at fault; every other event is applied. Returns one outcome per event, in
- * the order given. Transient failures (the database away, a timeout) are not
- * the events' fault: they are thrown for the caller to retry the whole batch.
+ * what it says about the data (a value out of range, a constraint, a
+ * malformed id: isDataError), split it in halves and apply each, down to the
+ * single event at fault; every other event is applied. Returns one outcome
+ * per event, in the order given. Any other failure (the database away or
+ * read-only, a timeout, a missing table) is not the events' fault: it is
+ * thrown for the caller to retry the whole batch.
  */
 export async function applyIsolating(pool: Pool, events: ProjectionEvent[]): Promise<Outcome[]> {
   try {
@@ -78,7 +79,7 @@ export async function applyIsolating(pool: Pool, events: ProjectionEvent[]): Pro
       return a.has(e.event_id) && first ? 'applied' : p.has(e.event_id) ? 'parked' : 'duplicate';
     });
   } catch (err) {
-    if (isTransient(err)) throw err;
+    if (!isDataError(err)) throw err;
     if (events.length === 1) return [err instanceof Error ? err : new Error(String(err))];
     const mid = Math.ceil(events.length / 2);
     return [...(await applyIsolating(pool, events.slice(0, mid))), ...(await applyIsolating(pool, events.slice(mid)))];
@@ -94,8 +95,8 @@ export async function applyIsolating(pool: Pool, events: ProjectionEvent[]): Pro
  * processed_events, and prune and park change them under a SHARE ROW
  * EXCLUSIVE lock on that table: a batch running alongside either sees the
  * floor or the parked row as committed, or holds them off until it commits.
- * A dead letter that is applied at last (replayed after a fix) is resolved in
- * the same statement.
+ * A failed dead letter of an event that is applied now (replayed after a fix)
+ * or was already is resolved in the same statement.
  */
 async function recordProcessed(client: PoolClient, sortedIds: string[]): Promise<{ applied: string[]; parked: string[] }> {
   const { rows } = await client.query<{ event_id: string; parked: boolean }>(
@@ -112,7 +113,10 @@ async function recordProcessed(client: PoolClient, sortedIds: string[]): Promise
        ON CONFLICT (event_id) DO NOTHING
        RETURNING event_id
      ), resolved AS (
-       DELETE FROM dead_letters d USING inserted i WHERE d.event_id = i.event_id
+       -- A dead letter of an event that is applied now, or was already (a duplicate), is resolved.
+       DELETE FROM dead_letters d
+        WHERE d.parked_at IS NULL AND d.event_id IN (SELECT id FROM batch)
+          AND (d.event_id IN (SELECT event_id FROM inserted) OR EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = d.event_id))
      )
      SELECT event_id, false AS parked FROM inserted
      UNION ALL

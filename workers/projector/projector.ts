@@ -4,7 +4,7 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import type { EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
-import { createPool, isUnavailable } from '../../db/pool.js';
+import { createPool, isBusy, pgCode } from '../../db/pool.js';
 import { recordDeadLetter } from '../../db/dead-letters.js';
 import { applyIsolating, type Outcome, type ProjectionEvent } from './apply.js';
 import { Batcher } from '../../lib/batcher.js';
@@ -18,7 +18,7 @@ export interface ProjectorHandle extends Handle {
   metrics: ProjectorMetrics;
 }
 
-/** Tries of a batch that failed for a transient reason other than the database being away (deadlock storm, timeouts). */
+/** Tries of a batch that failed because the database was busy (deadlocks, timeouts) before its jobs spend an attempt. */
 const BUSY_TRIES = 10;
 
 /** Thrown to the jobs of a batch that could not be applied before the worker stopped. */
@@ -32,17 +32,19 @@ class StoppingError extends Error {
  * each job completes only after its batch committed.
  *
  * Failures, by kind:
- *  - read_db away (stopped, restarting, refusing connections): the batch is
- *    retried with capped backoff for as long as it takes, its jobs staying
- *    active (BullMQ keeps renewing their locks). Attempts are not spent on
- *    an outage.
  *  - an event that can never apply (a malformed payload, or a write the
- *    database refuses every time): the batch is split until only that event
- *    fails (applyIsolating); the others are applied. The event is recorded
- *    in read_db's dead_letters and its job fails at once.
- *  - other transient trouble (deadlocks, timeouts) past BUSY_TRIES: the jobs
- *    fail this attempt and BullMQ retries them with backoff; after the last
+ *    database refuses for what it says about the data: isDataError): the
+ *    batch is split until only that event fails (applyIsolating); the others
+ *    are applied. The event is recorded in read_db's dead_letters and its job
+ *    fails at once.
+ *  - the database busy (deadlocks, timeouts) past BUSY_TRIES: the jobs fail
+ *    this attempt and BullMQ retries them with backoff; after the last
  *    attempt the event is a dead letter too.
+ *  - anything else — read_db away (stopped, restarting, refusing
+ *    connections), read-only after a failover, a permission or a table
+ *    missing, an error nobody foresaw: the batch is retried with capped
+ *    backoff for as long as it takes, its jobs staying active (BullMQ keeps
+ *    renewing their locks). No attempt is spent, nothing is condemned.
  *  - SIGTERM while a batch cannot be applied: its jobs are moved back to
  *    delayed (no attempt spent), so nothing is lost and the stop is quick.
  */
@@ -69,11 +71,11 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
       } catch (err) {
         metrics.failed.inc();
         if (sleeper.stopped) throw new StoppingError('worker stopping; batch not applied');
-        const unavailable = isUnavailable(err);
-        if (!unavailable && attempt >= BUSY_TRIES) throw err;
+        const busy = isBusy(err);
+        if (busy && attempt >= BUSY_TRIES) throw err;
         // One line per outage, not one per retry.
         if (attempt === 1 || attempt % 20 === 0) {
-          log.warn({ err: (err as Error).message, events: events.length, attempt }, unavailable ? 'read_db unavailable; retrying the batch' : 'batch failed; retrying');
+          log.warn({ err: (err as Error).message, code: pgCode(err), events: events.length, attempt }, busy ? 'read_db busy; retrying the batch' : 'read_db unavailable or refusing the work; retrying the batch');
         }
         await sleeper.sleep(Math.min(100 * 2 ** attempt, 5000));
       }

@@ -63,6 +63,8 @@ export class Reconciler {
   private pending = new Set<number>();
   /** Where the next re-check of pending ids starts, so a large pending set is covered over several ticks. */
   private recheckFrom = 0;
+  /** Likewise for dead letters. */
+  private deadFrom = 0;
 
   constructor(
     private readonly writePool: Pool,
@@ -200,11 +202,13 @@ export class Reconciler {
   }
 
   private async restoreDeadLetters(result: ReconcileResult): Promise<void> {
+    // A page per tick, in turn, however many there are.
     const { rows } = await this.readPool.query<{ event_id: string }>(
-      'SELECT event_id FROM dead_letters WHERE parked_at IS NULL ORDER BY event_id::bigint LIMIT $1',
-      [PAGE],
+      'SELECT event_id FROM dead_letters WHERE parked_at IS NULL AND event_id::bigint > $1 ORDER BY event_id::bigint LIMIT $2',
+      [this.deadFrom, PAGE],
     );
     const ids = rows.map((r) => Number(r.event_id));
+    this.deadFrom = ids.length < PAGE ? 0 : ids[ids.length - 1]!;
     if (ids.length === 0) return;
     const states = await this.jobStates(ids);
     const lost = ids.filter((_, i) => states[i] === 'missing');
