@@ -1,9 +1,13 @@
 import type { Subscriber } from 'pg-listen';
 import { createListener } from '../lib/listen.js';
-import type { Pool } from '../db/pool.js';
-import { resolvedIds } from '../db/dead-letters.js';
+import type { Db } from '../db/pool.js';
+import { z } from 'zod';
+import { sql } from '../db/pool.js';
+import { lowestFailed, resolvedIds } from '../db/dead-letters.js';
+
+const idRow = z.object({ id: z.number() });
 import type { Logger } from '../lib/logger.js';
-import { APPLIED_CHANNEL } from '../lib/channels.js';
+import { CHANNELS } from '../lib/contract.js';
 
 const FALLBACK_POLL_MS = 200;
 const PAGE = 1000;
@@ -55,18 +59,18 @@ export class ConsistencyWaiter {
   private gaps = new Set<number>();
 
   constructor(
-    private readonly writePool: Pool,
-    private readonly readPool: Pool,
+    private readonly writeDb: Db,
+    private readonly readDb: Db,
     private readonly readUrl: string,
     private readonly log: Logger,
   ) {}
 
   async start(): Promise<void> {
     this.subscriber = createListener(this.readUrl, 'web-consistency', this.log, 10_000);
-    this.subscriber.notifications.on(APPLIED_CHANNEL, () => this.check());
+    this.subscriber.notifications.on(CHANNELS.applied, () => this.check());
     try {
       await this.subscriber.connect();
-      await this.subscriber.listenTo(APPLIED_CHANNEL);
+      await this.subscriber.listenTo(CHANNELS.applied);
     } catch (err) {
       // The fallback poll still answers waiters; pg-listen keeps trying to reconnect.
       this.log.warn({ err: (err as Error).message }, 'consistency LISTEN unavailable; polling');
@@ -120,11 +124,8 @@ export class ConsistencyWaiter {
     let satisfied: (token: number) => boolean;
     try {
       const blockedFrom = await this.advance(Math.max(...tokens));
-      const { rows } = await this.readPool.query<{ dead: string | null }>(
-        'SELECT min(event_id::bigint)::text AS dead FROM dead_letters WHERE parked_at IS NULL',
-      );
-      const dead = rows[0]?.dead == null ? Infinity : Number(rows[0].dead);
-      const own = await resolvedIds(this.readPool, tokens.filter((t) => t <= this.frontier && t < dead && t < blockedFrom));
+      const dead = await lowestFailed(this.readDb);
+      const own = await resolvedIds(this.readDb, tokens.filter((t) => t <= this.frontier && t < dead && t < blockedFrom));
       satisfied = (t) => own.has(t);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'consistency check failed');
@@ -147,31 +148,30 @@ export class ConsistencyWaiter {
    * visible and not resolved (Infinity when none): no token above it is satisfied.
    */
   private async advance(upTo: number): Promise<number> {
-    const { rows: w } = await this.readPool.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
-    const watermark = Number(w[0]?.w ?? 0);
+    const watermark = await this.readDb.oneFirst(sql.type(z.object({ w: z.number() }))`SELECT last_event_id AS w FROM reconciler_watermark`);
     this.frontier = Math.max(this.frontier, watermark);
     for (const g of this.gaps) if (g <= watermark) this.gaps.delete(g);
 
     let blockedFrom = Infinity;
     if (this.gaps.size > 0) {
-      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id = ANY ($1::int[])', [[...this.gaps]]);
-      const resolved = await resolvedIds(this.readPool, rows.map((r) => r.id));
-      for (const { id } of rows) {
+      const visible = await this.writeDb.anyFirst(sql.type(idRow)`SELECT id FROM outbox WHERE id = ANY (${sql.array([...this.gaps], 'int4')})`);
+      const resolved = await resolvedIds(this.readDb, visible);
+      for (const id of visible) {
         if (resolved.has(id)) this.gaps.delete(id);
         else blockedFrom = Math.min(blockedFrom, id);
       }
     }
 
     while (this.frontier < upTo) {
-      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [this.frontier, upTo, PAGE]);
-      if (rows.length === 0) break;
-      const resolved = await resolvedIds(this.readPool, rows.map((r) => r.id));
-      for (const { id } of rows) {
+      const ids = await this.writeDb.anyFirst(sql.type(idRow)`SELECT id FROM outbox WHERE id > ${this.frontier} AND id <= ${upTo} ORDER BY id LIMIT ${PAGE}`);
+      if (ids.length === 0) break;
+      const resolved = await resolvedIds(this.readDb, ids);
+      for (const id of ids) {
         if (!resolved.has(id)) return blockedFrom;
         for (let g = this.frontier + 1; g < id; g++) this.gaps.add(g);
         this.frontier = id;
       }
-      if (rows.length < PAGE) break;
+      if (ids.length < PAGE) break;
     }
     return blockedFrom;
   }

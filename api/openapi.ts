@@ -1,6 +1,8 @@
 import { sendJson } from './http.js';
 import type { Route } from './router.js';
 import { PROBLEMS } from './errors.js';
+import { z } from 'zod';
+import { orderDocument } from '../lib/contract.js';
 
 /**
  * The OpenAPI 3.1 description of the HTTP API, served at /openapi.json.
@@ -54,6 +56,11 @@ const ts = { type: 'string', format: 'date-time' };
 const int = { type: 'integer' };
 const page = (item: string) => ({ type: 'object', properties: { items: { type: 'array', items: { $ref: `#/components/schemas/${item}` } }, next_cursor: { type: ['string', 'null'] } } });
 
+/** A JSON Schema inside an OpenAPI 3.1 document takes the document's dialect. */
+function withoutDialect(schema: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(schema).filter(([k]) => k !== '$schema'));
+}
+
 const SCHEMAS: Record<string, unknown> = {
   Problem: {
     type: 'object',
@@ -75,17 +82,8 @@ const SCHEMAS: Record<string, unknown> = {
       items: { type: 'array', minItems: 1, maxItems: 100, items: { type: 'object', additionalProperties: false, required: ['product_id', 'quantity'], properties: { product_id: { type: 'integer', minimum: 1 }, quantity: { type: 'integer', minimum: 1, maximum: 1000000 } } } },
     },
   },
-  Order: {
-    type: 'object',
-    properties: {
-      id: int,
-      customer_id: int,
-      status: { enum: ['pending', 'paid', 'shipped', 'cancelled'] },
-      total: money,
-      created_at: ts,
-      items: { type: 'array', items: { type: 'object', properties: { id: int, product_id: int, category: { type: 'string' }, quantity: int, price: money, line_total: money } } },
-    },
-  },
+  // The order document's one description (lib/order-document.ts), as JSON Schema.
+  Order: withoutDialect(z.toJSONSchema(orderDocument)),
   OrderPage: page('Order'),
   ProductSales: { type: 'object', properties: { product_id: int, total_quantity_sold: int, total_revenue: money, order_count: int } },
   ProductSalesPage: { type: 'object', properties: { by: { enum: ['revenue', 'quantity'] }, items: { type: 'array', items: { $ref: '#/components/schemas/ProductSales' } } } },

@@ -3,7 +3,8 @@ import type { RedisClient } from '../../lib/redis.js';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { toJob, jobIdFor, type EventJobData } from '../../lib/queue.js';
-import type { Pool } from '../../db/pool.js';
+import { z } from 'zod';
+import { sql, type Db } from '../../db/pool.js';
 import { recordDeadLetter, resolvedIds } from '../../db/dead-letters.js';
 
 const PAGE = 1000;
@@ -67,8 +68,8 @@ export class Reconciler {
   private deadFrom = 0;
 
   constructor(
-    private readonly writePool: Pool,
-    private readonly readPool: Pool,
+    private readonly writeDb: Db,
+    private readonly readDb: Db,
     private readonly queue: Queue<EventJobData>,
     /** The connection the queue uses, for cheap EXISTS checks on job keys. */
     private readonly redis: RedisClient,
@@ -88,11 +89,10 @@ export class Reconciler {
    * that is in neither xip nor xmin.)
    */
   private async safeBound(): Promise<number> {
-    const { rows: h } = await this.writePool.query<{ seq: string; xid: string }>('SELECT seq::text, xid FROM outbox_horizon()');
-    this.horizons.push({ seq: Number(h[0]!.seq), xid: BigInt(h[0]!.xid) });
+    const h = await this.writeDb.one(sql.type(z.object({ seq: z.number(), xid: z.string() }))`SELECT seq, xid FROM outbox_horizon()`);
+    this.horizons.push({ seq: h.seq, xid: BigInt(h.xid) });
     // A new statement, after outbox_horizon()'s transaction committed.
-    const { rows: s } = await this.writePool.query<{ xmin: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin');
-    const xmin = BigInt(s[0]!.xmin);
+    const xmin = BigInt(await this.writeDb.oneFirst(sql.type(z.object({ xmin: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`));
     for (const x of this.horizons) if (x.xid < xmin) this.settled = Math.max(this.settled, x.seq);
     this.horizons = this.horizons.filter((x) => x.xid >= xmin);
     return this.settled;
@@ -100,8 +100,7 @@ export class Reconciler {
 
   async tick(): Promise<ReconcileResult> {
     const bound = await this.safeBound();
-    const { rows: wm } = await this.readPool.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
-    const start = Number(wm[0]?.w ?? 0);
+    const start = await this.readDb.oneFirst(sql.type(z.object({ w: z.number() }))`SELECT last_event_id AS w FROM reconciler_watermark`);
     if (this.cursor < start) this.cursor = start;
     for (const id of this.pending) if (id <= start) this.pending.delete(id);
     const result: ReconcileResult = { watermark: start, cursor: this.cursor, pending: 0, scanned: 0, requeued: 0, inFlight: 0, deadLettered: 0 };
@@ -115,11 +114,10 @@ export class Reconciler {
 
     // 2. New ids above the cursor, up to the bound.
     for (let page = 0; page < SCAN_PAGES_PER_TICK && this.cursor < bound; page++) {
-      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [this.cursor, bound, PAGE]);
-      const ids = rows.map((r) => r.id);
+      const ids = await this.writeDb.anyFirst(sql.type(z.object({ id: z.number() }))`SELECT id FROM outbox WHERE id > ${this.cursor} AND id <= ${bound} ORDER BY id LIMIT ${PAGE}`);
       for (const id of ids) this.pending.add(id);
       result.scanned += ids.length;
-      await this.check(ids, result);
+      await this.check([...ids], result);
       this.cursor = ids.length < PAGE ? bound : ids[ids.length - 1]!;
     }
 
@@ -129,7 +127,7 @@ export class Reconciler {
     const first = this.pending.values().next();
     const watermark = first.done ? this.cursor : first.value - 1;
     if (watermark > start) {
-      await this.readPool.query('UPDATE reconciler_watermark SET last_event_id = GREATEST(last_event_id, $1)', [watermark]);
+      await this.readDb.query(sql.typeAlias('void')`UPDATE reconciler_watermark SET last_event_id = GREATEST(last_event_id, ${watermark})`);
     }
     if (result.requeued > 0) this.log.warn({ requeued: result.requeued, watermark }, 're-enqueued events that Redis lost');
     return { ...result, watermark: Math.max(watermark, start), cursor: this.cursor, pending: this.pending.size };
@@ -138,15 +136,13 @@ export class Reconciler {
   /** Drop the resolved ids from pending; re-enqueue the lost ones among the rest. */
   private async check(ids: number[], result: ReconcileResult): Promise<void> {
     if (ids.length === 0) return;
-    const resolved = await resolvedIds(this.readPool, ids);
+    const resolved = await resolvedIds(this.readDb, ids);
     const unresolved = ids.filter((id) => !resolved.has(id));
     for (const id of resolved) this.pending.delete(id);
     if (unresolved.length === 0) return;
-    const { rows } = await this.writePool.query<{ id: number; due: boolean }>(
-      `SELECT id, (published_at IS NOT NULL AND published_at < (now() AT TIME ZONE 'UTC') - $2 * interval '1 millisecond') AS due
-         FROM outbox WHERE id = ANY ($1::int[])`,
-      [unresolved, this.config.RECONCILE_GRACE_MS],
-    );
+    const rows = await this.writeDb.any(sql.type(z.object({ id: z.number(), due: z.boolean() }))`
+      SELECT id, (published_at IS NOT NULL AND published_at < (now() AT TIME ZONE 'UTC') - ${this.config.RECONCILE_GRACE_MS} * interval '1 millisecond') AS due
+        FROM outbox WHERE id = ANY (${sql.array(unresolved, 'int4')})`);
     // Below the bound, an id missing from the outbox never existed (its transaction rolled back).
     const present = new Set(rows.map((r) => r.id));
     for (const id of unresolved) if (!present.has(id)) this.pending.delete(id);
@@ -177,11 +173,9 @@ export class Reconciler {
     });
   }
 
-  private async requeue(ids: number[]): Promise<number> {
-    const { rows } = await this.writePool.query<{ id: number; topic: string; payload: unknown; created_at: string }>(
-      'SELECT id, topic, payload, created_at FROM outbox WHERE id = ANY ($1::int[]) ORDER BY id',
-      [ids],
-    );
+  private async requeue(ids: readonly number[]): Promise<number> {
+    const rows = await this.writeDb.any(sql.type(z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() }))`
+      SELECT id, topic, payload, created_at FROM outbox WHERE id = ANY (${sql.array(ids, 'int4')}) ORDER BY id`);
     if (rows.length > 0) await this.queue.addBulk(rows.map((r) => toJob(this.config, r)));
     return rows.length;
   }
@@ -190,7 +184,7 @@ export class Reconciler {
   private async recordFailed(id: number): Promise<boolean> {
     const job = await this.queue.getJob(jobIdFor(id));
     if (!job) return false;
-    await recordDeadLetter(this.readPool, {
+    await recordDeadLetter(this.readDb, {
       event_id: String(id),
       topic: job.data.topic,
       payload: job.data.payload,
@@ -203,14 +197,11 @@ export class Reconciler {
 
   private async restoreDeadLetters(result: ReconcileResult): Promise<void> {
     // A page per tick, in turn, however many there are.
-    const { rows } = await this.readPool.query<{ event_id: string }>(
-      'SELECT event_id FROM dead_letters WHERE parked_at IS NULL AND event_id::bigint > $1 ORDER BY event_id::bigint LIMIT $2',
-      [this.deadFrom, PAGE],
-    );
-    const ids = rows.map((r) => Number(r.event_id));
+    const ids = await this.readDb.anyFirst(sql.type(z.object({ id: z.number() }))`
+      SELECT event_id::bigint AS id FROM dead_letters WHERE parked_at IS NULL AND event_id::bigint > ${this.deadFrom} ORDER BY 1 LIMIT ${PAGE}`);
     this.deadFrom = ids.length < PAGE ? 0 : ids[ids.length - 1]!;
     if (ids.length === 0) return;
-    const states = await this.jobStates(ids);
+    const states = await this.jobStates([...ids]);
     const lost = ids.filter((_, i) => states[i] === 'missing');
     if (lost.length > 0) {
       result.requeued += await this.requeue(lost);

@@ -4,17 +4,13 @@ import type { Queue } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { toJob, type EventJobData } from '../../lib/queue.js';
-import { OUTBOX_CHANNEL } from '../../lib/channels.js';
-import { withTransaction, type Pool } from '../../db/pool.js';
+import { CHANNELS } from '../../lib/contract.js';
+import { z } from 'zod';
+import { sql, type Db } from '../../db/pool.js';
 import { Sleeper } from '../../lib/sleeper.js';
 
 
-interface OutboxRow {
-  id: number;
-  topic: string;
-  payload: unknown;
-  created_at: string;
-}
+const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() });
 
 /**
  * Move one batch of unpublished outbox rows to the queue. claim_outbox()
@@ -27,16 +23,12 @@ interface OutboxRow {
  * No cursor is kept: each claim looks for published_at IS NULL from the
  * lowest id, so a row whose transaction commits late is never skipped.
  */
-export async function relayBatch(pool: Pool, queue: Queue<EventJobData>, config: Config): Promise<number> {
-  return withTransaction(pool, async (client) => {
-    const { rows } = await client.query<OutboxRow>({
-      name: 'claim_outbox',
-      text: 'SELECT id, topic, payload, created_at FROM claim_outbox($1)',
-      values: [config.RELAY_BATCH_SIZE],
-    });
+export async function relayBatch(db: Db, queue: Queue<EventJobData>, config: Config): Promise<number> {
+  return db.transaction(async (tx) => {
+    const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
     if (rows.length === 0) return 0;
-    rows.sort((a, b) => a.id - b.id); // UPDATE … RETURNING has no order; enqueue oldest first
-    await queue.addBulk(rows.map((r) => toJob(config, r)));
+    const sorted = [...rows].sort((x, y) => x.id - y.id); // UPDATE … RETURNING has no order; enqueue oldest first
+    await queue.addBulk(sorted.map((r) => toJob(config, r)));
     return rows.length;
   });
 }
@@ -55,7 +47,7 @@ export class Relay {
   relayed = 0;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly db: Db,
     private readonly queue: Queue<EventJobData>,
     private readonly config: Config,
     private readonly log: Logger,
@@ -64,7 +56,7 @@ export class Relay {
 
   async start(): Promise<void> {
     this.subscriber = createListener(this.config.DATABASE_URL, 'relay-listen', this.log, 5000);
-    this.subscriber.notifications.on(OUTBOX_CHANNEL, () => this.notify());
+    this.subscriber.notifications.on(CHANNELS.outbox, () => this.notify());
     this.subscriber.events.on('connected', () => {
       this.log.info('listening for outbox notifications');
       this.notify(); // catch up on whatever was written while we were not listening
@@ -90,7 +82,7 @@ export class Relay {
     for (let attempt = 0; !this.sleeper.stopped; attempt++) {
       try {
         await this.subscriber!.connect();
-        await this.subscriber!.listenTo(OUTBOX_CHANNEL);
+        await this.subscriber!.listenTo(CHANNELS.outbox);
         return;
       } catch (err) {
         this.log.warn({ err: (err as Error).message, attempt }, 'LISTEN connect failed; polling meanwhile');
@@ -104,7 +96,7 @@ export class Relay {
     while (!this.sleeper.stopped) {
       this.woken = false;
       try {
-        const n = await relayBatch(this.pool, this.queue, this.config);
+        const n = await relayBatch(this.db, this.queue, this.config);
         failures = 0;
         if (n > 0) {
           this.relayed += n;

@@ -3,7 +3,7 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import { createQueue } from '../../lib/queue.js';
 import { checkEvictionPolicy, createRedis } from '../../lib/redis.js';
-import { createPool } from '../../db/pool.js';
+import { createDb } from '../../db/pool.js';
 import { Relay } from './relay.js';
 import { Reconciler } from './reconciler.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
@@ -18,9 +18,9 @@ export interface RelayHandle extends Handle {
 
 /** Procfile `relay`: outbox → BullMQ, plus the reconciler (and pruning, when configured). Any number may run. */
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
-  const limits = { statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
-  const writePool = createPool(config.DATABASE_URL, 2, log, 'relay', limits);
-  const readPool = createPool(config.READ_DATABASE_URL, 1, log, 'relay-reconciler', limits);
+  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
+  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: 2 });
+  const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: 1 });
   const redis = createRedis(config, 'producer', log, 'relay');
   const queue = createQueue(config, redis);
   // Connection errors are already logged once per outage by createRedis.
@@ -34,11 +34,11 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   const pending = new client.Gauge({ name: 'reconciler_pending_events', help: 'Events above the watermark the reconciler has seen unresolved (in flight, or lost)', registers: [registry] });
   const batchSize = new client.Histogram({ name: 'relay_batch_size', help: 'Events per relay batch (one addBulk, one write_db transaction)', buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000], registers: [registry] });
 
-  const relay = new Relay(writePool, queue, config, log, (n) => {
+  const relay = new Relay(writeDb, queue, config, log, (n) => {
     relayed.inc(n);
     batchSize.observe(n);
   });
-  const reconciler = new Reconciler(writePool, readPool, queue, redis, config, log);
+  const reconciler = new Reconciler(writeDb, readDb, queue, redis, config, log);
   await relay.start();
   const stopPush = startMetricsPush(redis, config.QUEUE_PREFIX, 'relay', registry, log);
 
@@ -64,7 +64,7 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
           await sleeper.sleep(config.PRUNE_INTERVAL_MS);
           if (sleeper.stopped) break;
           try {
-            const r = await prune({ writePool, readPool, keepMs: config.PRUNE_KEEP_MS, shouldStop: () => sleeper.stopped });
+            const r = await prune({ writeDb, readDb, keepMs: config.PRUNE_KEEP_MS, shouldStop: () => sleeper.stopped });
             if (r.outbox > 0) log.info(r, 'pruned outbox and processed_events');
           } catch (err) {
             log.warn({ err: (err as Error).message }, 'prune failed');
@@ -80,7 +80,7 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
     await Promise.all([reconciling, pruning]);
     await queue.close().catch(() => undefined);
     redis.disconnect();
-    await Promise.allSettled([writePool.end(), readPool.end()]);
+    await Promise.allSettled([writeDb.end(), readDb.end()]);
   });
   return { relay, reconciler, stop };
 }
