@@ -1,0 +1,44 @@
+import { Infra } from './system.js';
+import { failureMessage, runChaos, summarize } from './runner.js';
+
+/**
+ * The judge of the pipeline's promise (docs/pipeline.md): a seeded random
+ * mix of traffic and faults (processes killed or stopped, PostgreSQL stopped,
+ * read_db unavailable, commits stalled, Redis flushed or killed, LISTEN
+ * sessions dropped, poison events) against the real Procfile processes on a
+ * private PostgreSQL and Redis; then, once healed and drained: nothing lost,
+ * nothing applied twice, views equal SPEC §3, every confirmed order in
+ * write_db, failed/parked events exactly the poison, no process died on its
+ * own, every SIGTERM a clean exit within 10 s.
+ *
+ * Fixed seed, one run of 30–40 commands. Longer and other seeds:
+ * `npm run chaos -- --minutes 10`. CHAOS_SEED overrides the seed,
+ * CHAOS_VERBOSE=1 prints the timeline as it happens.
+ */
+const SEED = Number(process.env.CHAOS_SEED ?? 20261125);
+
+describe('chaos: random faults under traffic, then every invariant (private PostgreSQL and Redis)', function () {
+  this.timeout(180_000);
+  let infra: Infra | undefined;
+
+  before(async function () {
+    this.timeout(60_000);
+    infra = await Infra.create();
+  });
+  after(async function () {
+    this.timeout(60_000);
+    await infra?.destroy();
+  });
+
+  it(`holds every invariant for seed ${SEED}`, async () => {
+    const r = await runChaos(infra!, {
+      seed: SEED,
+      minCommands: 30,
+      maxCommands: 40,
+      system: { scale: { web: 2, relay: 2, worker: 2 }, env: {} },
+      ...(process.env.CHAOS_VERBOSE ? { echo: (line: string) => console.error(line) } : {}),
+    });
+    if (r.failed) throw new Error(failureMessage(r));
+    if (process.env.CHAOS_VERBOSE) for (const e of r.executions) console.error(summarize(e));
+  });
+});
