@@ -118,7 +118,7 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
     const left = s.outbox.map(String).filter((id) => !s.processed.has(id) && !poison.has(id));
     const unsettled = [...poison].filter((id) => !s.failed.has(id) && !s.deadLetters?.has(id) && !s.processed.has(id));
     if (left.length === 0 && unsettled.length === 0) return true;
-    const stuck = left.every((id) => s.failed.has(id)) && unsettled.length === 0;
+    const stuck = unsettled.length === 0 && (await allHopeless(left, s, write, read, queue));
     stuckSince = stuck ? (stuckSince ?? Date.now()) : undefined;
     if (Date.now() - lastNote > 5000) {
       lastNote = Date.now();
@@ -126,7 +126,7 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
       sys.journal.note(`draining: ${left.length} event(s) not processed, ${unsettled.length} poison not settled; queue ${JSON.stringify(counts)}`);
     }
     if (stuckSince !== undefined && Date.now() - stuckSince > STUCK_MS) {
-      sys.journal.violation('drain', `stopped waiting: the ${left.length} unprocessed event(s) all sit in BullMQ's failed set`);
+      sys.journal.violation('drain', `stopped waiting after ${STUCK_MS} ms without hope: each of the ${left.length} unprocessed event(s) sits in BullMQ's failed set, or is published, gone from Redis and at or below the reconciler's watermark (which nothing re-enqueues)`);
       return false;
     }
     if (Date.now() > deadline) {
@@ -135,6 +135,30 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
       return false;
     }
     await sleep(250);
+  }
+}
+
+/**
+ * Nothing will bring these events back: each is in the failed set (only a
+ * replay would), or was published, has no job in Redis and lies at or below
+ * the reconciler's watermark (the reconciler only looks above it).
+ */
+async function allHopeless(left: string[], s: Snapshot, write: pg.Pool, read: pg.Pool, queue: Queue): Promise<boolean> {
+  if (left.length === 0 || left.length > 200) return false;
+  const rest = left.filter((id) => !s.failed.has(id));
+  if (rest.length === 0) return true;
+  try {
+    const { rows: wm } = await read.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
+    const w = Number(wm[0]?.w ?? 0);
+    const { rows } = await write.query<{ id: number }>('SELECT id FROM outbox WHERE id = ANY ($1::int[]) AND published_at IS NOT NULL', [rest.map(Number)]);
+    const published = new Set(rows.map((r) => String(r.id)));
+    for (const id of rest) {
+      if (Number(id) > w || !published.has(id)) return false;
+      if (await queue.getJob(jobIdFor(id))) return false;
+    }
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -153,7 +177,7 @@ async function checkEvents(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queu
         return `${id}: ${state}${job?.failedReason ? ` (${job.failedReason}, ${job.attemptsMade} attempts)` : ''}`;
       }),
     );
-    sys.journal.violation('lost', `${lost.length} event(s) never applied: ${lost.slice(0, 50).join(',')}`, states.join('\n'));
+    sys.journal.violation('lost', `${lost.length} event(s) never applied: ${lost.slice(0, 50).join(',')}`, [...states, ...(await diagnose(sys, write, read, lost.slice(0, 20)))].join('\n'));
   }
   if (ids.unknown.length > 0) sys.journal.violation('applied-twice', `processed_events holds ids the outbox never had: ${ids.unknown.slice(0, 50).join(',')}`);
   const appliedPoison = [...poison.keys()].filter((id) => s.processed.has(id));
@@ -241,4 +265,31 @@ async function checkStock(sys: ChaosSystem, write: pg.Pool): Promise<void> {
     if (r.stock < p.low || r.stock > p.high) problems.push(`product ${r.id}: stock ${r.stock} outside the model's bounds [${p.low}, ${p.high}]`);
   }
   if (problems.length > 0) sys.journal.violation('stock', `${problems.length} stock problem(s)`, problems.join('\n'));
+}
+
+/** Evidence for lost events: their outbox rows, the reconciler's watermark, sessions that may hold them, what the relays said. */
+async function diagnose(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, ids: string[]): Promise<string[]> {
+  const lines: string[] = [];
+  try {
+    const { rows } = await write.query<{ id: number; created_at: string; published_at: string | null; now: string }>(
+      `SELECT id, created_at, published_at, now() AT TIME ZONE 'UTC' AS now FROM outbox WHERE id = ANY ($1::int[]) ORDER BY id`,
+      [ids.map(Number)],
+    );
+    for (const r of rows) lines.push(`outbox ${r.id}: created ${r.created_at}, published ${r.published_at ?? 'never'} (now ${r.now})`);
+    const { rows: wm } = await read.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
+    lines.push(`reconciler watermark: ${wm[0]?.w ?? '?'}`);
+    const { rows: sessions } = await sys.infra.pg.query<{ pid: number; app: string; state: string; xact: string | null; query: string }>(
+      `SELECT pid, application_name AS app, state, xact_start::text AS xact, left(query, 120) AS query FROM pg_stat_activity
+        WHERE datname = $1 AND pid <> pg_backend_pid() AND state <> 'idle'`,
+      [sys.writeDb],
+    );
+    for (const x of sessions) lines.push(`write_db session ${x.pid} ${x.app} ${x.state} since ${x.xact ?? '-'}: ${x.query}`);
+  } catch (err) {
+    lines.push(`(diagnosis failed: ${(err as Error).message})`);
+  }
+  for (const slot of sys.supervisor.byRole('relay')) {
+    const requeued = slot.output.match(/re-enqueued events that Redis lost[^\n]*/g) ?? [];
+    lines.push(`${slot.name}: ${requeued.length} re-enqueue line(s) in its last output${requeued.length > 0 ? `, last: ${requeued.at(-1)}` : ''}`);
+  }
+  return lines;
 }

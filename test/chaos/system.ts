@@ -155,7 +155,44 @@ export class ChaosSystem {
     const webEnv: Record<string, string> = opts.env.LOG_LEVEL ? {} : { LOG_LEVEL: 'warn' };
     this.supervisor = new Supervisor(this.journal, env, opts.scale, webPorts, { web: webEnv });
     await this.supervisor.startAll();
+    this.startObserver();
     this.journal.note(`run ${this.run}: ${this.writeDb}/${this.readDb}, prefix ${this.prefix}, ${this.supervisor.slots.map((s) => s.name).join(' ')}`);
+  }
+
+  private observer: NodeJS.Timeout | undefined;
+
+  /**
+   * Notes in the timeline whenever the reconciler's watermark moves, with the
+   * outbox ids at or below the new one that were not processed at that
+   * moment: the evidence when an event is lost behind the watermark.
+   */
+  private startObserver(): void {
+    const read = this.pool('read');
+    const write = this.pool('write');
+    let last = '0';
+    let busy = false;
+    this.observer = setInterval(() => {
+      if (busy) return;
+      busy = true;
+      void (async () => {
+        try {
+          const { rows } = await read.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
+          const w = rows[0]?.w ?? '0';
+          if (w !== last) {
+            const { rows: ids } = await write.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id', [last, w]);
+            const { rows: done } = await read.query<{ event_id: string }>('SELECT event_id FROM processed_events WHERE event_id = ANY ($1::text[])', [ids.map((r) => String(r.id))]);
+            const doneSet = new Set(done.map((d) => d.event_id));
+            const skipped = ids.filter((r) => !doneSet.has(String(r.id))).map((r) => r.id);
+            this.journal.note(`reconciler watermark ${last} → ${w}${skipped.length > 0 ? `; NOT processed at or below it: ${skipped.join(',')}` : ''}`);
+            last = w;
+          }
+        } catch {
+          // Faults make the observer miss a beat; it is evidence, not a check.
+        } finally {
+          busy = false;
+        }
+      })();
+    }, 200);
   }
 
   /**
@@ -188,6 +225,7 @@ export class ChaosSystem {
    * Redis flushed.
    */
   async tearDown(): Promise<void> {
+    clearInterval(this.observer);
     this.supervisor?.killAll();
     await this.faults.healAll().catch(() => undefined);
     await Promise.allSettled(this.pools.map((p) => p.end()));
