@@ -1,5 +1,5 @@
 import { Infra } from './system.js';
-import { failureMessage, runChaos, summarize } from './runner.js';
+import { failureMessage, runChaos, summarize, type ChaosResult } from './runner.js';
 
 /**
  * The judge of the pipeline's promise (docs/pipeline.md): a seeded random
@@ -11,11 +11,13 @@ import { failureMessage, runChaos, summarize } from './runner.js';
  * write_db, failed/parked events exactly the poison, no process died on its
  * own, every SIGTERM a clean exit within 10 s.
  *
- * Fixed seed, one run of 30–40 commands. Longer and other seeds:
- * `npm run chaos -- --minutes 10`. CHAOS_SEED overrides the seed,
- * CHAOS_VERBOSE=1 prints the timeline as it happens.
+ * Fixed seeds: one run of 30–40 commands, and a second (the next seed) if
+ * the first took under 75 s, so the spec stays under 3 minutes on two cores.
+ * Longer, and other seeds: `npm run chaos -- --minutes 10`. CHAOS_SEED
+ * overrides the seed; CHAOS_VERBOSE=1 prints the timeline as it happens.
  */
 const SEED = Number(process.env.CHAOS_SEED ?? 20261125);
+const SECOND_RUN_IF_UNDER_MS = 75_000;
 
 describe('chaos: random faults under traffic, then every invariant (private PostgreSQL and Redis)', function () {
   this.timeout(180_000);
@@ -30,15 +32,15 @@ describe('chaos: random faults under traffic, then every invariant (private Post
     await infra?.destroy();
   });
 
-  it(`holds every invariant for seed ${SEED}`, async () => {
-    const r = await runChaos(infra!, {
-      seed: SEED,
-      minCommands: 30,
-      maxCommands: 40,
-      system: { scale: { web: 2, relay: 2, worker: 2 }, env: {} },
-      ...(process.env.CHAOS_VERBOSE ? { echo: (line: string) => console.error(line) } : {}),
-    });
-    if (r.failed) throw new Error(failureMessage(r));
-    if (process.env.CHAOS_VERBOSE) for (const e of r.executions) console.error(summarize(e));
+  it(`holds every invariant for seed ${SEED} (and ${SEED + 1} if time allows)`, async () => {
+    const verbose = process.env.CHAOS_VERBOSE ? (line: string) => console.error(line) : undefined;
+    const t0 = Date.now();
+    const one = (seed: number): Promise<ChaosResult> =>
+      runChaos(infra!, { seed, minCommands: 30, maxCommands: 40, system: { scale: { web: 2, relay: 2, worker: 2 }, env: {} }, ...(verbose ? { echo: verbose } : {}) });
+    const results = [await one(SEED)];
+    if (!results[0]!.failed && Date.now() - t0 < SECOND_RUN_IF_UNDER_MS) results.push(await one(SEED + 1));
+    if (verbose) for (const r of results) for (const e of r.executions) verbose(summarize(e));
+    const failed = results.find((r) => r.failed);
+    if (failed) throw new Error(failureMessage(failed));
   });
 });

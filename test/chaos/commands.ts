@@ -25,6 +25,12 @@ function toBody(m: Model, customer: number, lines: LineSpec[]): OrderBody {
   return { customer_id: customer, items: lines.map((l) => ({ product_id: m.products[l.p % m.products.length]!.id, quantity: l.q })) };
 }
 
+/** Every command that runs is counted; traffic commands also go to the timeline (faults note themselves). */
+function step(sys: ChaosSystem, cmd: Cmd, note = true): void {
+  sys.journal.count('commands');
+  if (note) sys.journal.note(`> ${cmd.toString()}`);
+}
+
 const showLines = (lines: LineSpec[]) => lines.map((l) => `p${l.p}x${l.q}`).join('+');
 
 // --- traffic ----------------------------------------------------------------
@@ -41,8 +47,7 @@ class PlaceOrder implements Cmd {
     return true;
   }
   async run(m: Model, sys: ChaosSystem): Promise<void> {
-    sys.journal.count('cmd:PlaceOrder');
-    sys.journal.note(`> ${this}`);
+    step(sys, this);
     const body = toBody(m, this.customer, this.lines);
     const key = this.keyed ? sys.newKey() : undefined;
     const o = await placeOrder(sys, m, this.web, body, key);
@@ -66,8 +71,7 @@ class Burst implements Cmd {
     return true;
   }
   async run(m: Model, sys: ChaosSystem): Promise<void> {
-    sys.journal.count('cmd:Burst');
-    sys.journal.note(`> ${this}`);
+    step(sys, this);
     await Promise.all(this.orders.map((o) => placeOrder(sys, m, this.web, toBody(m, o.customer, o.lines), o.keyed ? sys.newKey() : undefined)));
   }
   toString(): string {
@@ -85,8 +89,7 @@ class ChangeOrder implements Cmd {
     return m.orders.length > 0;
   }
   async run(m: Model, sys: ChaosSystem): Promise<void> {
-    sys.journal.count(`cmd:${this.verb}`);
-    sys.journal.note(`> ${this}`);
+    step(sys, this);
     await transition(sys, m, m.orders[this.pick % m.orders.length]!, this.verb, this.web);
   }
   toString(): string {
@@ -103,8 +106,7 @@ class ReadOwnWrite implements Cmd {
     return m.orders.length > 0;
   }
   async run(m: Model, sys: ChaosSystem): Promise<void> {
-    sys.journal.count('cmd:ReadOwnWrite');
-    sys.journal.note(`> ${this}`);
+    step(sys, this);
     // The newest orders are the interesting ones: their events may still be on the way.
     const recent = m.orders.slice(-5);
     await readOwnWrite(sys, recent[this.pick % recent.length]!, this.web);
@@ -123,8 +125,7 @@ class RetryAmbiguous implements Cmd {
     return m.pending.length > 0;
   }
   async run(m: Model, sys: ChaosSystem): Promise<void> {
-    sys.journal.count('cmd:RetryAmbiguous');
-    sys.journal.note(`> ${this}`);
+    step(sys, this);
     await resolvePending(sys, m, this.pick, this.web);
   }
   toString(): string {
@@ -138,8 +139,7 @@ class Wait implements Cmd {
     return true;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
-    sys.journal.count('cmd:Wait');
-    sys.journal.note(`> ${this}`);
+    step(sys, this);
     await sleep(this.ms);
   }
   toString(): string {
@@ -159,6 +159,7 @@ class Kill9 implements Cmd {
     return true;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     if (await sys.faults.kill9(this.role, this.pick, this.restartMs)) sys.journal.count(`fault:kill9 ${this.role}`);
   }
   toString(): string {
@@ -176,6 +177,7 @@ class Sigterm implements Cmd {
     return true;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     if (sys.faults.sigterm(this.role, this.pick, this.restartMs)) sys.journal.count(`fault:sigterm ${this.role}`);
   }
   toString(): string {
@@ -189,6 +191,7 @@ class StopPostgres implements Cmd {
     return !m.faults.pgDown;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     sys.journal.count('fault:postgres stop');
     await sys.faults.stopPostgres(this.ms);
   }
@@ -203,6 +206,7 @@ class BlockReadDb implements Cmd {
     return !m.faults.pgDown && !m.faults.readDbBlocked;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     sys.journal.count('fault:read_db unavailable');
     await sys.faults.blockReadDb(this.ms);
   }
@@ -217,6 +221,7 @@ class StallCommits implements Cmd {
     return !m.faults.pgDown && !m.faults.commitStall;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     sys.journal.count('fault:commits stalled');
     await sys.faults.stallCommits(this.ms);
   }
@@ -230,6 +235,7 @@ class TerminateListeners implements Cmd {
     return !m.faults.pgDown;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     sys.journal.count('fault:LISTEN terminated');
     await sys.faults.terminateListeners();
   }
@@ -243,6 +249,7 @@ class FlushRedis implements Cmd {
     return !m.faults.redisDown;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     sys.journal.count('fault:redis flushall');
     await sys.faults.flushRedis();
   }
@@ -257,6 +264,7 @@ class KillRedis implements Cmd {
     return !m.faults.redisDown;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     sys.journal.count('fault:redis kill -9');
     await sys.faults.killRedis(this.ms);
   }
@@ -271,6 +279,7 @@ class Poison implements Cmd {
     return m.poison.length < MAX_POISON;
   }
   async run(m: Model, sys: ChaosSystem): Promise<void> {
+    step(sys, this, false);
     sys.journal.count(`fault:poison ${this.kind}`);
     const eventId = await sys.faults.insertPoison(this.kind, m.poison.length + 1);
     m.poison.push({ eventId, kind: this.kind });
@@ -297,7 +306,7 @@ const restartMs = fc.integer({ min: 100, max: 2000 });
 /** Every command, weighted: about two thirds traffic and waiting, one third faults. */
 export const commandArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 20, arbitrary: fc.tuple(web, customer, lines, fc.boolean(), fc.boolean()).map(([w, c, l, k, r]) => new PlaceOrder(w, c, l, k || r, r)) },
-  { weight: 5, arbitrary: fc.tuple(web, fc.array(fc.record({ customer, lines, keyed: fc.boolean() }), { minLength: 2, maxLength: 6 })).map(([w, o]) => new Burst(w, o)) },
+  { weight: 8, arbitrary: fc.tuple(web, fc.array(fc.record({ customer, lines, keyed: fc.boolean() }), { minLength: 2, maxLength: 8 })).map(([w, o]) => new Burst(w, o)) },
   { weight: 12, arbitrary: fc.tuple(fc.constantFrom<Transition>('pay', 'ship', 'cancel'), pick, web).map(([v, p, w]) => new ChangeOrder(v, p, w)) },
   { weight: 5, arbitrary: fc.tuple(pick, web).map(([p, w]) => new ReadOwnWrite(p, w)) },
   { weight: 4, arbitrary: fc.tuple(pick, web).map(([p, w]) => new RetryAmbiguous(p, w)) },

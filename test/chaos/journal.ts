@@ -84,10 +84,26 @@ export class Journal {
     const lines: string[] = [`${this.violations.length} violation(s):`];
     for (const v of this.violations) {
       lines.push(`- [${v.kind} @${(v.at / 1000).toFixed(1)}s] ${v.message}`);
-      if (v.detail) lines.push(indent(v.detail.length > detailChars ? `…${v.detail.slice(-detailChars)}` : v.detail));
+      if (v.detail) lines.push(indent(tail(v.detail, detailChars)));
     }
     return lines.join('\n');
   }
+}
+
+/**
+ * The end of a long text (process output: the crash is at the end), each
+ * line cut to 400 characters: pino serialises whole pg clients into some
+ * error lines, which would otherwise crowd out everything else.
+ */
+export function tail(text: string, chars: number): string {
+  const lines = text.split('\n').map((l) => (l.length > 400 ? `${l.slice(0, 400)}…` : l));
+  const out: string[] = [];
+  let size = 0;
+  for (let i = lines.length - 1; i >= 0 && size + lines[i]!.length <= chars; i--) {
+    out.unshift(lines[i]!);
+    size += lines[i]!.length + 1;
+  }
+  return out.join('\n');
 }
 
 function indent(text: string): string {

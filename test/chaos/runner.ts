@@ -84,7 +84,7 @@ export async function runChaos(infra: Infra, opts: ChaosOptions): Promise<ChaosR
     const j = sys.journal;
     executions.push({
       run: sys.run,
-      commands: [...j.counts].filter(([k]) => k.startsWith('cmd:') || k.startsWith('fault:')).reduce((n, [, v]) => n + v, 0),
+      commands: j.counts.get('commands') ?? 0,
       faults: j.countsWithPrefix('fault:'),
       answers: j.countsWithPrefix('answer:'),
       events: end.events,
