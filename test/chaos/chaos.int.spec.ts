@@ -1,5 +1,5 @@
 import { Infra } from './system.js';
-import { failureMessage, runChaos, summarize, type ChaosResult } from './runner.js';
+import { emergencyCleanup, failureMessage, runChaos, summarize, type ChaosResult } from './runner.js';
 
 /**
  * The judge of the pipeline's promise (docs/pipeline.md): a seeded random
@@ -23,12 +23,22 @@ describe('chaos: random faults under traffic, then every invariant (private Post
   this.timeout(180_000);
   let infra: Infra | undefined;
 
+  // Ctrl-C or a killed CI job: stop the private PostgreSQL and Redis and remove their folders anyway.
+  const onSignal = () => {
+    emergencyCleanup(infra);
+    process.exit(130);
+  };
+
   before(async function () {
     this.timeout(60_000);
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
     infra = await Infra.create();
   });
   after(async function () {
     this.timeout(60_000);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await infra?.destroy();
   });
 

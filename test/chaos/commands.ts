@@ -323,10 +323,35 @@ export const commandArb: fc.Arbitrary<Cmd> = fc.oneof(
 );
 
 /**
- * A run's command sequence: between min and max commands. fc.commands picks
- * a length from 0 up; shorter sequences are filtered out so every run does
- * real work (shrinking, when enabled, stops at `min` commands).
+ * At least `min` commands when generating, any number when shrinking. A
+ * plain .filter() would filter the shrinks too (fc.commands shrinks first by
+ * dropping the commands after the failure), and it reads `.value`, which
+ * leaves the shrinker blind (see below): no shrink at all.
  */
+class AtLeast extends fc.Arbitrary<Iterable<Cmd>> {
+  constructor(
+    private readonly arb: fc.Arbitrary<Iterable<Cmd>>,
+    private readonly min: number,
+  ) {
+    super();
+  }
+  generate(mrng: fc.Random, biasFactor: number | undefined): fc.Value<Iterable<Cmd>> {
+    for (;;) {
+      const v = this.arb.generate(mrng, biasFactor);
+      // value_, not value: the first read of .value hands out the original commands, whose
+      // "has run" flags the shrinker reads later; a read here would give the run a clone.
+      if ([...v.value_].length >= this.min) return v;
+    }
+  }
+  canShrinkWithoutContext(value: unknown): value is Iterable<Cmd> {
+    return this.arb.canShrinkWithoutContext(value);
+  }
+  shrink(value: Iterable<Cmd>, context: unknown): fc.Stream<fc.Value<Iterable<Cmd>>> {
+    return this.arb.shrink(value, context);
+  }
+}
+
+/** A run's command sequence: between min and max commands (fc.commands alone picks a length from 0 up). */
 export function commandsArb(min: number, max: number, replayPath?: string): fc.Arbitrary<Iterable<Cmd>> {
-  return fc.commands([commandArb], { maxCommands: max, size: 'max', ...(replayPath === undefined ? {} : { replayPath }) }).filter((cmds) => [...cmds].length >= min);
+  return new AtLeast(fc.commands([commandArb], { maxCommands: max, size: 'max', ...(replayPath === undefined ? {} : { replayPath }) }), min);
 }
