@@ -15,6 +15,8 @@ import {
   type Transition,
 } from './model.js';
 import type { ChaosSystem } from './system.js';
+import type { Slot } from './supervisor.js';
+import { sleep } from '../support/pipeline.js';
 
 /**
  * Traffic against the API and what each answer means for the model. Every
@@ -39,6 +41,21 @@ function count(sys: ChaosSystem, what: string, o: Outcome): void {
   // The timeline keeps the answers that faults explain; the 2xx are only counted.
   if (!(o.kind === 'response' && o.status < 300)) sys.journal.note(`${what} → ${describe(o).slice(0, 160)}`);
   if (o.kind === 'hang') sys.journal.violation('http', `${what}: no answer within ${o.ms} ms`);
+}
+
+/**
+ * An answer outside the fault model: a violation, with what the web logged
+ * about that request (its X-Request-Id), which says why it answered so.
+ */
+async function unexpected(sys: ChaosSystem, slot: Slot, what: string, o: Outcome): Promise<void> {
+  let detail: string | undefined;
+  const reqId = o.kind === 'response' ? o.headers['x-request-id'] : undefined;
+  if (typeof reqId === 'string') {
+    await sleep(100); // the web's log line may arrive just after the answer
+    const lines = slot.output.split('\n').filter((l) => l.includes(reqId));
+    detail = lines.length > 0 ? `${slot.name} logged for request ${reqId}:\n${lines.join('\n')}` : `${slot.name} logged nothing for request ${reqId}`;
+  }
+  sys.journal.violation('http', `${what}: unexpected answer ${describe(o)}`, detail);
 }
 
 interface OrderDoc {
@@ -80,8 +97,8 @@ function orderDocProblems(m: Model, body: OrderBody, json: unknown): string[] {
  */
 export async function placeOrder(sys: ChaosSystem, m: Model, webIndex: number, body: OrderBody, key: string | undefined, resolving = false): Promise<Outcome> {
   if (!resolving) adjust(m, body.items, 'low', -1);
-  const base = sys.web(webIndex).base;
-  const o = await request(base, 'POST', '/orders', body, key === undefined ? {} : { 'Idempotency-Key': key });
+  const slot = sys.web(webIndex);
+  const o = await request(slot.base, 'POST', '/orders', body, key === undefined ? {} : { 'Idempotency-Key': key });
   count(sys, 'POST /orders', o);
   // Give back the reservation, then book what the answer says happened.
   adjust(m, body.items, 'low', +1);
@@ -130,7 +147,7 @@ export async function placeOrder(sys: ChaosSystem, m: Model, webIndex: number, b
     else m.ambiguousUnkeyed++;
     return o;
   }
-  sys.journal.violation('http', `${what}: unexpected answer ${describe(o)}`);
+  await unexpected(sys, slot, what, o);
   // A 500 may still have written the order: count it as ambiguous so the end-of-run checks stay sound.
   adjust(m, body.items, 'low', -1);
   if (key !== undefined) m.pending.push({ key, body, reason: describe(o) });
@@ -143,12 +160,13 @@ export async function placeOrder(sys: ChaosSystem, m: Model, webIndex: number, b
  * back (same order, Idempotent-Replayed), never a second order.
  */
 export async function replayOrder(sys: ChaosSystem, m: Model, webIndex: number, body: OrderBody, key: string, first: OrderModel): Promise<void> {
-  const o = await request(sys.web(webIndex).base, 'POST', '/orders', body, { 'Idempotency-Key': key });
+  const slot = sys.web(webIndex);
+  const o = await request(slot.base, 'POST', '/orders', body, { 'Idempotency-Key': key });
   count(sys, 'POST /orders replay', o);
   if (o.kind === 'refused' || isAmbiguous(o)) return; // a replay creates nothing either way
   const id = o.kind === 'response' ? (o.json as { id?: unknown } | undefined)?.id : undefined;
   if (o.kind === 'response' && o.status === 201 && id === first.id && o.headers['idempotent-replayed'] === 'true') return;
-  sys.journal.violation('http', `replay of ${key} (order ${first.id}): ${describe(o)}`);
+  await unexpected(sys, slot, `replay of ${key} (order ${first.id})`, o);
 }
 
 /** Retry one ambiguous keyed order: the stored answer tells whether the first attempt happened. */
@@ -167,7 +185,8 @@ export async function resolvePending(sys: ChaosSystem, m: Model, index: number, 
 /** POST /orders/:id/{pay,ship,cancel} on a confirmed order. */
 export async function transition(sys: ChaosSystem, m: Model, order: OrderModel, verb: Transition, webIndex: number): Promise<void> {
   const target = TARGET[verb];
-  const o = await request(sys.web(webIndex).base, 'POST', `/orders/${order.id}/${verb}`);
+  const slot = sys.web(webIndex);
+  const o = await request(slot.base, 'POST', `/orders/${order.id}/${verb}`);
   count(sys, `POST /orders/:id/${verb}`, o);
   const what = `POST /orders/${order.id}/${verb} (model: ${[...order.status].join('|')}${order.uncertain ? ', uncertain' : ''})`;
   const canLeave = [...order.status].some((s) => ALLOWED_FROM[verb].includes(s));
@@ -197,7 +216,7 @@ export async function transition(sys: ChaosSystem, m: Model, order: OrderModel, 
     return;
   }
   if (o.kind === 'refused') return;
-  if (!isAmbiguous(o)) sys.journal.violation('http', `${what}: unexpected answer ${describe(o)}`);
+  if (!isAmbiguous(o)) await unexpected(sys, slot, what, o);
   // It may have happened, now or (a commit in flight when the connection broke) a little later;
   // unless the order certainly could not leave its status, so that the database refused it either way.
   if (!canLeave && !order.uncertain) return;
@@ -217,7 +236,8 @@ export async function transition(sys: ChaosSystem, m: Model, order: OrderModel, 
  */
 export async function readOwnWrite(sys: ChaosSystem, order: OrderModel, webIndex: number): Promise<void> {
   if (!order.createdToken) return;
-  const o = await request(sys.web(webIndex).base, 'GET', `/analytics/customers/${order.customerId}`, undefined, { 'X-Consistency-Token': order.createdToken });
+  const slot = sys.web(webIndex);
+  const o = await request(slot.base, 'GET', `/analytics/customers/${order.customerId}`, undefined, { 'X-Consistency-Token': order.createdToken });
   count(sys, 'GET /analytics/customers/:id (token)', o);
   const what = `GET /analytics/customers/${order.customerId} with token ${order.createdToken} (order ${order.id})`;
   if (o.kind === 'response' && o.status === 200) {
@@ -229,5 +249,5 @@ export async function readOwnWrite(sys: ChaosSystem, order: OrderModel, webIndex
   }
   if (o.kind === 'response' && o.status === 504 && problemCode(o) === 'consistency_timeout') return;
   if (o.kind === 'refused' || o.kind === 'broken' || isUnavailable(o)) return;
-  if (o.kind !== 'hang') sys.journal.violation('http', `${what}: unexpected answer ${describe(o)}`);
+  if (o.kind !== 'hang') await unexpected(sys, slot, what, o);
 }
