@@ -1,5 +1,4 @@
-import type { Subscriber } from 'pg-listen';
-import { createListener } from '../lib/listen.js';
+import { listen, type Listener } from '../lib/listen.js';
 import type { Db } from '../db/pool.js';
 import { z } from 'zod';
 import { sql } from '../db/pool.js';
@@ -51,7 +50,7 @@ interface Waiter {
  */
 export class ConsistencyWaiter {
   private waiters = new Set<Waiter>();
-  private subscriber: Subscriber | undefined;
+  private listener: Listener | undefined;
   private poll: NodeJS.Timeout | undefined;
   private checking: Promise<void> | undefined;
   private again = false;
@@ -66,15 +65,8 @@ export class ConsistencyWaiter {
   ) {}
 
   async start(): Promise<void> {
-    this.subscriber = createListener(this.readUrl, 'web-consistency', this.log, 10_000);
-    this.subscriber.notifications.on(CHANNELS.applied, () => this.check());
-    try {
-      await this.subscriber.connect();
-      await this.subscriber.listenTo(CHANNELS.applied);
-    } catch (err) {
-      // The fallback poll still answers waiters; pg-listen keeps trying to reconnect.
-      this.log.warn({ err: (err as Error).message }, 'consistency LISTEN unavailable; polling');
-    }
+    // Until it connects (and while it reconnects) the fallback poll still answers waiters.
+    this.listener = listen({ url: this.readUrl, name: 'web-consistency', channel: CHANNELS.applied, log: this.log, checkMs: 10_000, onNotify: () => this.check() });
   }
 
   async stop(): Promise<void> {
@@ -84,7 +76,7 @@ export class ConsistencyWaiter {
     }
     this.waiters.clear();
     clearInterval(this.poll);
-    await this.subscriber?.close().catch(() => undefined);
+    await this.listener?.close();
   }
 
   /** Resolves true once the token's write and every earlier one are in the read model, false after timeoutMs. */

@@ -151,7 +151,13 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     sleeper.stop();
     const closing = worker.close();
     await batcher.drain();
-    await closing;
+    // BullMQ's close() never resolves when it was called while Redis was
+    // away (taskforcesh/bullmq#4656): bounded, so the process still exits.
+    // Nothing is lost: jobs still active in Redis lose their lock and are
+    // handed out again by the stalled-job check; processed_events skips the
+    // ones this worker applied.
+    const closed = await Promise.race([closing.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), Math.min(5000, config.SHUTDOWN_TIMEOUT_MS / 2)).unref())]);
+    if (!closed) log.warn('the BullMQ worker did not close (Redis away?); its active jobs return to the queue when their locks expire');
     await stopPush();
     pushRedis.disconnect();
     await db.end();

@@ -1,5 +1,4 @@
-import type { Subscriber } from 'pg-listen';
-import { createListener } from '../../lib/listen.js';
+import { listen, type Listener } from '../../lib/listen.js';
 import type { Queue } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
@@ -40,7 +39,7 @@ export async function relayBatch(db: Db, queue: Queue<EventJobData>, config: Con
  * reconnect triggers a catch-up pass, and the poll covers anything missed.
  */
 export class Relay {
-  private subscriber: Subscriber | undefined;
+  private listener: Listener | undefined;
   private readonly sleeper = new Sleeper();
   private woken = false;
   private loopDone: Promise<void> | undefined;
@@ -55,13 +54,16 @@ export class Relay {
   ) {}
 
   async start(): Promise<void> {
-    this.subscriber = createListener(this.config.DATABASE_URL, 'relay-listen', this.log, 5000);
-    this.subscriber.notifications.on(CHANNELS.outbox, () => this.notify());
-    this.subscriber.events.on('connected', () => {
-      this.log.info('listening for outbox notifications');
-      this.notify(); // catch up on whatever was written while we were not listening
+    this.listener = listen({
+      url: this.config.DATABASE_URL,
+      name: 'relay-listen',
+      channel: CHANNELS.outbox,
+      log: this.log,
+      checkMs: 5000,
+      onNotify: () => this.notify(),
+      // Catch up on whatever was written while we were not listening.
+      onConnect: () => this.notify(),
     });
-    void this.connectListener();
     this.loopDone = this.loop();
   }
 
@@ -74,21 +76,7 @@ export class Relay {
   async stop(): Promise<void> {
     this.sleeper.stop();
     await this.loopDone;
-    await this.subscriber?.close().catch(() => undefined);
-  }
-
-  private async connectListener(): Promise<void> {
-    // The first connect is ours to retry; after that pg-listen reconnects by itself.
-    for (let attempt = 0; !this.sleeper.stopped; attempt++) {
-      try {
-        await this.subscriber!.connect();
-        await this.subscriber!.listenTo(CHANNELS.outbox);
-        return;
-      } catch (err) {
-        this.log.warn({ err: (err as Error).message, attempt }, 'LISTEN connect failed; polling meanwhile');
-        await this.sleeper.sleep(Math.min(200 * 2 ** attempt, 5000));
-      }
-    }
+    await this.listener?.close();
   }
 
   private async loop(): Promise<void> {
