@@ -20,8 +20,8 @@ function requireAdmin(ctx: Ctx): void {
   }
 }
 
-const parkBody = z.strictObject({ reason: z.string({ error: 'must be a string' }).trim().min(1, 'must not be empty').max(1000, 'must be at most 1000 characters') });
-const replayBody = z.strictObject({});
+export const parkBody = z.strictObject({ reason: z.string({ error: 'must be a string' }).trim().min(1, 'must not be empty').max(1000, 'must be at most 1000 characters') });
+export const replayBody = z.strictObject({});
 
 function ops(ctx: Ctx) {
   return { readDb: ctx.deps.readDb, queue: ctx.deps.queue, config: ctx.deps.config };

@@ -122,7 +122,7 @@ export function buildDeps(config: Config, log: Logger): Deps {
       concurrency: Math.min(config.ORDER_BATCH_CONCURRENCY, config.WRITE_POOL_SIZE),
       onBatch: (size) => metrics.orderBatchSize.observe(size),
     }),
-    consistency: new ConsistencyWaiter(writeDb, readDb, config.READ_DATABASE_URL, log),
+    consistency: new ConsistencyWaiter(writeDb, readDb, config, log),
   };
 }
 

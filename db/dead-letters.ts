@@ -3,7 +3,7 @@ import type { CommonQueryMethods } from 'slonik';
 import { sql, type Db } from './pool.js';
 
 /** A row of read_db's dead_letters (migration read/0002): an event that failed for good. */
-const deadLetter = z.object({
+export const deadLetter = z.object({
   event_id: z.string(),
   topic: z.string(),
   payload: z.unknown(),

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { sql, type Db } from './pool.js';
 import type { CreateProduct, PatchProduct } from '../api/validate.js';
 
-const product = z.object({ id: z.number(), name: z.string(), category: z.string(), price: z.string(), stock: z.number(), created_at: z.string() });
+export const product = z.object({ id: z.number(), name: z.string(), category: z.string(), price: z.string(), stock: z.number(), created_at: z.string() });
 export type Product = z.infer<typeof product>;
 
 const COLUMNS = sql.fragment`id, name, category, price::text AS price, stock, created_at`;

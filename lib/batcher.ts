@@ -15,7 +15,8 @@ export class Batcher<T, R> {
   private inFlight = new Set<Promise<void>>();
 
   constructor(
-    private readonly flushFn: (items: T[]) => Promise<Map<T, R> | R[]>,
+    /** Flushes a batch: one result per item, in the items' order. */
+    private readonly flushFn: (items: T[]) => Promise<R[]>,
     private readonly size: number,
     private readonly waitMs: number,
     private readonly maxInFlight = 1,
@@ -47,7 +48,7 @@ export class Batcher<T, R> {
     const batch = this.pending.splice(0, this.size);
     const run = this.flushFn(batch.map((b) => b.item)).then(
       (results) => {
-        batch.forEach((b, i) => b.resolve((Array.isArray(results) ? results[i] : results.get(b.item)) as R));
+        batch.forEach((b, i) => b.resolve(results[i] as R));
       },
       (err: unknown) => batch.forEach((b) => b.reject(err)),
     );

@@ -18,7 +18,6 @@ export const CHANNELS = {
 
 /** Every outbox row is one event; its topic says what happened to the order it carries. */
 export const TOPICS = { created: 'order.created', paid: 'order.paid', shipped: 'order.shipped', cancelled: 'order.cancelled' } as const;
-export type Topic = (typeof TOPICS)[keyof typeof TOPICS];
 
 /** SQLSTATEs the write side's functions raise (class OP: ours); api/errors.ts turns each into a problem. */
 export const SQLSTATES = {

@@ -51,7 +51,7 @@ class StoppingError extends Error {
 export async function startProjector(config: Config, log: Logger): Promise<ProjectorHandle> {
   const db = createDb(config.READ_DATABASE_URL, {
     name: 'worker',
-    max: 4,
+    max: config.WORKER_POOL_SIZE,
     log,
     statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
     idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,

@@ -7,10 +7,6 @@ import { z } from 'zod';
 import { sql, type Db } from '../../db/pool.js';
 import { recordDeadLetter, resolvedIds } from '../../db/dead-letters.js';
 
-const PAGE = 1000;
-/** Pages of new ids scanned per tick, and pages of pending ids checked again per tick. */
-const SCAN_PAGES_PER_TICK = 20;
-const RECHECK_PAGES_PER_TICK = 20;
 
 export interface ReconcileResult {
   watermark: number;
@@ -39,7 +35,8 @@ type JobState = 'missing' | 'failed' | 'present';
  *    existed, so no tick looks below it again;
  *  - the cursor C, in memory: every id in (W, C] has been looked at; those
  *    not resolved then are in `pending` and are looked at again each tick.
- * Each tick checks the pending ids, then scans up to 20,000 new ids above C
+ * Each tick checks the pending ids, then scans up to RECONCILE_PAGES_PER_TICK
+ * pages of RECONCILE_PAGE_SIZE new ids above C
  * (C never passes B). W moves up to just below the lowest pending id. So one
  * event that never resolves holds W but not C: losses above it are still
  * found, however large the backlog; a larger backlog only takes more ticks.
@@ -107,18 +104,18 @@ export class Reconciler {
 
     // 1. Pending ids, looked at again, a budget's worth per tick.
     const recheck = [...this.pending].filter((id) => id >= this.recheckFrom);
-    if (recheck.length < RECHECK_PAGES_PER_TICK * PAGE) recheck.push(...[...this.pending].filter((id) => id < this.recheckFrom));
-    const slice = recheck.slice(0, RECHECK_PAGES_PER_TICK * PAGE);
-    for (let i = 0; i < slice.length; i += PAGE) await this.check(slice.slice(i, i + PAGE), result);
+    if (recheck.length < this.config.RECONCILE_PAGES_PER_TICK * this.config.RECONCILE_PAGE_SIZE) recheck.push(...[...this.pending].filter((id) => id < this.recheckFrom));
+    const slice = recheck.slice(0, this.config.RECONCILE_PAGES_PER_TICK * this.config.RECONCILE_PAGE_SIZE);
+    for (let i = 0; i < slice.length; i += this.config.RECONCILE_PAGE_SIZE) await this.check(slice.slice(i, i + this.config.RECONCILE_PAGE_SIZE), result);
     this.recheckFrom = slice.length < recheck.length ? recheck[slice.length]! : 0;
 
     // 2. New ids above the cursor, up to the bound.
-    for (let page = 0; page < SCAN_PAGES_PER_TICK && this.cursor < bound; page++) {
-      const ids = await this.writeDb.anyFirst(sql.type(z.object({ id: z.number() }))`SELECT id FROM outbox WHERE id > ${this.cursor} AND id <= ${bound} ORDER BY id LIMIT ${PAGE}`);
+    for (let page = 0; page < this.config.RECONCILE_PAGES_PER_TICK && this.cursor < bound; page++) {
+      const ids = await this.writeDb.anyFirst(sql.type(z.object({ id: z.number() }))`SELECT id FROM outbox WHERE id > ${this.cursor} AND id <= ${bound} ORDER BY id LIMIT ${this.config.RECONCILE_PAGE_SIZE}`);
       for (const id of ids) this.pending.add(id);
       result.scanned += ids.length;
       await this.check([...ids], result);
-      this.cursor = ids.length < PAGE ? bound : ids[ids.length - 1]!;
+      this.cursor = ids.length < this.config.RECONCILE_PAGE_SIZE ? bound : ids[ids.length - 1]!;
     }
 
     // 3. Dead letters whose job Redis lost: back into the failed set (they fail again, or apply after a fix).
@@ -198,8 +195,8 @@ export class Reconciler {
   private async restoreDeadLetters(result: ReconcileResult): Promise<void> {
     // A page per tick, in turn, however many there are.
     const ids = await this.readDb.anyFirst(sql.type(z.object({ id: z.number() }))`
-      SELECT event_id::bigint AS id FROM dead_letters WHERE parked_at IS NULL AND event_id::bigint > ${this.deadFrom} ORDER BY 1 LIMIT ${PAGE}`);
-    this.deadFrom = ids.length < PAGE ? 0 : ids[ids.length - 1]!;
+      SELECT event_id::bigint AS id FROM dead_letters WHERE parked_at IS NULL AND event_id::bigint > ${this.deadFrom} ORDER BY 1 LIMIT ${this.config.RECONCILE_PAGE_SIZE}`);
+    this.deadFrom = ids.length < this.config.RECONCILE_PAGE_SIZE ? 0 : ids[ids.length - 1]!;
     if (ids.length === 0) return;
     const states = await this.jobStates([...ids]);
     const lost = ids.filter((_, i) => states[i] === 'missing');

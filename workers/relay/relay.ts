@@ -6,7 +6,7 @@ import { toJob, type EventJobData } from '../../lib/queue.js';
 import { CHANNELS } from '../../lib/contract.js';
 import { z } from 'zod';
 import { sql, type Db } from '../../db/pool.js';
-import { Sleeper } from '../../lib/sleeper.js';
+import { Loop } from '../../lib/loop.js';
 
 
 const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() });
@@ -40,10 +40,7 @@ export async function relayBatch(db: Db, queue: Queue<EventJobData>, config: Con
  */
 export class Relay {
   private listener: Listener | undefined;
-  private readonly sleeper = new Sleeper();
-  private woken = false;
-  private loopDone: Promise<void> | undefined;
-  relayed = 0;
+  private readonly loop: Loop;
 
   constructor(
     private readonly db: Db,
@@ -51,55 +48,43 @@ export class Relay {
     private readonly config: Config,
     private readonly log: Logger,
     private readonly onBatch: (n: number) => void = () => undefined,
-  ) {}
+  ) {
+    this.loop = new Loop({
+      name: 'relay',
+      log,
+      intervalMs: config.RELAY_POLL_MS,
+      work: async () => {
+        const n = await relayBatch(this.db, this.queue, this.config);
+        if (n > 0) this.onBatch(n);
+        return n === this.config.RELAY_BATCH_SIZE; // more waiting: no sleep
+      },
+      onError: (err, failures) => {
+        if (failures === 1 || failures % 20 === 0) this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published; retrying');
+      },
+    });
+  }
 
-  async start(): Promise<void> {
+  start(): void {
     this.listener = listen({
       url: this.config.DATABASE_URL,
       name: 'relay-listen',
       channel: CHANNELS.outbox,
       log: this.log,
-      checkMs: 5000,
-      onNotify: () => this.notify(),
+      checkMs: this.config.LISTEN_CHECK_MS,
+      onNotify: () => this.loop.notify(),
       // Catch up on whatever was written while we were not listening.
-      onConnect: () => this.notify(),
+      onConnect: () => this.loop.notify(),
     });
-    this.loopDone = this.loop();
+    this.loop.start();
   }
 
   /** Cut the current sleep short. */
   notify(): void {
-    this.woken = true;
-    this.sleeper.wake();
+    this.loop.notify();
   }
 
   async stop(): Promise<void> {
-    this.sleeper.stop();
-    await this.loopDone;
+    await this.loop.stop();
     await this.listener?.close();
-  }
-
-  private async loop(): Promise<void> {
-    let failures = 0;
-    while (!this.sleeper.stopped) {
-      this.woken = false;
-      try {
-        const n = await relayBatch(this.db, this.queue, this.config);
-        failures = 0;
-        if (n > 0) {
-          this.relayed += n;
-          this.onBatch(n);
-          this.log.debug({ events: n }, 'relayed');
-          if (n === this.config.RELAY_BATCH_SIZE) continue; // more waiting: no sleep
-        }
-      } catch (err) {
-        failures++;
-        // One line per outage, not one per retry.
-        if (failures === 1 || failures % 20 === 0) this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published; retrying');
-        await this.sleeper.sleep(Math.min(100 * 2 ** failures, 5000));
-        continue;
-      }
-      if (!this.woken) await this.sleeper.sleep(this.config.RELAY_POLL_MS);
-    }
   }
 }

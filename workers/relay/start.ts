@@ -7,7 +7,7 @@ import { createDb } from '../../db/pool.js';
 import { Relay } from './relay.js';
 import { Reconciler } from './reconciler.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
-import { Sleeper } from '../../lib/sleeper.js';
+import { Loop } from '../../lib/loop.js';
 import { prune } from '../../db/retention.js';
 import client from 'prom-client';
 
@@ -19,8 +19,8 @@ export interface RelayHandle extends Handle {
 /** Procfile `relay`: outbox → BullMQ, plus the reconciler (and pruning, when configured). Any number may run. */
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
   const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
-  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: 2 });
-  const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: 1 });
+  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: config.RELAY_POOL_SIZE });
+  const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: config.RECONCILER_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'relay');
   const queue = createQueue(config, redis);
   // Connection errors are already logged once per outage by createRedis.
@@ -39,45 +39,39 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
     batchSize.observe(n);
   });
   const reconciler = new Reconciler(writeDb, readDb, queue, redis, config, log);
-  await relay.start();
+  relay.start();
   const stopPush = startMetricsPush(redis, config.QUEUE_PREFIX, 'relay', registry, log);
 
   // One tick at a time: the reconciler keeps its cursor in memory.
-  const sleeper = new Sleeper();
-  const reconciling = (async () => {
-    while (!sleeper.stopped) {
-      await sleeper.sleep(config.RECONCILE_INTERVAL_MS);
-      if (sleeper.stopped) break;
-      try {
-        const r = await reconciler.tick();
-        requeued.inc(r.requeued);
-        watermark.set(r.watermark);
-        pending.set(r.pending);
-      } catch (err) {
-        log.warn({ err: (err as Error).message }, 'reconcile tick failed');
-      }
-    }
-  })();
-  const pruning = config.PRUNE_INTERVAL_MS > 0
-    ? (async () => {
-        while (!sleeper.stopped) {
-          await sleeper.sleep(config.PRUNE_INTERVAL_MS);
-          if (sleeper.stopped) break;
-          try {
-            const r = await prune({ writeDb, readDb, keepMs: config.PRUNE_KEEP_MS, shouldStop: () => sleeper.stopped });
+  const reconciling = new Loop({
+    name: 'reconciler',
+    log,
+    intervalMs: config.RECONCILE_INTERVAL_MS,
+    work: async () => {
+      const r = await reconciler.tick();
+      requeued.inc(r.requeued);
+      watermark.set(r.watermark);
+      pending.set(r.pending);
+      return false;
+    },
+  }).start();
+  const pruning =
+    config.PRUNE_INTERVAL_MS > 0
+      ? new Loop({
+          name: 'prune',
+          log,
+          intervalMs: config.PRUNE_INTERVAL_MS,
+          work: async () => {
+            const r = await prune({ writeDb, readDb, keepMs: config.PRUNE_KEEP_MS, shouldStop: () => pruning?.stopped ?? true });
             if (r.outbox > 0) log.info(r, 'pruned outbox and processed_events');
-          } catch (err) {
-            log.warn({ err: (err as Error).message }, 'prune failed');
-          }
-        }
-      })()
-    : Promise.resolve();
+            return false;
+          },
+        }).start()
+      : undefined;
 
   const stop = once(async () => {
-    sleeper.stop();
     await stopPush();
-    await relay.stop();
-    await Promise.all([reconciling, pruning]);
+    await Promise.all([relay.stop(), reconciling.stop(), pruning?.stop()]);
     await queue.close().catch(() => undefined);
     redis.disconnect();
     await Promise.allSettled([writeDb.end(), readDb.end()]);

@@ -42,7 +42,7 @@ export const categoryMetrics: Projection<CategoryRow> = {
   },
 };
 
-const categoryRow = z.object({ category_name: z.string(), total_revenue: z.string(), total_orders: z.number() });
+export const categoryRow = z.object({ category_name: z.string(), total_revenue: z.string(), total_orders: z.number() });
 export type CategoryMetrics = z.infer<typeof categoryRow>;
 
 /** Every category with sales, by revenue (money as two-decimal text). */

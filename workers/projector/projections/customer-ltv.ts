@@ -40,7 +40,7 @@ export const customerLtv: Projection<CustomerRow> = {
   },
 };
 
-const customerRow = z.object({ customer_id: z.number(), total_spent: z.string(), order_count: z.number(), last_order_date: z.string().nullable() });
+export const customerRow = z.object({ customer_id: z.number(), total_spent: z.string(), order_count: z.number(), last_order_date: z.string().nullable() });
 export type CustomerLtv = z.infer<typeof customerRow>;
 
 export function topCustomers(db: CommonQueryMethods, limit: number): Promise<readonly CustomerLtv[]> {

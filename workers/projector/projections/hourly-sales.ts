@@ -39,7 +39,7 @@ export const hourlySales: Projection<HourlyRow> = {
   },
 };
 
-const hourRow = z.object({ hour_timestamp: z.string(), total_orders: z.number(), total_revenue: z.string() });
+export const hourRow = z.object({ hour_timestamp: z.string(), total_orders: z.number(), total_revenue: z.string() });
 export type HourlySales = z.infer<typeof hourRow>;
 
 /** Hours in [from, to] (ISO-8601 UTC instants; null: unbounded) with any sales. */

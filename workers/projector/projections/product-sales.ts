@@ -53,7 +53,7 @@ export const productSales: Projection<ProductSalesRow> = {
  * `v.<column>`: an unqualified ORDER BY total_revenue would sort by the text
  * output column ("9.00" above "10.00") instead of the NUMERIC, and miss the index.
  */
-const salesRow = z.object({ product_id: z.number(), total_quantity_sold: z.number(), total_revenue: z.string(), order_count: z.number() });
+export const salesRow = z.object({ product_id: z.number(), total_quantity_sold: z.number(), total_revenue: z.string(), order_count: z.number() });
 export type ProductSales = z.infer<typeof salesRow>;
 
 export function topProducts(db: CommonQueryMethods, by: 'revenue' | 'quantity', limit: number): Promise<readonly ProductSales[]> {
