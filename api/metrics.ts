@@ -29,8 +29,7 @@ export interface ScrapeSources {
 const SCRAPE_TIMEOUT_MS = 1000;
 
 /** The web process's own metrics, plus gauges read at scrape time from write_db and Redis. */
-export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
-  const registry = new client.Registry();
+export function createApiMetrics(sources?: ScrapeSources, registry = new client.Registry()): ApiMetrics {
   client.collectDefaultMetrics({ register: registry });
   if (sources) {
     new client.Gauge({

@@ -16,7 +16,8 @@ import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
 import { ConsistencyWaiter } from './consistency.js';
 import { createQueue } from '../lib/queue.js';
-import { createDb, isUnavailable } from '../db/pool.js';
+import { createDb, createQueryMetrics, isUnavailable } from '../db/pool.js';
+import client from 'prom-client';
 import { createRedis } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
@@ -102,12 +103,13 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
 }
 
 export function buildDeps(config: Config, log: Logger): Deps {
-  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
+  const registry = new client.Registry();
+  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
   const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'web-write', max: config.WRITE_POOL_SIZE });
   const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'web-read', max: config.READ_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'web');
   const queue = createQueue(config, redis);
-  const metrics = createApiMetrics({ writeDb, readDb, queue, redis });
+  const metrics = createApiMetrics({ writeDb, readDb, queue, redis }, registry);
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   return {
     config,

@@ -1,6 +1,7 @@
 import { createPool, createSqlTag, SchemaValidationError, type DatabasePool, type Interceptor, type QueryResultRow } from 'slonik';
 import { createPgDriverFactory } from '@slonik/pg-driver';
 import { z } from 'zod';
+import client from 'prom-client';
 import type { Logger } from '../lib/logger.js';
 
 /**
@@ -54,6 +55,27 @@ function slowQueryLog(log: Logger, name: string, slowMs: number): Interceptor {
   };
 }
 
+/** Query durations by pool, observed by every pool given it (an interceptor). */
+export function createQueryMetrics(registry: client.Registry): client.Histogram<'pool'> {
+  return new client.Histogram({
+    name: 'db_query_duration_seconds',
+    help: 'PostgreSQL statement durations, by pool (web-write, web-read, relay, worker, …)',
+    labelNames: ['pool'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+}
+
+function queryMetrics(histogram: client.Histogram<'pool'>, name: string): Interceptor {
+  return {
+    name: 'query-metrics',
+    afterQueryExecution: (context) => {
+      histogram.observe({ pool: name }, Number(process.hrtime.bigint() - BigInt(context.queryInputTime)) / 1e9);
+      return null;
+    },
+  };
+}
+
 export type Db = DatabasePool;
 
 export interface DbOptions {
@@ -72,6 +94,8 @@ export interface DbOptions {
   /** How long to wait for a connection, ms. */
   connectionTimeoutMs?: number;
   slowQueryMs?: number;
+  /** Where to observe query durations (createQueryMetrics). */
+  queryMetrics?: client.Histogram<'pool'>;
 }
 
 /**
@@ -98,7 +122,7 @@ export function createDb(url: string, opts: DbOptions): Db {
       // No session state is set anywhere but at connect: a DISCARD ALL after every release would only cost a round trip.
       resetConnection: async () => undefined,
       typeParsers: TYPE_PARSERS,
-      interceptors: [resultParser, slowQueryLog(opts.log, opts.name, opts.slowQueryMs ?? 2_000)],
+      interceptors: [resultParser, slowQueryLog(opts.log, opts.name, opts.slowQueryMs ?? 2_000), ...(opts.queryMetrics ? [queryMetrics(opts.queryMetrics, opts.name)] : [])],
     }).then(
       (p) => {
         p.on('error', (err) => opts.log.warn({ err: err.message, code: pgCode(err), pool: opts.name }, 'postgres pool error'));

@@ -23,12 +23,12 @@ export class Batcher<T, R> {
   ) {}
 
   submit(item: T): Promise<R> {
-    return new Promise<R>((resolve, reject) => {
-      this.pending.push({ item, resolve, reject });
-      if (this.pending.length >= this.size) this.flush();
-      else if (this.waitMs === 0) this.immediate ??= setImmediate(() => this.flush());
-      else this.timer ??= setTimeout(() => this.flush(), this.waitMs);
-    });
+    const { promise, resolve, reject } = Promise.withResolvers<R>();
+    this.pending.push({ item, resolve, reject });
+    if (this.pending.length >= this.size) this.flush();
+    else if (this.waitMs === 0) this.immediate ??= setImmediate(() => this.flush());
+    else this.timer ??= setTimeout(() => this.flush(), this.waitMs);
+    return promise;
   }
 
   /** Resolves when every item submitted so far has been flushed and settled. */

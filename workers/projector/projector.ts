@@ -4,7 +4,7 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import type { EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
-import { createDb, describeError, isBusy, pgCode } from '../../db/pool.js';
+import { createDb, createQueryMetrics, describeError, isBusy, pgCode } from '../../db/pool.js';
 import { recordDeadLetter } from '../../db/dead-letters.js';
 import { applyIsolating, type Outcome, type ProjectionEvent } from './apply.js';
 import { Batcher } from '../../lib/batcher.js';
@@ -49,14 +49,15 @@ class StoppingError extends Error {
  *    delayed (no attempt spent), so nothing is lost and the stop is quick.
  */
 export async function startProjector(config: Config, log: Logger): Promise<ProjectorHandle> {
+  const metrics = createProjectorMetrics();
   const db = createDb(config.READ_DATABASE_URL, {
+    queryMetrics: createQueryMetrics(metrics.registry),
     name: 'worker',
     max: config.WORKER_POOL_SIZE,
     log,
     statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
     idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,
   });
-  const metrics = createProjectorMetrics();
   const sleeper = new Sleeper();
 
   const applyWithRetry = async (events: ProjectionEvent[]): Promise<Outcome[]> => {

@@ -3,7 +3,7 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import { createQueue } from '../../lib/queue.js';
 import { checkEvictionPolicy, createRedis } from '../../lib/redis.js';
-import { createDb } from '../../db/pool.js';
+import { createDb, createQueryMetrics } from '../../db/pool.js';
 import { Relay } from './relay.js';
 import { Reconciler } from './reconciler.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
@@ -18,7 +18,8 @@ export interface RelayHandle extends Handle {
 
 /** Procfile `relay`: outbox → BullMQ, plus the reconciler (and pruning, when configured). Any number may run. */
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
-  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
+  const registry = new client.Registry();
+  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
   const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: config.RELAY_POOL_SIZE });
   const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: config.RECONCILER_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'relay');
@@ -27,7 +28,6 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   await checkEvictionPolicy(redis, log).catch(() => undefined);
 
-  const registry = new client.Registry();
   const relayed = new client.Counter({ name: 'relay_events_relayed_total', help: 'Outbox events enqueued and marked published', registers: [registry] });
   const requeued = new client.Counter({ name: 'reconciler_events_requeued_total', help: 'Published events re-enqueued because Redis had lost their job', registers: [registry] });
   const watermark = new client.Gauge({ name: 'reconciler_watermark_event_id', help: 'Every outbox id at or below this is resolved (applied, or a dead letter)', registers: [registry] });
