@@ -20,11 +20,11 @@ function requireAdmin(ctx: Ctx): void {
   }
 }
 
-const parkBody = z.strictObject({ reason: z.string({ error: 'must be a string' }).trim().min(1, 'must not be empty').max(1000, 'must be at most 1000 characters') });
-const replayBody = z.strictObject({});
+export const parkBody = z.strictObject({ reason: z.string({ error: 'must be a string' }).trim().min(1, 'must not be empty').max(1000, 'must be at most 1000 characters') });
+export const replayBody = z.strictObject({});
 
 function ops(ctx: Ctx) {
-  return { readPool: ctx.deps.readPool, queue: ctx.deps.queue, config: ctx.deps.config };
+  return { readDb: ctx.deps.readDb, queue: ctx.deps.queue, config: ctx.deps.config };
 }
 
 export const adminRoutes: Route[] = [
@@ -35,7 +35,7 @@ export const adminRoutes: Route[] = [
       requireAdmin(ctx);
       const state = ctx.url.searchParams.get('state') ?? 'failed';
       if (!['failed', 'parked', 'all'].includes(state)) throw new ApiError('validation_failed', 'state must be failed, parked or all', { field: 'state' });
-      sendJson(ctx.res, 200, { state, items: await listDeadLetters(ctx.deps.readPool, state as DeadLetterState) });
+      sendJson(ctx.res, 200, { state, items: await listDeadLetters(ctx.deps.readDb, state as DeadLetterState) });
     },
   },
   {

@@ -4,9 +4,12 @@ import type { Ctx, Route } from './router.js';
 import { parseId, parseLimit } from './validate.js';
 import { CONSISTENCY_HEADER } from './orders.js';
 import { outboxBacklog } from '../db/outbox.js';
-import { categoryMetrics, customerLtv, hourlySales, productSales, topCustomers, topProducts } from '../db/analytics.js';
+import { productSalesOf, topProducts } from '../workers/projector/projections/product-sales.js';
+import { categoryList } from '../workers/projector/projections/category-metrics.js';
+import { customerLtvOf, topCustomers } from '../workers/projector/projections/customer-ltv.js';
+import { hoursBetween } from '../workers/projector/projections/hourly-sales.js';
 
-/** Analytics over read_db only; the queries are in db/analytics.ts. */
+/** Analytics over read_db only; each view's queries live in its projection module (workers/projector/projections/). */
 
 /** Read-your-writes: with X-Consistency-Token, wait (bounded) until that write and every earlier one are applied (see ConsistencyWaiter). */
 async function consistent(ctx: Ctx): Promise<void> {
@@ -19,7 +22,7 @@ async function consistent(ctx: Ctx): Promise<void> {
   }
   const waitMs = ctx.deps.config.CONSISTENCY_WAIT_MS;
   if (await ctx.deps.consistency.wait(token, waitMs)) return;
-  const backlog = await outboxBacklog(ctx.deps.writePool);
+  const backlog = await outboxBacklog(ctx.deps.writeDb);
   throw new ApiError('consistency_timeout', `Event ${raw} was not in the read model after ${waitMs} ms`, {
     waited_ms: waitMs,
     outbox_backlog: backlog.unpublished,
@@ -45,7 +48,7 @@ export const analyticsRoutes: Route[] = [
       if (by !== 'revenue' && by !== 'quantity') throw new ApiError('validation_failed', 'by must be revenue or quantity', { field: 'by' });
       const limit = parseLimit(ctx.url.searchParams.get('limit'), 'limit', 10, 100);
       await consistent(ctx);
-      sendJson(ctx.res, 200, { by, items: await topProducts(ctx.deps.readPool, by, limit) });
+      sendJson(ctx.res, 200, { by, items: await topProducts(ctx.deps.readDb, by, limit) });
     },
   },
   {
@@ -54,7 +57,7 @@ export const analyticsRoutes: Route[] = [
     async handler(ctx) {
       const id = parseId(ctx.params[0], 'id');
       await consistent(ctx);
-      sendJson(ctx.res, 200, await productSales(ctx.deps.readPool, id));
+      sendJson(ctx.res, 200, await productSalesOf(ctx.deps.readDb, id));
     },
   },
   {
@@ -62,7 +65,7 @@ export const analyticsRoutes: Route[] = [
     path: '/analytics/categories',
     async handler(ctx) {
       await consistent(ctx);
-      sendJson(ctx.res, 200, { items: await categoryMetrics(ctx.deps.readPool) });
+      sendJson(ctx.res, 200, { items: await categoryList(ctx.deps.readDb) });
     },
   },
   {
@@ -71,7 +74,7 @@ export const analyticsRoutes: Route[] = [
     async handler(ctx) {
       const limit = parseLimit(ctx.url.searchParams.get('limit'), 'limit', 10, 100);
       await consistent(ctx);
-      sendJson(ctx.res, 200, { items: await topCustomers(ctx.deps.readPool, limit) });
+      sendJson(ctx.res, 200, { items: await topCustomers(ctx.deps.readDb, limit) });
     },
   },
   {
@@ -80,7 +83,7 @@ export const analyticsRoutes: Route[] = [
     async handler(ctx) {
       const id = parseId(ctx.params[0], 'id');
       await consistent(ctx);
-      sendJson(ctx.res, 200, await customerLtv(ctx.deps.readPool, id));
+      sendJson(ctx.res, 200, await customerLtvOf(ctx.deps.readDb, id));
     },
   },
   {
@@ -91,7 +94,7 @@ export const analyticsRoutes: Route[] = [
       const to = parseTime(ctx.url.searchParams.get('to'), 'to');
       if (from && to && from > to) throw new ApiError('validation_failed', 'from must not be after to', { field: 'from' });
       await consistent(ctx);
-      sendJson(ctx.res, 200, { from, to, items: await hourlySales(ctx.deps.readPool, from, to) });
+      sendJson(ctx.res, 200, { from, to, items: await hoursBetween(ctx.deps.readDb, from, to) });
     },
   },
 ];

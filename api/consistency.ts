@@ -1,10 +1,15 @@
 import { listen, type Listener } from '../lib/listen.js';
-import type { Pool } from '../db/pool.js';
-import { resolvedIds } from '../db/dead-letters.js';
-import type { Logger } from '../lib/logger.js';
-import { APPLIED_CHANNEL } from '../lib/channels.js';
+import { Loop } from '../lib/loop.js';
+import type { Config } from '../lib/config.js';
+import type { Db } from '../db/pool.js';
+import { z } from 'zod';
+import { sql } from '../db/pool.js';
+import { lowestFailed, resolvedIds } from '../db/dead-letters.js';
 
-const FALLBACK_POLL_MS = 200;
+const idRow = z.object({ id: z.number() });
+import type { Logger } from '../lib/logger.js';
+import { CHANNELS } from '../lib/contract.js';
+
 const PAGE = 1000;
 
 interface Waiter {
@@ -42,27 +47,45 @@ interface Waiter {
  * far-future token cannot move it.
  *
  * The check runs when the projector signals a committed batch (LISTEN on
- * read_db) and at most every 200 ms otherwise.
+ * read_db) and at least every CONSISTENCY_POLL_MS while requests wait.
  */
 export class ConsistencyWaiter {
   private waiters = new Set<Waiter>();
   private listener: Listener | undefined;
-  private poll: NodeJS.Timeout | undefined;
-  private checking: Promise<void> | undefined;
-  private again = false;
+  private readonly loop: Loop;
   private frontier = 0;
   private gaps = new Set<number>();
 
   constructor(
-    private readonly writePool: Pool,
-    private readonly readPool: Pool,
-    private readonly readUrl: string,
+    private readonly writeDb: Db,
+    private readonly readDb: Db,
+    private readonly config: Pick<Config, 'READ_DATABASE_URL' | 'LISTEN_CHECK_MS' | 'CONSISTENCY_POLL_MS'>,
     private readonly log: Logger,
-  ) {}
+  ) {
+    // One check at a time for every waiting request: a notify() during a check runs the next right after it.
+    this.loop = new Loop({
+      name: 'consistency',
+      log,
+      intervalMs: config.CONSISTENCY_POLL_MS,
+      work: async () => {
+        if (this.waiters.size > 0) await this.check();
+        return false;
+      },
+      onError: (err) => this.log.warn({ err: (err as Error).message }, 'consistency check failed'),
+    });
+  }
 
   async start(): Promise<void> {
-    // Until it connects (and while it reconnects) the fallback poll still answers waiters.
-    this.listener = listen({ url: this.readUrl, name: 'web-consistency', channel: APPLIED_CHANNEL, log: this.log, checkMs: 10_000, onNotify: () => this.check() });
+    // Until it connects (and while it reconnects) the poll still answers waiters.
+    this.listener = listen({
+      url: this.config.READ_DATABASE_URL,
+      name: 'web-consistency',
+      channel: CHANNELS.applied,
+      log: this.log,
+      checkMs: this.config.LISTEN_CHECK_MS,
+      onNotify: () => this.loop.notify(),
+    });
+    this.loop.start();
   }
 
   async stop(): Promise<void> {
@@ -71,7 +94,7 @@ export class ConsistencyWaiter {
       w.resolve(false);
     }
     this.waiters.clear();
-    clearInterval(this.poll);
+    await this.loop.stop();
     await this.listener?.close();
   }
 
@@ -87,50 +110,20 @@ export class ConsistencyWaiter {
         }, timeoutMs),
       };
       this.waiters.add(waiter);
-      this.poll ??= setInterval(() => this.check(), FALLBACK_POLL_MS);
-      this.check();
+      this.loop.notify();
     });
   }
 
-  private check(): void {
-    if (this.waiters.size === 0) return;
-    if (this.checking) {
-      this.again = true;
-      return;
-    }
-    this.checking = this.runCheck().finally(() => {
-      this.checking = undefined;
-      if (this.again) {
-        this.again = false;
-        this.check();
-      }
-    });
-  }
-
-  private async runCheck(): Promise<void> {
+  private async check(): Promise<void> {
     const tokens = [...new Set([...this.waiters].map((w) => w.token))];
-    let satisfied: (token: number) => boolean;
-    try {
-      const blockedFrom = await this.advance(Math.max(...tokens));
-      const { rows } = await this.readPool.query<{ dead: string | null }>(
-        'SELECT min(event_id::bigint)::text AS dead FROM dead_letters WHERE parked_at IS NULL',
-      );
-      const dead = rows[0]?.dead == null ? Infinity : Number(rows[0].dead);
-      const own = await resolvedIds(this.readPool, tokens.filter((t) => t <= this.frontier && t < dead && t < blockedFrom));
-      satisfied = (t) => own.has(t);
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'consistency check failed');
-      return;
-    }
+    const blockedFrom = await this.advance(Math.max(...tokens));
+    const dead = await lowestFailed(this.readDb);
+    const own = await resolvedIds(this.readDb, tokens.filter((t) => t <= this.frontier && t < dead && t < blockedFrom));
     for (const w of [...this.waiters]) {
-      if (!satisfied(w.token)) continue;
+      if (!own.has(w.token)) continue;
       clearTimeout(w.timer);
       this.waiters.delete(w);
       w.resolve(true);
-    }
-    if (this.waiters.size === 0) {
-      clearInterval(this.poll);
-      this.poll = undefined;
     }
   }
 
@@ -139,31 +132,30 @@ export class ConsistencyWaiter {
    * visible and not resolved (Infinity when none): no token above it is satisfied.
    */
   private async advance(upTo: number): Promise<number> {
-    const { rows: w } = await this.readPool.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
-    const watermark = Number(w[0]?.w ?? 0);
+    const watermark = await this.readDb.oneFirst(sql.type(z.object({ w: z.number() }))`SELECT last_event_id AS w FROM reconciler_watermark`);
     this.frontier = Math.max(this.frontier, watermark);
     for (const g of this.gaps) if (g <= watermark) this.gaps.delete(g);
 
     let blockedFrom = Infinity;
     if (this.gaps.size > 0) {
-      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id = ANY ($1::int[])', [[...this.gaps]]);
-      const resolved = await resolvedIds(this.readPool, rows.map((r) => r.id));
-      for (const { id } of rows) {
+      const visible = await this.writeDb.anyFirst(sql.type(idRow)`SELECT id FROM outbox WHERE id = ANY (${sql.array([...this.gaps], 'int4')})`);
+      const resolved = await resolvedIds(this.readDb, visible);
+      for (const id of visible) {
         if (resolved.has(id)) this.gaps.delete(id);
         else blockedFrom = Math.min(blockedFrom, id);
       }
     }
 
     while (this.frontier < upTo) {
-      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [this.frontier, upTo, PAGE]);
-      if (rows.length === 0) break;
-      const resolved = await resolvedIds(this.readPool, rows.map((r) => r.id));
-      for (const { id } of rows) {
+      const ids = await this.writeDb.anyFirst(sql.type(idRow)`SELECT id FROM outbox WHERE id > ${this.frontier} AND id <= ${upTo} ORDER BY id LIMIT ${PAGE}`);
+      if (ids.length === 0) break;
+      const resolved = await resolvedIds(this.readDb, ids);
+      for (const id of ids) {
         if (!resolved.has(id)) return blockedFrom;
         for (let g = this.frontier + 1; g < id; g++) this.gaps.add(g);
         this.frontier = id;
       }
-      if (rows.length < PAGE) break;
+      if (ids.length < PAGE) break;
     }
     return blockedFrom;
   }

@@ -3,7 +3,10 @@ import type { Deps } from './deps.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
 import { outboxBacklog } from '../db/outbox.js';
 import { within } from '../lib/timeout.js';
-import type pg from 'pg';
+import { z } from 'zod';
+import { sql } from '../db/pool.js';
+import { PROJECTIONS } from '../workers/projector/projections/index.js';
+import type { Panel, Projection } from '../workers/projector/projection.js';
 
 /** Mean projection lag over the workers' lifetime and their pushed histograms; undefined when none reported. */
 async function projectionLagMs(deps: Deps): Promise<number | undefined> {
@@ -20,79 +23,65 @@ async function projectionLagMs(deps: Deps): Promise<number | undefined> {
 }
 
 /**
- * GET /: a server-rendered dashboard (no build step, no script): hourly
- * revenue as an inline SVG bar chart, top products, categories, and the live
- * state of the pipeline. It refreshes itself every 5 seconds.
+ * GET /: a server-rendered dashboard (no build step, no script): the live
+ * state of the pipeline, then every projection's panel (its module says what
+ * it shows: the hourly chart, top products, categories, top customers). It
+ * refreshes itself every 5 seconds. A service that is away leaves its part of
+ * the page marked unavailable.
  */
 
 const esc = (s: unknown) =>
   String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
-/** `share` is revenue / the largest hour's revenue, computed by PostgreSQL: only bar heights, never money, are floats. */
-interface Hour { hour: string; orders: number; revenue: string; share: number }
-
-/** The last 24 UTC hours as fixed slots; bar height is only for drawing, labels carry the exact text. */
-function hourlyChart(hours: Hour[], now = new Date()): string {
-  const byHour = new Map(hours.map((x) => [x.hour, x]));
-  const end = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate(), now.getUTCHours());
-  const slots = Array.from({ length: 24 }, (_, i) => {
-    const hour = new Date(end - (23 - i) * 3_600_000).toISOString().slice(0, 16) + 'Z';
-    return byHour.get(hour) ?? { hour, orders: 0, revenue: '0.00', share: 0 };
-  });
+/** Bars as an inline SVG; heights are shares (floats only for drawing), labels carry the exact text. */
+function barChart(bars: NonNullable<Panel['bars']>, label: string): string {
   const w = 760;
   const h = 200;
-  const bw = Math.floor((w - 40) / 24) - 4;
-  const bars = slots
+  const bw = Math.floor((w - 40) / bars.length) - 4;
+  const drawn = bars
     .map((x, i) => {
       const bh = x.share > 0 ? Math.max(2, Math.round(x.share * (h - 50))) : 0;
       const xPos = 30 + i * (bw + 4);
-      const label = i % 3 === 2 || i === 23 ? `<text x="${xPos + bw / 2}" y="${h - 5}" text-anchor="middle">${esc(x.hour.slice(11, 16))}</text>` : '';
-      const value = bh > 0 ? `<text x="${xPos + bw / 2}" y="${h - 24 - bh}" text-anchor="middle">${esc(x.revenue)}</text>` : '';
-      return `<g><title>${esc(x.hour)}: ${esc(x.revenue)} (${x.orders} orders)</title>${bh > 0 ? `<rect x="${xPos}" y="${h - 20 - bh}" width="${bw}" height="${bh}" rx="2"></rect>` : ''}${value}${label}</g>`;
+      const tick = i % 3 === 2 || i === bars.length - 1 ? `<text x="${xPos + bw / 2}" y="${h - 5}" text-anchor="middle">${esc(x.label)}</text>` : '';
+      const value = bh > 0 ? `<text x="${xPos + bw / 2}" y="${h - 24 - bh}" text-anchor="middle">${esc(x.value)}</text>` : '';
+      return `<g><title>${esc(x.title)}</title>${bh > 0 ? `<rect x="${xPos}" y="${h - 20 - bh}" width="${bw}" height="${bh}" rx="2"></rect>` : ''}${value}${tick}</g>`;
     })
     .join('');
-  return `<svg viewBox="0 0 ${w} ${h}" role="img" aria-label="Revenue per hour"><line x1="28" y1="${h - 20}" x2="${w - 8}" y2="${h - 20}" stroke="#ccd"></line>${bars}</svg>`;
+  return `<svg viewBox="0 0 ${w} ${h}" role="img" aria-label="${esc(label)}"><line x1="28" y1="${h - 20}" x2="${w - 8}" y2="${h - 20}" stroke="#ccd"></line>${drawn}</svg>`;
 }
 
-function table(headers: string[], rows: (string | number)[][], empty: string): string {
-  if (rows.length === 0) return `<p class="empty">${esc(empty)}</p>`;
-  return `<table><thead><tr>${headers.map((x) => `<th>${esc(x)}</th>`).join('')}</tr></thead><tbody>${rows
+function table(t: NonNullable<Panel['table']>): string {
+  if (t.rows.length === 0) return `<p class="empty">${esc(t.empty)}</p>`;
+  return `<table><thead><tr>${t.headers.map((x) => `<th>${esc(x)}</th>`).join('')}</tr></thead><tbody>${t.rows
     .map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`)
     .join('')}</tbody></table>`;
+}
+
+function section(p: Projection, panel: Panel | undefined): string {
+  if (!panel) return `<section id="${esc(p.table)}"><h2>${esc(p.table)}</h2><p class="empty">The read model is unavailable right now.</p></section>`;
+  const body = panel.bars ? barChart(panel.bars, panel.title) : panel.table ? table(panel.table) : '';
+  return `<section id="${esc(panel.id)}"${panel.wide ? ' class="wide"' : ''}><h2>${esc(panel.title)}</h2>${body}</section>`;
 }
 
 /** Each source gets this long; a service that is away leaves its part of the page marked unavailable. */
 const SOURCE_TIMEOUT_MS = 1500;
 const UNAVAILABLE = 'unavailable';
 
+const totalsRow = z.object({ orders: z.number(), revenue: z.string(), events: z.number() });
+
 async function render(deps: Deps): Promise<string> {
-  const read = <T extends pg.QueryResultRow>(sql: string) => within(deps.readPool.query<T>(sql).then((r) => r.rows), SOURCE_TIMEOUT_MS);
-  const [hours, products, categories, totals, backlog] = await Promise.all([
-    read<Hour>(
-      `SELECT to_char(hour_timestamp, 'YYYY-MM-DD"T"HH24:MI"Z"') AS hour, total_orders AS orders, round(total_revenue, 2)::text AS revenue,
-              coalesce(greatest(total_revenue, 0) / nullif(max(total_revenue) OVER (), 0), 0)::float8 AS share
-         FROM hourly_sales_view
-        WHERE total_orders <> 0 AND hour_timestamp > (now() AT TIME ZONE 'UTC') - interval '24 hours'
-        ORDER BY hour_timestamp`,
+  const withPanels = PROJECTIONS.filter((p) => p.panel);
+  const [totals, backlog, ...panels] = await Promise.all([
+    within(
+      deps.readDb.one(sql.type(totalsRow)`
+        SELECT coalesce(sum(total_orders), 0)::int AS orders, round(coalesce(sum(total_revenue), 0), 2)::text AS revenue,
+               (SELECT count(*) FROM processed_events)::int AS events
+          FROM hourly_sales_view`),
+      SOURCE_TIMEOUT_MS,
     ),
-    read<{ product_id: number; total_quantity_sold: number; revenue: string; order_count: number }>(
-      `SELECT product_id, total_quantity_sold, round(total_revenue, 2)::text AS revenue, order_count
-         FROM product_sales_view WHERE order_count > 0 ORDER BY total_revenue DESC, product_id LIMIT 10`,
-    ),
-    read<{ category_name: string; revenue: string; total_orders: number }>(
-      `SELECT category_name, round(total_revenue, 2)::text AS revenue, total_orders
-         FROM category_metrics_view WHERE total_orders <> 0 ORDER BY total_revenue DESC, category_name`,
-    ),
-    read<{ orders: number; revenue: string; events: number }>(
-      `SELECT coalesce(sum(total_orders), 0)::int AS orders, round(coalesce(sum(total_revenue), 0), 2)::text AS revenue,
-              (SELECT count(*) FROM processed_events)::int AS events
-         FROM hourly_sales_view`,
-    ),
-    within(outboxBacklog(deps.writePool), SOURCE_TIMEOUT_MS),
+    within(outboxBacklog(deps.writeDb), SOURCE_TIMEOUT_MS),
+    ...withPanels.map((p) => within(p.panel!({ read: deps.readDb, write: deps.writeDb }), SOURCE_TIMEOUT_MS)),
   ]);
-  const ids = (products ?? []).map((p) => p.product_id);
-  const named = await within(deps.writePool.query<{ id: number; name: string }>('SELECT id, name FROM products WHERE id = ANY ($1::int[])', [ids]), SOURCE_TIMEOUT_MS);
-  const names = new Map((named?.rows ?? []).map((p) => [p.id, p.name]));
   let waiting = 'Redis unavailable';
   let lag = '–';
   // BullMQ waits for a connection that is not ready: ask only when it is.
@@ -102,9 +91,14 @@ async function render(deps: Deps): Promise<string> {
     const ms = await within(projectionLagMs(deps), SOURCE_TIMEOUT_MS);
     if (ms !== undefined) lag = `${ms.toFixed(0)} ms`;
   }
-  const t = totals?.[0] ?? { orders: UNAVAILABLE, revenue: UNAVAILABLE, events: UNAVAILABLE };
+  const t = totals ?? { orders: UNAVAILABLE, revenue: UNAVAILABLE, events: UNAVAILABLE };
   const b = backlog ?? { unpublished: UNAVAILABLE, oldestAgeSeconds: 0 };
-  const section = <T>(rows: T[] | undefined, draw: (rows: T[]) => string) => (rows ? draw(rows) : `<p class="empty">The read model is unavailable right now.</p>`);
+  // Wide panels (charts) first.
+  const sections = withPanels
+    .map((p, i) => ({ p, panel: panels[i] as Panel | undefined }))
+    .sort((x, y) => Number(!!y.panel?.wide) - Number(!!x.panel?.wide))
+    .map(({ p, panel }) => section(p, panel))
+    .join('\n');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -129,9 +123,7 @@ svg{width:100%;height:auto}rect{fill:#3f7de0}text{font-size:10px;fill:#5b6475}.e
 <div class="kpi" id="queue"><b>${esc(waiting)}</b><span>jobs waiting</span></div>
 <div class="kpi" id="lag"><b>${esc(lag)}</b><span>projection lag (mean, commit → read model)</span></div>
 </div></section>
-<section class="wide"><h2>Revenue per hour (UTC)</h2>${section(hours, (rows) => hourlyChart(rows))}</section>
-<section id="top-products"><h2>Top products</h2>${section(products, (rows) => table(['product', 'quantity', 'revenue', 'orders'], rows.map((p) => [names.get(p.product_id) ?? `#${p.product_id}`, p.total_quantity_sold, p.revenue, p.order_count]), 'No sales yet.'))}</section>
-<section id="categories"><h2>Categories</h2>${section(categories, (rows) => table(['category', 'revenue', 'orders'], rows.map((c) => [c.category_name, c.revenue, c.total_orders]), 'No sales yet.'))}</section>
+${sections}
 </main></body></html>`;
 }
 

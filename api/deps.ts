@@ -1,7 +1,7 @@
 import type { RedisClient } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
-import type { Pool } from '../db/pool.js';
+import type { Db } from '../db/pool.js';
 import type { Queue } from 'bullmq';
 import type { ApiMetrics } from './metrics.js';
 import type { ConsistencyWaiter } from './consistency.js';
@@ -12,10 +12,10 @@ import type { OrderIntake } from '../db/orders.js';
 export interface Deps {
   config: Config;
   log: Logger;
-  writePool: Pool;
+  writeDb: Db;
   /** POST /orders without an Idempotency-Key goes through here (group commit). */
   orders: OrderIntake;
-  readPool: Pool;
+  readDb: Db;
   /** Fail-fast client (no offline queue) used for readiness and queue counts. */
   redis: RedisClient;
   metrics: ApiMetrics;

@@ -1,4 +1,5 @@
-import { pgCode } from '../db/pool.js';
+import { pgCode, pgDetail } from '../db/pool.js';
+import { SQLSTATES } from '../lib/contract.js';
 
 /**
  * Every error the API answers with, by stable machine code. This table is the
@@ -66,27 +67,27 @@ function parseDetail(detail: unknown): unknown {
   }
 }
 
-/** Errors raised by the SQL functions (SQLSTATE class OP, see 0001_schema.sql) and data-range errors. */
+/** Errors raised by the SQL functions (SQLSTATEs of lib/contract.ts) and data-range errors. */
 export function fromDatabaseError(err: unknown): ApiError | undefined {
   const code = pgCode(err);
-  const detail = parseDetail((err as { detail?: unknown }).detail);
+  const detail = parseDetail(pgDetail(err));
   switch (code) {
-    case 'OP001':
+    case SQLSTATES.insufficient_stock:
       return new ApiError('insufficient_stock', 'Some products do not have the requested quantity in stock', {
         shortages: detail,
       });
-    case 'OP002':
+    case SQLSTATES.unknown_product:
       return new ApiError('unknown_product', `Product ${String(detail)} does not exist`, {
         product_id: Number(detail),
       });
-    case 'OP003':
+    case SQLSTATES.idempotency_key_reused:
       return new ApiError(
         'idempotency_key_reused',
         'This Idempotency-Key was first used with a different body; use a new key for a new order',
       );
-    case 'OP004':
+    case SQLSTATES.order_not_found:
       return new ApiError('order_not_found');
-    case 'OP005':
+    case SQLSTATES.invalid_transition:
       return new ApiError('invalid_transition', `The order is ${String(detail)}`, { current_status: detail });
     case '22003': // numeric_value_out_of_range: total beyond DECIMAL(10,2)
       return new ApiError('total_out_of_range', 'The order total must be below 100000000.00');

@@ -3,13 +3,14 @@ import type { Route } from './router.js';
 import type { Deps } from './deps.js';
 import { renderMetrics } from './metrics.js';
 import { withTimeout } from '../lib/timeout.js';
+import { sql } from '../db/pool.js';
 
 const CHECK_TIMEOUT_MS = 1500;
 
 export async function readiness(deps: Deps): Promise<{ ok: boolean; checks: Record<string, string> }> {
   const probes: Record<string, () => Promise<unknown>> = {
-    write_db: () => deps.writePool.query('SELECT 1'),
-    read_db: () => deps.readPool.query('SELECT 1'),
+    write_db: () => deps.writeDb.query(sql.typeAlias('void')`SELECT`),
+    read_db: () => deps.readDb.query(sql.typeAlias('void')`SELECT`),
     // ioredis's own words for a closed connection ("Stream isn't writeable…") say nothing to an operator.
     redis: () => (deps.redis.status === 'ready' ? deps.redis.ping() : Promise.reject(new Error(`not connected (${deps.redis.status})`))),
   };

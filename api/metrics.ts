@@ -1,12 +1,15 @@
 import client from 'prom-client';
 import type { Queue } from 'bullmq';
 import type { RedisClient } from '../lib/redis.js';
-import type { Pool } from '../db/pool.js';
+import type { Db } from '../db/pool.js';
 import type { EventJobData } from '../lib/queue.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
 import { outboxBacklog } from '../db/outbox.js';
 import { countDeadLetters } from '../db/dead-letters.js';
 import { within } from '../lib/timeout.js';
+import { z } from 'zod';
+import { sql } from '../db/pool.js';
+import { PROJECTIONS } from '../workers/projector/projections/index.js';
 
 export interface ApiMetrics {
   registry: client.Registry;
@@ -16,8 +19,8 @@ export interface ApiMetrics {
 }
 
 export interface ScrapeSources {
-  writePool: Pool;
-  readPool: Pool;
+  writeDb: Db;
+  readDb: Db;
   queue: Queue<EventJobData>;
   redis: RedisClient;
 }
@@ -26,8 +29,7 @@ export interface ScrapeSources {
 const SCRAPE_TIMEOUT_MS = 1000;
 
 /** The web process's own metrics, plus gauges read at scrape time from write_db and Redis. */
-export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
-  const registry = new client.Registry();
+export function createApiMetrics(sources?: ScrapeSources, registry = new client.Registry()): ApiMetrics {
   client.collectDefaultMetrics({ register: registry });
   if (sources) {
     new client.Gauge({
@@ -36,7 +38,7 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
       registers: [registry],
       async collect() {
         // write_db unreachable: /readyz says so; keep serving the other series.
-        const backlog = await within(outboxBacklog(sources.writePool), SCRAPE_TIMEOUT_MS);
+        const backlog = await within(outboxBacklog(sources.writeDb), SCRAPE_TIMEOUT_MS);
         if (backlog) {
           this.set(backlog.unpublished);
           oldest.set(backlog.oldestAgeSeconds);
@@ -61,12 +63,27 @@ export function createApiMetrics(sources?: ScrapeSources): ApiMetrics {
       },
     });
     new client.Gauge({
+      name: 'read_model_rows',
+      help: "Rows in each projection's view (PostgreSQL's estimate, kept by ANALYZE and autovacuum)",
+      labelNames: ['view'],
+      registers: [registry],
+      async collect() {
+        const rows = await within(
+          sources.readDb.any(sql.type(z.object({ view: z.string(), n: z.number() }))`
+            SELECT relname AS view, greatest(reltuples, 0)::float8 AS n FROM pg_class
+             WHERE relkind = 'r' AND relname = ANY (${sql.array(PROJECTIONS.map((p) => p.table), 'text')})`),
+          SCRAPE_TIMEOUT_MS,
+        );
+        for (const r of rows ?? []) this.set({ view: r.view }, r.n);
+      },
+    });
+    new client.Gauge({
       name: 'dead_letter_events',
       help: 'Events that failed for good, by state: failed (waiting for an operator: replay or park) or parked',
       labelNames: ['state'],
       registers: [registry],
       async collect() {
-        const counts = await within(countDeadLetters(sources.readPool), SCRAPE_TIMEOUT_MS);
+        const counts = await within(countDeadLetters(sources.readDb), SCRAPE_TIMEOUT_MS);
         if (counts) {
           this.set({ state: 'failed' }, counts.failed);
           this.set({ state: 'parked' }, counts.parked);

@@ -1,6 +1,16 @@
 import { sendJson } from './http.js';
 import type { Route } from './router.js';
 import { PROBLEMS } from './errors.js';
+import { z } from 'zod';
+import { orderDocument } from '../lib/contract.js';
+import { createOrderBody, createProductBody, patchProductBody } from './validate.js';
+import { parkBody, replayBody } from './admin.js';
+import { product } from '../db/products.js';
+import { deadLetter } from '../db/dead-letters.js';
+import { salesRow } from '../workers/projector/projections/product-sales.js';
+import { categoryRow } from '../workers/projector/projections/category-metrics.js';
+import { customerRow } from '../workers/projector/projections/customer-ltv.js';
+import { hourRow } from '../workers/projector/projections/hourly-sales.js';
 
 /**
  * The OpenAPI 3.1 description of the HTTP API, served at /openapi.json.
@@ -48,11 +58,21 @@ export const OPERATIONS: Record<string, Op> = {
   'GET /analytics/hourly': { summary: 'Orders and revenue per UTC hour; buckets starting within [from, to]', query: ['from', 'to'], headers: ['X-Consistency-Token'], responses: { '200': json('HourlyPage'), ...ANALYTICS } },
 };
 
-const money = { type: 'string', pattern: '^-?\\d+\\.\\d{2}$', examples: ['19.99'] };
-const moneyIn = { oneOf: [{ type: 'number' }, { type: 'string' }], description: 'At most two decimals, 0 to 99999999.99', examples: [19.99, '19.99'] };
-const ts = { type: 'string', format: 'date-time' };
 const int = { type: 'integer' };
 const page = (item: string) => ({ type: 'object', properties: { items: { type: 'array', items: { $ref: `#/components/schemas/${item}` } }, next_cursor: { type: ['string', 'null'] } } });
+const list = (item: string, extra: Record<string, unknown> = {}) => ({ type: 'object', properties: { ...extra, items: { type: 'array', items: { $ref: `#/components/schemas/${item}` } } } });
+
+/**
+ * The zod schemas the server validates with, as JSON Schema (z.toJSONSchema):
+ * request bodies as they are accepted (their input side: money as a number or
+ * a string), answers as they are produced. A JSON Schema inside an OpenAPI
+ * 3.1 document takes the document's dialect, so $schema is left out.
+ */
+function jsonSchema(schema: z.ZodType, io: 'input' | 'output'): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(z.toJSONSchema(schema, { io, unrepresentable: 'any' })).filter(([k]) => k !== '$schema'));
+}
+const request = (s: z.ZodType) => jsonSchema(s, 'input');
+const answer = (s: z.ZodType) => jsonSchema(s, 'output');
 
 const SCHEMAS: Record<string, unknown> = {
   Problem: {
@@ -62,44 +82,26 @@ const SCHEMAS: Record<string, unknown> = {
   },
   Health: { type: 'object', properties: { status: { type: 'string' } } },
   Readiness: { type: 'object', properties: { status: { enum: ['ready', 'not_ready'] }, checks: { type: 'object', additionalProperties: { type: 'string' } } } },
-  NewProduct: { type: 'object', additionalProperties: false, required: ['name', 'category', 'price', 'stock'], properties: { name: { type: 'string', maxLength: 255 }, category: { type: 'string', maxLength: 255 }, price: moneyIn, stock: { type: 'integer', minimum: 0 } } },
-  ProductPatch: { type: 'object', additionalProperties: false, minProperties: 1, properties: { name: { type: 'string' }, category: { type: 'string' }, price: moneyIn, stock: { type: 'integer', minimum: 0 } } },
-  Product: { type: 'object', properties: { id: int, name: { type: 'string' }, category: { type: 'string' }, price: money, stock: int, created_at: ts } },
+  NewProduct: request(createProductBody),
+  ProductPatch: request(patchProductBody),
+  Product: answer(product),
   ProductPage: page('Product'),
-  NewOrder: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['customer_id', 'items'],
-    properties: {
-      customer_id: { type: 'integer', minimum: 1 },
-      items: { type: 'array', minItems: 1, maxItems: 100, items: { type: 'object', additionalProperties: false, required: ['product_id', 'quantity'], properties: { product_id: { type: 'integer', minimum: 1 }, quantity: { type: 'integer', minimum: 1, maximum: 1000000 } } } },
-    },
-  },
-  Order: {
-    type: 'object',
-    properties: {
-      id: int,
-      customer_id: int,
-      status: { enum: ['pending', 'paid', 'shipped', 'cancelled'] },
-      total: money,
-      created_at: ts,
-      items: { type: 'array', items: { type: 'object', properties: { id: int, product_id: int, category: { type: 'string' }, quantity: int, price: money, line_total: money } } },
-    },
-  },
+  NewOrder: request(createOrderBody),
+  Order: answer(orderDocument),
   OrderPage: page('Order'),
-  ProductSales: { type: 'object', properties: { product_id: int, total_quantity_sold: int, total_revenue: money, order_count: int } },
-  ProductSalesPage: { type: 'object', properties: { by: { enum: ['revenue', 'quantity'] }, items: { type: 'array', items: { $ref: '#/components/schemas/ProductSales' } } } },
-  Category: { type: 'object', properties: { category_name: { type: 'string' }, total_revenue: money, total_orders: int } },
-  CategoryPage: page('Category'),
-  CustomerLtv: { type: 'object', properties: { customer_id: int, total_spent: money, order_count: int, last_order_date: { type: ['string', 'null'], format: 'date-time' } } },
-  CustomerPage: page('CustomerLtv'),
-  Hourly: { type: 'object', properties: { hour_timestamp: ts, total_orders: int, total_revenue: money } },
-  DeadLetter: { type: 'object', properties: { event_id: { type: 'string' }, topic: { type: 'string' }, payload: {}, error: { type: 'string' }, attempts: int, failed_at: ts, parked_at: { type: ['string', 'null'], format: 'date-time' }, park_reason: { type: ['string', 'null'] } } },
-  DeadLetterPage: { type: 'object', properties: { state: { enum: ['failed', 'parked', 'all'] }, items: { type: 'array', items: { $ref: '#/components/schemas/DeadLetter' } } } },
-  Empty: { type: 'object', additionalProperties: false },
-  Park: { type: 'object', additionalProperties: false, required: ['reason'], properties: { reason: { type: 'string', maxLength: 1000 } } },
+  ProductSales: answer(salesRow),
+  ProductSalesPage: list('ProductSales', { by: { enum: ['revenue', 'quantity'] } }),
+  Category: answer(categoryRow),
+  CategoryPage: list('Category'),
+  CustomerLtv: answer(customerRow),
+  CustomerPage: list('CustomerLtv'),
+  Hourly: answer(hourRow),
+  HourlyPage: list('Hourly', { from: { type: ['string', 'null'] }, to: { type: ['string', 'null'] } }),
+  DeadLetter: answer(deadLetter),
+  DeadLetterPage: list('DeadLetter', { state: { enum: ['failed', 'parked', 'all'] } }),
+  Empty: request(replayBody),
+  Park: request(parkBody),
   EventAction: { type: 'object', properties: { event_id: { type: 'string' }, result: { type: 'string' } } },
-  HourlyPage: { type: 'object', properties: { from: { type: ['string', 'null'] }, to: { type: ['string', 'null'] }, items: { type: 'array', items: { $ref: '#/components/schemas/Hourly' } } } },
 };
 
 const PARAMS: Record<string, { in: 'query' | 'header'; schema: unknown; description: string }> = {

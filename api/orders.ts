@@ -41,7 +41,7 @@ function transition(to: Transition, verb: string): Route {
     method: 'POST',
     path: `/orders/:id/${verb}`,
     async handler(ctx) {
-      const change = await transitionOrder(ctx.deps.writePool, parseId(ctx.params[0], 'id'), to);
+      const change = await transitionOrder(ctx.deps.writeDb, parseId(ctx.params[0], 'id'), to);
       sendChange(ctx, 200, change);
     },
   };
@@ -59,7 +59,7 @@ export const orderRoutes: Route[] = [
       const change =
         key === undefined
           ? await ctx.deps.orders.place(body)
-          : await placeOrder(ctx.deps.writePool, body, { key, requestHash: createHash('sha256').update(JSON.stringify(body)).digest('base64url') }).catch((err: unknown) => {
+          : await placeOrder(ctx.deps.writeDb, body, { key, requestHash: createHash('sha256').update(JSON.stringify(body)).digest('base64url') }).catch((err: unknown) => {
               throw replayedRefusal(err) ?? err;
             });
       sendChange(ctx, 201, change);
@@ -72,7 +72,7 @@ export const orderRoutes: Route[] = [
       const customerId = parseId(url.searchParams.get('customer_id'), 'customer_id');
       const limit = parseLimit(url.searchParams.get('limit'));
       const after = decodeCursor(url.searchParams.get('cursor'));
-      const items = await listOrders(deps.writePool, { customerId, after, limit });
+      const items = await listOrders(deps.writeDb, { customerId, after, limit });
       const last = items.at(-1);
       sendJson(res, 200, { items, next_cursor: items.length === limit && last ? encodeCursor(last.id) : null });
     },
@@ -81,7 +81,7 @@ export const orderRoutes: Route[] = [
     method: 'GET',
     path: '/orders/:id',
     async handler({ res, params, deps }) {
-      const order = await getOrder(deps.writePool, parseId(params[0], 'id'));
+      const order = await getOrder(deps.writeDb, parseId(params[0], 'id'));
       if (!order) throw new ApiError('order_not_found');
       sendJson(res, 200, order);
     },

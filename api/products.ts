@@ -18,7 +18,7 @@ export const productRoutes: Route[] = [
     path: '/products',
     async handler({ req, res, deps }) {
       const body = parseBody(createProductBody, await readJson(req));
-      const product = await insertProduct(deps.writePool, body);
+      const product = await insertProduct(deps.writeDb, body);
       sendJson(res, 201, product, { Location: `/products/${product.id}` });
     },
   },
@@ -29,7 +29,7 @@ export const productRoutes: Route[] = [
       const limit = parseLimit(url.searchParams.get('limit'));
       const after = decodeCursor(url.searchParams.get('cursor'));
       const category = url.searchParams.get('category');
-      const items = await listProducts(deps.writePool, { after, limit, category });
+      const items = await listProducts(deps.writeDb, { after, limit, category });
       const last = items.at(-1);
       sendJson(res, 200, { items, next_cursor: items.length === limit && last ? encodeCursor(last.id) : null });
     },
@@ -38,7 +38,7 @@ export const productRoutes: Route[] = [
     method: 'GET',
     path: '/products/:id',
     async handler({ res, params, deps }) {
-      const product = await getProduct(deps.writePool, parseId(params[0], 'id'));
+      const product = await getProduct(deps.writeDb, parseId(params[0], 'id'));
       if (!product) throw new ApiError('product_not_found');
       sendJson(res, 200, product);
     },
@@ -49,7 +49,7 @@ export const productRoutes: Route[] = [
     async handler({ req, res, params, deps }) {
       const id = parseId(params[0], 'id');
       const body = parseBody(patchProductBody, await readJson(req));
-      const product = await updateProduct(deps.writePool, id, body);
+      const product = await updateProduct(deps.writeDb, id, body);
       if (!product) throw new ApiError('product_not_found');
       sendJson(res, 200, product);
     },

@@ -13,7 +13,7 @@ export interface Ctx {
 }
 
 export interface Route {
-  method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE';
+  method: 'GET' | 'POST' | 'PATCH';
   /** The route as documented ("/orders/:id/pay"), used for metrics labels and the 405 check. */
   path: string;
   handler: (ctx: Ctx) => Promise<void>;

@@ -16,7 +16,8 @@ import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
 import { ConsistencyWaiter } from './consistency.js';
 import { createQueue } from '../lib/queue.js';
-import { createPool, isUnavailable } from '../db/pool.js';
+import { createDb, createQueryMetrics, isUnavailable } from '../db/pool.js';
+import client from 'prom-client';
 import { createRedis } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
@@ -102,27 +103,28 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
 }
 
 export function buildDeps(config: Config, log: Logger): Deps {
-  const limits = { statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
-  const writePool = createPool(config.DATABASE_URL, config.WRITE_POOL_SIZE, log, 'web-write', limits);
-  const readPool = createPool(config.READ_DATABASE_URL, config.READ_POOL_SIZE, log, 'web-read', limits);
+  const registry = new client.Registry();
+  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
+  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'web-write', max: config.WRITE_POOL_SIZE });
+  const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'web-read', max: config.READ_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'web');
   const queue = createQueue(config, redis);
-  const metrics = createApiMetrics({ writePool, readPool, queue, redis });
+  const metrics = createApiMetrics({ writeDb, readDb, queue, redis }, registry);
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   return {
     config,
     log,
-    writePool,
-    readPool,
+    writeDb,
+    readDb,
     redis,
     queue,
     metrics,
-    orders: new OrderIntake(writePool, {
+    orders: new OrderIntake(writeDb, {
       batchSize: config.ORDER_BATCH_SIZE,
       concurrency: Math.min(config.ORDER_BATCH_CONCURRENCY, config.WRITE_POOL_SIZE),
       onBatch: (size) => metrics.orderBatchSize.observe(size),
     }),
-    consistency: new ConsistencyWaiter(writePool, readPool, config.READ_DATABASE_URL, log),
+    consistency: new ConsistencyWaiter(writeDb, readDb, config, log),
   };
 }
 
@@ -157,7 +159,7 @@ export async function startWeb(config: Config, log: Logger, deps = buildDeps(con
     await deps.orders.drain();
     await deps.consistency.stop();
     await deps.queue.close().catch(() => undefined);
-    await Promise.allSettled([deps.writePool.end(), deps.readPool.end(), deps.redis.quit()]);
+    await Promise.allSettled([deps.writeDb.end(), deps.readDb.end(), deps.redis.quit()]);
   });
   return { server, port, stop };
 }

@@ -49,7 +49,6 @@ export const createOrderBody = z.strictObject({
     .min(1, 'must contain at least one item')
     .max(MAX_ITEMS, `must contain at most ${MAX_ITEMS} items`),
 });
-export type CreateOrder = z.infer<typeof createOrderBody>;
 
 /** ['items', 0, 'quantity'] → "items[0].quantity" */
 export function fieldName(path: readonly PropertyKey[]): string {

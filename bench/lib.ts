@@ -4,6 +4,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
+import { createDb, type Db } from '../db/pool.js';
 import { Redis } from 'ioredis';
 import { migrate } from '../db/migrate.js';
 import { createLogger } from '../lib/logger.js';
@@ -18,6 +19,8 @@ export interface BenchEnv {
   readUrl: string;
   write: pg.Pool;
   read: pg.Pool;
+  /** The system's SQL layer on read_db, for timing its own queries. */
+  readDb: Db;
   drop(): Promise<void>;
 }
 
@@ -42,15 +45,18 @@ export async function benchEnv(tag: string, admin = ADMIN): Promise<BenchEnv> {
   const read = new pg.Pool({ connectionString: readUrl, max: 4 });
   write.on('error', () => undefined);
   read.on('error', () => undefined);
+  const readDb = createDb(readUrl, { name: 'bench', max: 4, log });
   return {
     env: { DATABASE_URL: writeUrl, READ_DATABASE_URL: readUrl, REDIS_URL: REDIS, QUEUE_PREFIX: prefix, LOG_LEVEL: 'warn' },
     writeUrl,
     readUrl,
     write,
     read,
+    readDb,
     async drop() {
       await write.end();
       await read.end();
+      await readDb.end();
       const c = new pg.Client({ connectionString: admin });
       await c.connect();
       for (const u of [writeUrl, readUrl]) await c.query(`DROP DATABASE IF EXISTS ${new URL(u).pathname.slice(1)} WITH (FORCE)`);

@@ -1,5 +1,9 @@
 import type pg from 'pg';
-import { categoryMetrics, customerLtv, hourlySales, productSales, topCustomers, topProducts } from '../db/analytics.js';
+import type { Db } from '../db/pool.js';
+import { productSalesOf, topProducts } from '../workers/projector/projections/product-sales.js';
+import { categoryList } from '../workers/projector/projections/category-metrics.js';
+import { customerLtvOf, topCustomers } from '../workers/projector/projections/customer-ltv.js';
+import { hoursBetween } from '../workers/projector/projections/hourly-sales.js';
 import { percentile } from './lib.js';
 
 /**
@@ -58,13 +62,13 @@ export async function seedOrders(write: pg.Pool, orders: number, onProgress: (do
 }
 
 /**
- * Each analytics endpoint; the read-model query it runs (db/analytics.ts,
+ * Each analytics endpoint; the read-model query it runs (its projection module,
  * timed without HTTP); and the same answer computed on the fly from write_db.
  */
-export const ON_THE_FLY: Record<string, { path: string; readModel: (read: pg.Pool) => Promise<unknown>; sql: string; params: unknown[] }> = {
+export const ON_THE_FLY: Record<string, { path: string; readModel: (read: Db) => Promise<unknown>; sql: string; params: unknown[] }> = {
   'product by id': {
     path: '/analytics/products/500',
-    readModel: (read) => productSales(read, 500),
+    readModel: (read) => productSalesOf(read, 500),
     sql: `SELECT i.product_id, sum(i.quantity), sum(i.quantity * i.price), count(DISTINCT i.order_id)
             FROM order_items i JOIN orders o ON o.id = i.order_id WHERE i.product_id = $1 AND o.status <> 'cancelled' GROUP BY 1`,
     params: [500],
@@ -78,7 +82,7 @@ export const ON_THE_FLY: Record<string, { path: string; readModel: (read: pg.Poo
   },
   categories: {
     path: '/analytics/categories',
-    readModel: (read) => categoryMetrics(read),
+    readModel: (read) => categoryList(read),
     sql: `SELECT c.category, sum(i.quantity * i.price), count(DISTINCT i.order_id) FROM order_items i
             JOIN orders o ON o.id = i.order_id JOIN order_item_categories c ON c.order_item_id = i.id
            WHERE o.status <> 'cancelled' GROUP BY 1`,
@@ -86,7 +90,7 @@ export const ON_THE_FLY: Record<string, { path: string; readModel: (read: pg.Poo
   },
   'customer by id': {
     path: '/analytics/customers/4242',
-    readModel: (read) => customerLtv(read, 4242),
+    readModel: (read) => customerLtvOf(read, 4242),
     sql: `SELECT customer_id, sum(total) FILTER (WHERE status <> 'cancelled'), count(*) FILTER (WHERE status <> 'cancelled'), max(created_at)
             FROM orders WHERE customer_id = $1 GROUP BY 1`,
     params: [4242],
@@ -99,7 +103,7 @@ export const ON_THE_FLY: Record<string, { path: string; readModel: (read: pg.Poo
   },
   'hourly, 7 days': {
     path: '/analytics/hourly?from=2026-02-01T00:00:00Z&to=2026-02-08T00:00:00Z',
-    readModel: (read) => hourlySales(read, '2026-02-01T00:00:00.000Z', '2026-02-08T00:00:00.000Z'),
+    readModel: (read) => hoursBetween(read, '2026-02-01T00:00:00.000Z', '2026-02-08T00:00:00.000Z'),
     sql: `SELECT date_trunc('hour', created_at), count(*), sum(total) FROM orders
            WHERE status <> 'cancelled' AND created_at >= '2026-02-01' AND created_at <= '2026-02-08' GROUP BY 1 ORDER BY 1`,
     params: [],

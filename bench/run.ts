@@ -283,7 +283,7 @@ async function readside(): Promise<void> {
           if (!res.ok) throw new Error(`${q.path}: ${res.status}`);
           await res.arrayBuffer();
         });
-        const sql = await timeIt(50, () => q.readModel(env.read));
+        const sql = await timeIt(50, () => q.readModel(env.readDb));
         const fly = await timeIt(5, () => env.write.query(q.sql, q.params));
         const times = (a: number, b: number) => `${(a / b).toFixed(a / b < 10 ? 1 : 0)}×`;
         endpoints[name] = { readModelHttpMs: view, readModelSqlMs: sql, onTheFlySqlMs: fly, ratioSql: fly.p50 / sql.p50, ratioHttp: fly.p50 / view.p50 };

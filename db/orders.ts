@@ -1,31 +1,17 @@
 import { Batcher } from '../lib/batcher.js';
-import { pgCode, type Pool } from './pool.js';
+import { z } from 'zod';
+import { orderDocument, type Order } from '../lib/contract.js';
+import { pgCode, sql, type Db } from './pool.js';
 
-/** An order as order_document() in the write_db migrations builds it. */
-export interface OrderItem {
-  id: number;
-  product_id: number;
-  category: string;
-  quantity: number;
-  price: string;
-  line_total: string;
-}
-export interface Order {
-  id: number;
-  customer_id: number;
-  status: 'pending' | 'paid' | 'shipped' | 'cancelled';
-  total: string;
-  created_at: string;
-  items: OrderItem[];
-}
+export type { Order, OrderItem } from '../lib/contract.js';
 
-/** What every order change returns: the order and the id of the event it wrote. */
-export interface OrderChange {
-  order: Order;
-  event_id: number;
-  /** True when an Idempotency-Key replayed an earlier result. */
-  replayed?: boolean;
-}
+/** What every order change returns: the order and the id of the event it wrote (replayed: an Idempotency-Key returned an earlier result). */
+const orderChange = z.object({ order: orderDocument, event_id: z.number().int(), replayed: z.boolean().optional() });
+export type OrderChange = z.infer<typeof orderChange>;
+
+/** An order the database turned down, as order_check() describes it. */
+const problem = z.object({ code: z.string(), message: z.string(), detail: z.string() });
+type Problem = z.infer<typeof problem>;
 
 export type Transition = 'paid' | 'shipped' | 'cancelled';
 
@@ -38,33 +24,13 @@ export interface NewOrder {
  * Place an order in one round trip (see place_order in the migrations): stock,
  * order, items and the outbox event commit together or not at all.
  */
-export async function placeOrder(
-  pool: Pool,
-  order: NewOrder,
-  idempotency?: { key: string; requestHash: string },
-): Promise<OrderChange> {
-  const { rows } = await pool.query<{ r: OrderChange | { problem: Problem; replayed?: boolean } }>({
-    name: 'place_order',
-    text: 'SELECT place_order($1, $2::int[], $3::int[], $4, $5) AS r',
-    values: [
-      order.customer_id,
-      order.items.map((i) => i.product_id),
-      order.items.map((i) => i.quantity),
-      idempotency?.key ?? null,
-      idempotency?.requestHash ?? null,
-    ],
-  });
-  const r = rows[0]!.r;
+export async function placeOrder(db: Db, order: NewOrder, idempotency?: { key: string; requestHash: string }): Promise<OrderChange> {
+  const r = await db.oneFirst(sql.prepared('place_order', z.object({ r: z.union([orderChange, z.object({ problem, replayed: z.boolean().optional() })]) }))`
+    SELECT place_order(${order.customer_id}, ${sql.array(order.items.map((i) => i.product_id), 'int4')}, ${sql.array(order.items.map((i) => i.quantity), 'int4')},
+                       ${idempotency?.key ?? null}, ${idempotency?.requestHash ?? null}) AS r`);
   // A keyed order refused for lack of stock: the refusal is its stored outcome (see place_order in write/0005).
   if ('problem' in r) throw Object.assign(rejection(r.problem), { replayed: r.replayed === true });
   return r;
-}
-
-/** An order the database turned down, as order_check() describes it. */
-interface Problem {
-  code: string;
-  message: string;
-  detail: string;
 }
 
 type Outcome = { change: OrderChange } | { error: unknown };
@@ -96,7 +62,7 @@ export class OrderIntake {
   private readonly onBatch: (size: number) => void;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly db: Db,
     opts: { batchSize: number; concurrency: number; onBatch?: (size: number) => void },
   ) {
     this.onBatch = opts.onBatch ?? (() => undefined);
@@ -118,43 +84,29 @@ export class OrderIntake {
     this.onBatch(orders.length);
     if (orders.length > 1) {
       try {
-        const { rows } = await this.pool.query<{ r: (OrderChange | Problem)[] }>({
-          name: 'place_orders',
-          text: 'SELECT place_orders($1::jsonb) AS r',
-          values: [JSON.stringify(orders)],
-        });
-        return rows[0]!.r.map((r) => ('code' in r ? { error: rejection(r) } : { change: r }));
+        const results = await this.db.oneFirst(sql.prepared('place_orders', z.object({ r: z.array(z.union([orderChange, problem])) }))`
+          SELECT place_orders(${sql.jsonb(orders as unknown as Record<string, unknown>[])}) AS r`);
+        return results.map((r) => ('code' in r ? { error: rejection(r) } : { change: r }));
       } catch (err) {
         if (!STATEMENT_REJECTED.test(pgCode(err) ?? '')) throw err;
         // Nothing was written: one by one, so that only the order at fault gets the error.
       }
     }
-    return Promise.all(orders.map((o) => placeOrder(this.pool, o).then((change) => ({ change }), (error: unknown) => ({ error }))));
+    return Promise.all(orders.map((o) => placeOrder(this.db, o).then((change) => ({ change }), (error: unknown) => ({ error }))));
   }
 }
 
-export async function transitionOrder(pool: Pool, id: number, to: Transition): Promise<OrderChange> {
-  const { rows } = await pool.query<{ r: OrderChange }>({
-    name: 'transition_order',
-    text: 'SELECT transition_order($1, $2) AS r',
-    values: [id, to],
-  });
-  return rows[0]!.r;
+export async function transitionOrder(db: Db, id: number, to: Transition): Promise<OrderChange> {
+  return db.oneFirst(sql.prepared('transition_order', z.object({ r: orderChange }))`SELECT transition_order(${id}, ${to}) AS r`);
 }
 
-export async function getOrder(pool: Pool, id: number): Promise<Order | undefined> {
-  const { rows } = await pool.query<{ doc: Order | null }>('SELECT order_document($1) AS doc', [id]);
-  return rows[0]?.doc ?? undefined;
+export async function getOrder(db: Db, id: number): Promise<Order | undefined> {
+  const doc = await db.oneFirst(sql.type(z.object({ doc: orderDocument.nullable() }))`SELECT order_document(${id}) AS doc`);
+  return doc ?? undefined;
 }
 
-export async function listOrders(
-  pool: Pool,
-  opts: { customerId: number; after: number; limit: number },
-): Promise<Order[]> {
-  const { rows } = await pool.query<{ doc: Order }>(
-    `SELECT order_document(id) AS doc FROM orders
-      WHERE customer_id = $1 AND id > $2 ORDER BY id LIMIT $3`,
-    [opts.customerId, opts.after, opts.limit],
-  );
-  return rows.map((r) => r.doc);
+export function listOrders(db: Db, opts: { customerId: number; after: number; limit: number }): Promise<readonly Order[]> {
+  return db.anyFirst(sql.type(z.object({ doc: orderDocument }))`
+    SELECT order_document(id) AS doc FROM orders
+     WHERE customer_id = ${opts.customerId} AND id > ${opts.after} ORDER BY id LIMIT ${opts.limit}`);
 }

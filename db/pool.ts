@@ -1,18 +1,89 @@
-import pg from 'pg';
+import { createPool, createSqlTag, SchemaValidationError, type DatabasePool, type Interceptor, type QueryResultRow } from 'slonik';
+import { createPgDriverFactory } from '@slonik/pg-driver';
+import { z } from 'zod';
+import client from 'prom-client';
 import type { Logger } from '../lib/logger.js';
 
-// `timestamp` (no zone) holds UTC by convention here; keep pg from shifting it
-// through the local time zone by returning the text and treating it as UTC.
-pg.types.setTypeParser(pg.types.builtins.TIMESTAMP, (s: string) => `${s.replace(' ', 'T')}Z`);
-// int8 (count(*), sums of integers) fits a JS number for any count this system makes.
-pg.types.setTypeParser(pg.types.builtins.INT8, (s: string) => Number(s));
-// NUMERIC stays a string (pg's default): money never becomes a float.
+/**
+ * The SQL layer: slonik over pg, for every pool of the system (migrations and
+ * LISTEN keep plain pg clients: multi-statement files, and a session of their
+ * own). Queries are `sql` tagged templates, typed with a zod schema
+ * (`sql.type(schema)`) and checked row by row at run time; values are always
+ * bound parameters.
+ */
+export const sql = createSqlTag({
+  typeAliases: {
+    void: z.object({}).strict(),
+  },
+});
 
-export type Pool = pg.Pool;
-export type PoolClient = pg.PoolClient;
+/**
+ * Types as this system reads them. NUMERIC stays text (money never becomes a
+ * float); `timestamp` (no zone) holds UTC by convention and reads as ISO-8601
+ * text with a Z; int8 (counts, sums of integers) fits a JS number for any
+ * count this system makes. slonik's defaults would make NUMERIC a float and
+ * timestamps milliseconds.
+ */
+const TYPE_PARSERS = [
+  { name: 'numeric', parse: (v: string) => v },
+  { name: 'int8', parse: (v: string) => Number(v) },
+  { name: 'timestamp', parse: (v: string) => `${v.replace(' ', 'T')}Z` },
+  { name: 'timestamptz', parse: (v: string) => new Date(v).toISOString() },
+  { name: 'date', parse: (v: string) => v },
+];
 
-export interface SessionLimits {
-  /** statement_timeout of every session, ms (0: none). */
+/** Every row of a query typed with sql.type(schema) is checked against it; a mismatch is a SchemaValidationError. */
+const resultParser: Interceptor = {
+  name: 'result-parser',
+  transformRowAsync: async (context, query, row) => {
+    if (!context.resultParser) return row;
+    const result = await context.resultParser['~standard'].validate(row);
+    if (result.issues) throw new SchemaValidationError(query, row, result.issues);
+    return result.value as QueryResultRow;
+  },
+};
+
+/** Slow statements are logged with their text (never their values), so a regression shows in the logs. */
+function slowQueryLog(log: Logger, name: string, slowMs: number): Interceptor {
+  return {
+    name: 'slow-query-log',
+    afterQueryExecution: (context, query) => {
+      const ms = Number(process.hrtime.bigint() - BigInt(context.queryInputTime)) / 1e6;
+      if (ms >= slowMs) log.warn({ pool: name, ms: Math.round(ms), sql: query.sql.replace(/\s+/g, ' ').slice(0, 300) }, 'slow query');
+      return null;
+    },
+  };
+}
+
+/** Query durations by pool, observed by every pool given it (an interceptor). */
+export function createQueryMetrics(registry: client.Registry): client.Histogram<'pool'> {
+  return new client.Histogram({
+    name: 'db_query_duration_seconds',
+    help: 'PostgreSQL statement durations, by pool (web-write, web-read, relay, worker, …)',
+    labelNames: ['pool'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+}
+
+function queryMetrics(histogram: client.Histogram<'pool'>, name: string): Interceptor {
+  return {
+    name: 'query-metrics',
+    afterQueryExecution: (context) => {
+      histogram.observe({ pool: name }, Number(process.hrtime.bigint() - BigInt(context.queryInputTime)) / 1e9);
+      return null;
+    },
+  };
+}
+
+export type Db = DatabasePool;
+
+export interface DbOptions {
+  /** application_name, and the name in logs. */
+  name: string;
+  max: number;
+  log: Logger;
+  /** statement_timeout, ms (0: none). */
   statementTimeoutMs?: number;
   /**
    * idle_in_transaction_session_timeout, ms (0: none). A process that stalls
@@ -20,60 +91,97 @@ export interface SessionLimits {
    * outbox rows) is cut off by the server, so its locks cannot be held for hours.
    */
   idleInTransactionMs?: number;
+  /** How long to wait for a connection, ms. */
+  connectionTimeoutMs?: number;
+  slowQueryMs?: number;
+  /** Where to observe query durations (createQueryMetrics). */
+  queryMetrics?: client.Histogram<'pool'>;
 }
 
-export function createPool(url: string, max: number, log: Logger, name: string, limits: SessionLimits = {}): pg.Pool {
-  const options = ['-c TimeZone=UTC'];
-  if (limits.statementTimeoutMs) options.push(`-c statement_timeout=${limits.statementTimeoutMs}`);
-  if (limits.idleInTransactionMs) options.push(`-c idle_in_transaction_session_timeout=${limits.idleInTransactionMs}`);
-  const pool = new pg.Pool({
-    connectionString: url,
-    max,
-    idleTimeoutMillis: 30_000,
-    connectionTimeoutMillis: 5_000,
-    application_name: name,
-    options: options.join(' '),
-  });
-  // An idle client losing its connection (server restart) emits here; the
-  // pool discards it and opens a new one on the next query.
-  pool.on('error', (err) => log.warn({ err: err.message, code: pgCode(err), pool: name }, 'idle postgres client error'));
-  // A client checked out with pool.connect() has no listener of the pool's:
-  // when the server goes away between two of its queries it emits 'error',
-  // and an 'error' nobody listens to kills the process. The query in flight
-  // (or the next one) fails with that error anyway, so noting it is enough.
-  pool.on('connect', (client) => {
-    client.on('error', (err) => log.debug({ err: err.message, pool: name }, 'postgres client error'));
-  });
-  return pool;
+/**
+ * A slonik pool that can be created while the database is away.
+ *
+ * slonik's pg driver connects once when a pool is created (to look up type
+ * ids), so a process starting during an outage would fail to start. This
+ * returns at once; the pool is created on first use and, if that fails,
+ * again on the next use: a query during an outage fails as fast as the
+ * database refuses, and the first one after it is back creates the pool.
+ */
+export function createDb(url: string, opts: DbOptions): Db {
+  let pool: Promise<DatabasePool> | undefined;
+  let ended = false;
+  const get = (): Promise<DatabasePool> => {
+    if (ended) return Promise.reject(new Error(`pool ${opts.name} has ended`));
+    pool ??= createPool(sessionUrl(url, opts.name), {
+      driverFactory: createPgDriverFactory(),
+      maxPoolSize: opts.max,
+      connectionTimeout: opts.connectionTimeoutMs ?? 5_000,
+      statementTimeout: opts.statementTimeoutMs || 'DISABLE_TIMEOUT',
+      idleInTransactionSessionTimeout: opts.idleInTransactionMs || 'DISABLE_TIMEOUT',
+      idleTimeout: 30_000,
+      // No session state is set anywhere but at connect: a DISCARD ALL after every release would only cost a round trip.
+      resetConnection: async () => undefined,
+      typeParsers: TYPE_PARSERS,
+      interceptors: [resultParser, slowQueryLog(opts.log, opts.name, opts.slowQueryMs ?? 2_000), ...(opts.queryMetrics ? [queryMetrics(opts.queryMetrics, opts.name)] : [])],
+    }).then(
+      (p) => {
+        p.on('error', (err) => opts.log.warn({ err: err.message, code: pgCode(err), pool: opts.name }, 'postgres pool error'));
+        return p;
+      },
+      (err: unknown) => {
+        pool = undefined;
+        throw err;
+      },
+    );
+    return pool;
+  };
+  const methods = ['any', 'anyFirst', 'exists', 'many', 'manyFirst', 'maybeOne', 'maybeOneFirst', 'one', 'oneFirst', 'query', 'transaction', 'connect'] as const;
+  const lazy: Record<string, unknown> = {};
+  for (const m of methods) lazy[m] = async (...args: unknown[]) => ((await get())[m] as (...a: unknown[]) => unknown)(...args);
+  lazy.end = async () => {
+    ended = true;
+    const p = await pool?.catch(() => undefined);
+    await p?.end();
+  };
+  lazy.state = () => ({ state: pool ? 'ACTIVE' : 'NOT_CONNECTED' });
+  lazy.on = () => lazy;
+  return lazy as unknown as Db;
 }
 
-/** Run fn in a transaction; ROLLBACK on any error. */
-export async function withTransaction<T>(
-  pool: pg.Pool,
-  fn: (client: pg.PoolClient) => Promise<T>,
-  begin = 'BEGIN',
-): Promise<T> {
-  const client = await pool.connect();
-  let broken: unknown;
-  try {
-    await client.query(begin);
-    const result = await fn(client);
-    await client.query('COMMIT');
-    return result;
-  } catch (err) {
-    await client.query('ROLLBACK').catch((e: unknown) => (broken = e));
-    throw err;
-  } finally {
-    // A client whose ROLLBACK failed is not reusable: the pool must close it.
-    client.release(broken instanceof Error ? broken : undefined);
-  }
+/** The URL with application_name set and sessions in UTC (timestamps without a zone hold UTC here). */
+function sessionUrl(url: string, name: string): string {
+  const u = new URL(url);
+  if (!u.searchParams.has('application_name')) u.searchParams.set('application_name', name);
+  u.searchParams.set('options', `${u.searchParams.get('options') ?? ''} -c TimeZone=UTC`.trim());
+  return u.toString();
 }
 
-/** The SQLSTATE (or socket error code) of an error, or of the error it wraps. */
+/** The SQLSTATE (or socket error code) of an error, or of the error it wraps (slonik keeps pg's error as `cause`). */
 export function pgCode(err: unknown): string | undefined {
   if (typeof err !== 'object' || err === null) return undefined;
   if ('code' in err && typeof err.code === 'string') return err.code;
   return 'cause' in err && err.cause !== err ? pgCode(err.cause) : undefined;
+}
+
+/**
+ * One line saying what the database said: slonik wraps pg's error in its own
+ * ("Query violates a check integrity constraint."), whose cause carries the
+ * server's message (naming the constraint) and SQLSTATE.
+ */
+export function describeError(err: unknown): string {
+  const own = (err as Error)?.message ?? String(err);
+  let inner: unknown = (err as { cause?: unknown })?.cause;
+  while (inner && (inner as { cause?: unknown }).cause && (inner as { cause?: unknown }).cause !== inner) inner = (inner as { cause?: unknown }).cause;
+  const code = pgCode(err);
+  const detail = inner instanceof Error && inner.message !== own ? `: ${inner.message}` : '';
+  return `${own}${detail}${code ? ` (SQLSTATE ${code})` : ''}`;
+}
+
+/** The database's own error fields (DETAIL of a RAISE), wherever slonik keeps them. */
+export function pgDetail(err: unknown): unknown {
+  if (typeof err !== 'object' || err === null) return undefined;
+  if ('detail' in err && err.detail !== undefined && err.detail !== null) return err.detail;
+  return 'cause' in err && err.cause !== err ? pgDetail(err.cause) : undefined;
 }
 
 /** Deadlock or serialization failure: safe to retry the whole transaction at once. */
@@ -82,9 +190,9 @@ export function isRetryable(err: unknown): boolean {
   return code === '40P01' || code === '40001';
 }
 
-/** Node's socket errors and the messages pg gives a lost or refused connection. */
+/** Node's socket errors and the messages pg and slonik give a lost or refused connection. */
 const SOCKET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
-const LOST_CONNECTION = /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection is closed|not queryable|Query read timeout/;
+const LOST_CONNECTION = /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection is closed|not queryable|Query read timeout|Backend has been terminated|has ended|Timeout while waiting for a connection|Failed to connect|connect ECONNREFUSED/i;
 
 /**
  * The database is away or cannot take the work now: it said nothing about
@@ -98,7 +206,11 @@ export function isUnavailable(err: unknown): boolean {
     if (SOCKET_CODES.has(code)) return true;
     if (/^(08|53)/.test(code) || code === '57P01' || code === '57P02' || code === '57P03' || code === '55000') return true;
   }
-  return LOST_CONNECTION.test((err as Error)?.message ?? '');
+  for (let e: unknown = err; typeof e === 'object' && e !== null; e = (e as { cause?: unknown }).cause) {
+    if (LOST_CONNECTION.test((e as Error).message ?? '')) return true;
+    if ((e as { cause?: unknown }).cause === e) break;
+  }
+  return false;
 }
 
 /**
@@ -110,7 +222,7 @@ export function isUnavailable(err: unknown): boolean {
  * about the data and must not condemn it.
  */
 export function isDataError(err: unknown): boolean {
-  return /^(22|23)/.test(pgCode(err) ?? '');
+  return /^(22|23)/.test(pgCode(err) ?? '') || (err as Error)?.name === 'InvalidInputError';
 }
 
 /** Busy rather than away: a deadlock or serialization failure, a lock or statement timeout, a cancelled query. */

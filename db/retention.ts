@@ -1,8 +1,10 @@
-import { withTransaction, type Pool } from './pool.js';
+import { z } from 'zod';
+import { sql, type Db } from './pool.js';
+import { lowestFailed } from './dead-letters.js';
 
 export interface PruneOptions {
-  writePool: Pool;
-  readPool: Pool;
+  writeDb: Db;
+  readDb: Db;
   /** Keep events younger than this (ms); 0 prunes everything the bound allows. */
   keepMs: number;
   /** Ids deleted per transaction. */
@@ -39,42 +41,33 @@ export interface PruneResult {
  */
 export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const chunk = opts.chunk ?? 10_000;
-  const { rows: w } = await opts.readPool.query<{ watermark: string; floor: string }>(
-    'SELECT (SELECT last_event_id FROM reconciler_watermark)::text AS watermark, (SELECT event_id FROM processed_floor)::text AS floor',
-  );
-  const aged = await oldEnough(opts.writePool, Number(w[0]!.floor), Number(w[0]!.watermark), opts.keepMs);
+  const start = await opts.readDb.one(sql.type(z.object({ watermark: z.number(), floor: z.number() }))`
+    SELECT (SELECT last_event_id FROM reconciler_watermark) AS watermark, (SELECT event_id FROM processed_floor) AS floor`);
+  const aged = await oldEnough(opts.writeDb, start.floor, start.watermark, opts.keepMs);
   // The dead letters and the floor are read and moved under the lock replay unparks with, so neither passes the other.
-  const { floor, limitedBy } = await withTransaction(opts.readPool, async (c) => {
-    await c.query('LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE');
-    const { rows } = await c.query<{ watermark: string; dead: string | null; floor: string }>(
-      `SELECT (SELECT last_event_id FROM reconciler_watermark)::text AS watermark,
-              (SELECT min(event_id::bigint) - 1 FROM dead_letters WHERE parked_at IS NULL)::text AS dead,
-              (SELECT event_id FROM processed_floor)::text AS floor`,
-    );
-    const watermark = Number(rows[0]!.watermark);
-    const dead = rows[0]!.dead === null ? Infinity : Number(rows[0]!.dead);
-    const target = Math.min(watermark, dead, aged);
-    const current = Number(rows[0]!.floor);
-    const why: PruneResult['limitedBy'] = target <= current ? 'nothing_to_prune' : target === aged ? 'age' : target === dead ? 'dead_letter' : 'watermark';
-    if (target <= current) return { floor: current, limitedBy: why };
-    await c.query('UPDATE processed_floor SET event_id = $1', [target]);
+  const { floor, limitedBy } = await opts.readDb.transaction(async (tx) => {
+    await tx.query(sql.typeAlias('void')`LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE`);
+    const now = await tx.one(sql.type(z.object({ watermark: z.number(), floor: z.number() }))`
+      SELECT (SELECT last_event_id FROM reconciler_watermark) AS watermark, (SELECT event_id FROM processed_floor) AS floor`);
+    const dead = (await lowestFailed(tx)) - 1;
+    const target = Math.min(now.watermark, dead, aged);
+    const why: PruneResult['limitedBy'] = target <= now.floor ? 'nothing_to_prune' : target === aged ? 'age' : target === dead ? 'dead_letter' : 'watermark';
+    if (target <= now.floor) return { floor: now.floor, limitedBy: why };
+    await tx.query(sql.typeAlias('void')`UPDATE processed_floor SET event_id = ${target}`);
     return { floor: target, limitedBy: why };
   });
 
   let outbox = 0;
   for (;;) {
     if (opts.shouldStop?.()) break;
-    const { rows } = await opts.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id <= $1 ORDER BY id LIMIT $2', [floor, chunk]);
-    if (rows.length === 0) break;
-    const ids = rows.map((x) => x.id);
-    await opts.readPool.query('DELETE FROM processed_events WHERE event_id = ANY ($1::text[])', [ids.map(String)]);
-    const { rowCount } = await opts.writePool.query(
-      'DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id = ANY ($1::int[]) FOR UPDATE SKIP LOCKED)',
-      [ids],
-    );
-    outbox += rowCount ?? 0;
+    const ids = await opts.writeDb.anyFirst(sql.type(z.object({ id: z.number() }))`SELECT id FROM outbox WHERE id <= ${floor} ORDER BY id LIMIT ${chunk}`);
+    if (ids.length === 0) break;
+    await opts.readDb.query(sql.typeAlias('void')`DELETE FROM processed_events WHERE event_id = ANY (${sql.array(ids.map(String), 'text')})`);
+    const { rowCount } = await opts.writeDb.query(sql.typeAlias('void')`
+      DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id = ANY (${sql.array([...ids], 'int4')}) FOR UPDATE SKIP LOCKED)`);
+    outbox += rowCount;
     opts.onProgress?.({ floor, outbox });
-    if ((rowCount ?? 0) === 0) break; // all locked by relays right now: the next run takes them
+    if (rowCount === 0) break; // all locked by relays right now: the next run takes them
   }
   return { floor, outbox, limitedBy };
 }
@@ -84,14 +77,12 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
  * `upTo`, was written more than keepMs ago. Walked in id order, because
  * created_at (its transaction's start) does not rise strictly with the id.
  */
-async function oldEnough(pool: Pool, from: number, upTo: number, keepMs: number): Promise<number> {
+async function oldEnough(db: Db, from: number, upTo: number, keepMs: number): Promise<number> {
   let last = from;
   while (last < upTo) {
-    const { rows } = await pool.query<{ id: number; old: boolean }>(
-      `SELECT id, created_at < (now() AT TIME ZONE 'UTC') - $3 * interval '1 millisecond' AS old
-         FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 10000`,
-      [last, upTo, keepMs],
-    );
+    const rows = await db.any(sql.type(z.object({ id: z.number(), old: z.boolean() }))`
+      SELECT id, created_at < (now() AT TIME ZONE 'UTC') - ${keepMs} * interval '1 millisecond' AS old
+        FROM outbox WHERE id > ${last} AND id <= ${upTo} ORDER BY id LIMIT 10000`);
     if (rows.length === 0) return upTo; // nothing left in between: pruned already, or never existed
     const young = rows.find((r) => !r.old);
     if (young) return young.id - 1;

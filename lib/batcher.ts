@@ -15,19 +15,20 @@ export class Batcher<T, R> {
   private inFlight = new Set<Promise<void>>();
 
   constructor(
-    private readonly flushFn: (items: T[]) => Promise<Map<T, R> | R[]>,
+    /** Flushes a batch: one result per item, in the items' order. */
+    private readonly flushFn: (items: T[]) => Promise<R[]>,
     private readonly size: number,
     private readonly waitMs: number,
     private readonly maxInFlight = 1,
   ) {}
 
   submit(item: T): Promise<R> {
-    return new Promise<R>((resolve, reject) => {
-      this.pending.push({ item, resolve, reject });
-      if (this.pending.length >= this.size) this.flush();
-      else if (this.waitMs === 0) this.immediate ??= setImmediate(() => this.flush());
-      else this.timer ??= setTimeout(() => this.flush(), this.waitMs);
-    });
+    const { promise, resolve, reject } = Promise.withResolvers<R>();
+    this.pending.push({ item, resolve, reject });
+    if (this.pending.length >= this.size) this.flush();
+    else if (this.waitMs === 0) this.immediate ??= setImmediate(() => this.flush());
+    else this.timer ??= setTimeout(() => this.flush(), this.waitMs);
+    return promise;
   }
 
   /** Resolves when every item submitted so far has been flushed and settled. */
@@ -47,7 +48,7 @@ export class Batcher<T, R> {
     const batch = this.pending.splice(0, this.size);
     const run = this.flushFn(batch.map((b) => b.item)).then(
       (results) => {
-        batch.forEach((b, i) => b.resolve((Array.isArray(results) ? results[i] : results.get(b.item)) as R));
+        batch.forEach((b, i) => b.resolve(results[i] as R));
       },
       (err: unknown) => batch.forEach((b) => b.reject(err)),
     );

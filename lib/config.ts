@@ -50,10 +50,19 @@ const schema = z.object({
   ORDER_BATCH_SIZE: int(1, 1000).default(32),
   /** Order transactions in flight at once per web process; orders arriving meanwhile gather into the next. */
   ORDER_BATCH_CONCURRENCY: int(1, 500).default(2),
+  /** PostgreSQL connections of a relay (write_db) and of its reconciler (read_db), and of a worker (read_db). */
+  RELAY_POOL_SIZE: int(1, 100).default(2),
+  RECONCILER_POOL_SIZE: int(1, 100).default(1),
+  WORKER_POOL_SIZE: int(1, 100).default(4),
+  /** How often each LISTEN connection is checked with a trivial query (a dead or half-open socket is noticed). */
+  LISTEN_CHECK_MS: int(100, 600000).default(5000),
   RELAY_BATCH_SIZE: int(1, 10000).default(500),
   RELAY_POLL_MS: int(10, 600000).default(500),
   RECONCILE_INTERVAL_MS: int(100, 3600000).default(5000),
   RECONCILE_GRACE_MS: int(0, 3600000).default(10000),
+  /** The reconciler reads ids this many at a time, and scans (and re-checks) at most this many pages a tick. */
+  RECONCILE_PAGE_SIZE: int(10, 100000).default(1000),
+  RECONCILE_PAGES_PER_TICK: int(1, 10000).default(20),
   /** How often each relay prunes the outbox and processed_events (0: never; `npm run prune` does it by hand). */
   PRUNE_INTERVAL_MS: int(0, 604800000).default(0),
   /** Events younger than this are never pruned. */
@@ -70,6 +79,8 @@ const schema = z.object({
   /** idle_in_transaction_session_timeout of those sessions (0: none): a stalled process cannot hold row locks for long. */
   PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: int(0, 3600000).default(60000),
   CONSISTENCY_WAIT_MS: int(0, 60000).default(5000),
+  /** While requests wait on a consistency token, the check runs at least this often (a worker's NOTIFY runs it sooner). */
+  CONSISTENCY_POLL_MS: int(10, 60000).default(200),
 });
 
 export type Config = z.infer<typeof schema>;

@@ -1,24 +1,8 @@
 import { Queue, type ConnectionOptions, type JobsOptions } from 'bullmq';
 import type { Config } from './config.js';
+import { jobIdFor, type EventJobData } from './contract.js';
 
-/** What a job carries: one outbox row. */
-export interface EventJobData {
-  event_id: string;
-  topic: string;
-  payload: unknown;
-  created_at: string;
-}
-
-/**
- * BullMQ job id of an event. BullMQ refuses integer-looking custom ids (they
- * collide with its own counter) and ids containing ':' (its key separator),
- * so the outbox id gets a prefix and nothing else.
- */
-export function jobIdFor(eventId: string | number): string {
-  const id = String(eventId);
-  if (!/^\d+$/.test(id)) throw new Error(`event id must be digits, got ${JSON.stringify(id)}`);
-  return `evt-${id}`;
-}
+export { jobIdFor, type EventJobData } from './contract.js';
 
 export function jobOptions(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, eventId: string | number): JobsOptions {
   return {

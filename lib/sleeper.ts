@@ -1,28 +1,23 @@
+import { setTimeout as delay } from 'node:timers/promises';
+
 /**
  * Sleeps that can be cut short: wake() ends the current sleeps (new work
  * arrived), stop() ends them and every later one at once (the process is
- * stopping). The relay loop, the reconciler and the projector's retries wait
- * on one of these, so a SIGTERM never waits out a backoff.
+ * stopping). The loops (lib/loop.ts) and the projector's retries wait on one
+ * of these, so a SIGTERM never waits out a backoff.
  */
 export class Sleeper {
-  private wakers = new Set<() => void>();
+  private controller = new AbortController();
   stopped = false;
 
-  sleep(ms: number): Promise<void> {
-    if (this.stopped) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.wakers.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.wakers.add(done);
-    });
+  async sleep(ms: number): Promise<void> {
+    if (this.stopped) return;
+    await delay(ms, undefined, { signal: this.controller.signal }).catch(() => undefined);
   }
 
   wake(): void {
-    for (const w of [...this.wakers]) w();
+    this.controller.abort();
+    this.controller = new AbortController();
   }
 
   stop(): void {

@@ -3,7 +3,7 @@ import { configOrExit } from '../lib/lifecycle.js';
 import { createQueue } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createLogger } from '../lib/logger.js';
-import { createPool } from '../db/pool.js';
+import { createDb } from '../db/pool.js';
 import { listDeadLetters, type DeadLetterState } from '../db/dead-letters.js';
 import { parkEvent, replayAllFailed, replayDeadLetter } from '../workers/dead-letters.js';
 
@@ -43,15 +43,15 @@ async function main(): Promise<number> {
   }
   const config = configOrExit('events');
   const log = createLogger('warn', 'events');
-  const readPool = createPool(config.READ_DATABASE_URL, 2, log, 'events');
+  const readDb = createDb(config.READ_DATABASE_URL, { name: 'events', max: 2, log });
   const redis = createRedis(config, 'worker', log, 'events');
   const queue = createQueue(config, redis);
   queue.on('error', () => undefined);
-  const ops = { readPool, queue, config };
+  const ops = { readDb, queue, config };
   try {
     if (command === 'list') {
       const state: DeadLetterState = values.all ? 'all' : values.parked ? 'parked' : 'failed';
-      const rows = await listDeadLetters(readPool, state);
+      const rows = await listDeadLetters(readDb, state);
       if (values.json) {
         console.log(JSON.stringify(rows, null, 2));
         return 0;
@@ -93,7 +93,7 @@ async function main(): Promise<number> {
   } finally {
     await queue.close().catch(() => undefined);
     redis.disconnect();
-    await readPool.end();
+    await readDb.end();
   }
 }
 

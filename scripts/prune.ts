@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { configOrExit } from '../lib/lifecycle.js';
 import { createLogger } from '../lib/logger.js';
-import { createPool } from '../db/pool.js';
+import { createDb } from '../db/pool.js';
 import { prune } from '../db/retention.js';
 
 const USAGE = `usage: npm run prune [-- --keep-hours H]
@@ -33,14 +33,14 @@ async function main(): Promise<number> {
     keepMs = Math.round(h * 3_600_000);
   }
   const log = createLogger('warn', 'prune');
-  const writePool = createPool(config.DATABASE_URL, 1, log, 'prune');
-  const readPool = createPool(config.READ_DATABASE_URL, 1, log, 'prune');
+  const writeDb = createDb(config.DATABASE_URL, { name: 'prune', max: 1, log });
+  const readDb = createDb(config.READ_DATABASE_URL, { name: 'prune', max: 1, log });
   const tty = process.stderr.isTTY;
   const started = performance.now();
   try {
     const r = await prune({
-      writePool,
-      readPool,
+      writeDb,
+      readDb,
       keepMs,
       onProgress: (p) => {
         const s = (performance.now() - started) / 1000;
@@ -53,7 +53,7 @@ async function main(): Promise<number> {
     console.log(`prune: ${r.outbox} outbox rows and their processed_events rows deleted; every event id ≤ ${r.floor} counts as processed (limited by ${why})`);
     return 0;
   } finally {
-    await Promise.allSettled([writePool.end(), readPool.end()]);
+    await Promise.allSettled([writeDb.end(), readDb.end()]);
   }
 }
 

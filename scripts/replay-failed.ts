@@ -2,7 +2,7 @@ import { configOrExit } from '../lib/lifecycle.js';
 import { createQueue } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createLogger } from '../lib/logger.js';
-import { createPool } from '../db/pool.js';
+import { createDb } from '../db/pool.js';
 import { replayAllFailed } from '../workers/dead-letters.js';
 
 /**
@@ -13,16 +13,16 @@ import { replayAllFailed } from '../workers/dead-letters.js';
 async function main(): Promise<void> {
   const config = configOrExit('replay-failed');
   const log = createLogger('warn', 'replay-failed');
-  const readPool = createPool(config.READ_DATABASE_URL, 2, log, 'replay-failed');
+  const readDb = createDb(config.READ_DATABASE_URL, { name: 'replay-failed', max: 2, log });
   const redis = createRedis(config, 'worker', log, 'replay-failed');
   const queue = createQueue(config, redis);
   queue.on('error', () => undefined);
   try {
-    console.log(`replayed ${await replayAllFailed({ readPool, queue, config })} failed job(s)`);
+    console.log(`replayed ${await replayAllFailed({ readDb, queue, config })} failed job(s)`);
   } finally {
     await queue.close();
     redis.disconnect();
-    await readPool.end();
+    await readDb.end();
   }
 }
 

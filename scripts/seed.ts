@@ -1,4 +1,4 @@
-import type pg from 'pg';
+import { sql, type Db } from '../db/pool.js';
 
 const CATALOGUE: Record<string, [string, string][]> = {
   books: [['The Pragmatic Programmer', '39.95'], ['Designing Data-Intensive Applications', '44.99'], ['SQL Performance Explained', '29.00'], ['Release It!', '34.50']],
@@ -9,13 +9,9 @@ const CATALOGUE: Record<string, [string, string][]> = {
 };
 
 /** A small demo catalogue for `npm start -- --seed`; leaves a catalogue that has products alone. Returns how many it added. */
-export async function seedCatalogue(pool: pg.Pool): Promise<number> {
-  const { rows } = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM products');
-  if ((rows[0]?.n ?? 0) > 0) return 0;
-  const entries = Object.entries(CATALOGUE).flatMap(([category, items]) => items.map(([name, price]) => ({ name, category, price })));
-  await pool.query(
-    `INSERT INTO products (name, category, price, stock) SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::int[])`,
-    [entries.map((e) => e.name), entries.map((e) => e.category), entries.map((e) => e.price), entries.map(() => 10_000)],
-  );
+export async function seedCatalogue(db: Db): Promise<number> {
+  if (await db.exists(sql.typeAlias('void')`SELECT FROM products`)) return 0;
+  const entries = Object.entries(CATALOGUE).flatMap(([category, items]) => items.map(([name, price]) => [name, category, price, 10_000]));
+  await db.query(sql.typeAlias('void')`INSERT INTO products (name, category, price, stock) SELECT * FROM ${sql.unnest(entries, ['text', 'text', 'numeric', 'int4'])}`);
   return entries.length;
 }

@@ -4,7 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { concurrently } from 'concurrently';
-import pg from 'pg';
+import { createDb } from '../db/pool.js';
+import { createLogger } from '../lib/logger.js';
 import { projectRoot } from '../lib/paths.js';
 import { getConfig, ConfigError } from '../lib/config.js';
 import { postgres, redis, withDatabase, type Service } from './local-services.js';
@@ -72,9 +73,9 @@ async function main(): Promise<void> {
     const release = spawnSync('sh', ['-c', procs.get('release')!], { cwd: projectRoot, env: { ...process.env, ...env }, stdio: 'inherit' });
     if (release.status !== 0) throw new Error('release (migrations) failed');
     if (values.seed) {
-      const pool = new pg.Pool({ connectionString: config.DATABASE_URL });
-      const n = await seedCatalogue(pool);
-      await pool.end();
+      const db = createDb(config.DATABASE_URL, { name: 'seed', max: 1, log: createLogger('warn', 'seed') });
+      const n = await seedCatalogue(db);
+      await db.end();
       say(n > 0 ? `seeded a demo catalogue of ${n} products` : 'catalogue already has products; --seed left it alone');
     }
 

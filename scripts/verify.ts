@@ -1,4 +1,6 @@
-import pg from 'pg';
+import { z } from 'zod';
+import { createDb, sql } from '../db/pool.js';
+import { createLogger } from '../lib/logger.js';
 import { configOrExit } from '../lib/lifecycle.js';
 import { compareEventIds, compareViews, type Difference, type EventIdComparison } from '../db/recompute.js';
 
@@ -21,40 +23,42 @@ if (!Number.isFinite(waitSeconds) || waitSeconds < 0) {
 
 async function main(): Promise<number> {
   const config = configOrExit('verify');
-  const write = new pg.Client({ connectionString: config.DATABASE_URL, options: '-c TimeZone=UTC', application_name: 'verify' });
-  const read = new pg.Client({ connectionString: config.READ_DATABASE_URL, options: '-c TimeZone=UTC', application_name: 'verify' });
-  await write.connect();
-  await read.connect();
+  const log = createLogger('warn', 'verify');
+  const writeDb = createDb(config.DATABASE_URL, { name: 'verify', max: 1, log });
+  const readDb = createDb(config.READ_DATABASE_URL, { name: 'verify', max: 1, log });
+  const deadline = Date.now() + waitSeconds * 1000;
   try {
-    const deadline = Date.now() + waitSeconds * 1000;
-    for (let attempt = 1; ; attempt++) {
-      await write.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      await write.query('SELECT 1'); // take the write_db snapshot first
-      await read.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      const ids = await compareEventIds(write, read);
-      if (ids.unprocessed.length === 0 && ids.unknown.length === 0) {
-        const plus = ids.parked.flatMap((p) => (p.deltas ? [p.deltas] : []));
-        const diffs = await compareViews(write, read, plus);
-        await write.query('COMMIT');
-        await read.query('COMMIT');
-        const { rows } = await write.query<{ n: string }>('SELECT count(*)::text AS n FROM outbox');
-        return report(diffs, Number(rows[0]!.n), ids);
-      }
-      await write.query('COMMIT');
-      await read.query('COMMIT');
-      if (Date.now() > deadline) {
-        console.log(`verify: the read model did not catch up within ${waitSeconds} s`);
-        console.log(`  events not yet applied: ${ids.unprocessed.length} (first ids: ${ids.unprocessed.slice(0, 10).join(', ')})`);
-        if (ids.unknown.length > 0) console.log(`  processed ids that are not in the outbox: ${ids.unknown.slice(0, 10).join(', ')}`);
-        return 1;
-      }
-      if (attempt === 1) process.stdout.write(`verify: waiting for ${ids.unprocessed.length} event(s) to be applied`);
-      else process.stdout.write('.');
-      await new Promise((r) => setTimeout(r, 250));
-    }
+    return await readDb.connect((read) =>
+      writeDb.connect(async (write) => {
+        for (let attempt = 1; ; attempt++) {
+          await write.query(sql.typeAlias('void')`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`);
+          await write.query(sql.typeAlias('void')`SELECT`); // take the write_db snapshot first
+          await read.query(sql.typeAlias('void')`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`);
+          try {
+            const ids = await compareEventIds(write, read);
+            if (ids.unprocessed.length === 0 && ids.unknown.length === 0) {
+              const diffs = await compareViews(write, read, ids.parked.flatMap((p) => p.event ?? []));
+              const events = await write.oneFirst(sql.type(z.object({ n: z.number() }))`SELECT count(*)::int AS n FROM outbox`);
+              return report(diffs, events, ids);
+            }
+            if (Date.now() > deadline) {
+              console.log(`verify: the read model did not catch up within ${waitSeconds} s`);
+              console.log(`  events not yet applied: ${ids.unprocessed.length} (first ids: ${ids.unprocessed.slice(0, 10).join(', ')})`);
+              if (ids.unknown.length > 0) console.log(`  processed ids that are not in the outbox: ${ids.unknown.slice(0, 10).join(', ')}`);
+              return 1;
+            }
+            if (attempt === 1) process.stdout.write(`verify: waiting for ${ids.unprocessed.length} event(s) to be applied`);
+            else process.stdout.write('.');
+          } finally {
+            await write.query(sql.typeAlias('void')`COMMIT`);
+            await read.query(sql.typeAlias('void')`COMMIT`);
+          }
+          await new Promise((r) => setTimeout(r, 250));
+        }
+      }),
+    );
   } finally {
-    await write.end();
-    await read.end();
+    await Promise.allSettled([writeDb.end(), readDb.end()]);
   }
 }
 
@@ -68,7 +72,7 @@ function report(diffs: Difference[], events: number, ids: EventIdComparison): nu
     console.log(`\nverify: ${ids.failed.length} event(s) failed for good and wait for a decision (npm run events -- list; replay after a fix, or park): ${list(ids.failed)}`);
   }
   if (diffs.length === 0 && ids.failed.length === 0) {
-    console.log(`\nverify: OK — all four views equal the recomputation from write_db; ${events} events, each applied once${ids.parked.length > 0 ? ' or parked' : ''}`);
+    console.log(`\nverify: OK — every view equals its recomputation from write_db; ${events} events, each applied once${ids.parked.length > 0 ? ' or parked' : ''}`);
     return 0;
   }
   if (diffs.length === 0) return 1;

@@ -27,7 +27,7 @@ describe('dashboard (end to end, headless Chromium)', function () {
     await call(f.base, 'POST', '/orders', { customer_id: 2, items: [{ product_id: toys, quantity: 10 }] });
     const c = await call(f.base, 'POST', '/orders', { customer_id: 3, items: [{ product_id: tools, quantity: 1 }] });
     await call(f.base, 'POST', `/orders/${c.json.id}/cancel`);
-    await waitForDrain(f.write, f.read);
+    await waitForDrain(f.writeDb, f.readDb);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],

@@ -27,7 +27,7 @@ describe('dead letters, retention and rebuild together (integration)', function 
   let worker: ProjectorHandle | undefined;
   let redis: RedisClient;
   let queue: Queue<EventJobData>;
-  const ops = () => ({ readPool: f.read, queue, config: f.env.config });
+  const ops = () => ({ readDb: f.readDb, queue, config: f.env.config });
 
   beforeEach(async () => {
     f = await startTestWeb({ RECONCILE_INTERVAL_MS: '200', RECONCILE_GRACE_MS: '500', JOB_BACKOFF_MS: '50', CONSISTENCY_WAIT_MS: '1000' });
@@ -83,12 +83,12 @@ describe('dead letters, retention and rebuild together (integration)', function 
     const { e } = await poison();
     assert.equal(await parkEvent(ops(), String(e), 'operator decision'), 'parked');
     await f.read.query('ALTER TABLE product_sales_view DROP CONSTRAINT test_no_x');
-    await waitForDrain(f.write, f.read, 15_000);
+    await waitForDrain(f.writeDb, f.readDb, 15_000);
     const top = await maxId();
     await until('watermark at the top', async () => (await watermark()) >= top);
     const v0 = await verify();
     assert.equal(v0.code, 0, v0.out);
-    const pr = await prune({ writePool: f.write, readPool: f.read, keepMs: 0 });
+    const pr = await prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 0 });
     assert.ok(pr.floor >= e, `floor ${pr.floor} passed the parked event ${e}`);
     const v1 = await verify();
     assert.equal(v1.code, 0, v1.out);
@@ -118,7 +118,7 @@ describe('dead letters, retention and rebuild together (integration)', function 
     // Meanwhile the reconciler, which saw e unresolved and its job in the failed set a moment earlier, records it
     // (Reconciler.recordFailed -> recordDeadLetter): processed_events does not show e yet, so the row goes in.
     // (It waits for the worker's batch to end: its lock conflicts with the batch's insert into processed_events.)
-    const recording = recordDeadLetter(f.read, { event_id: String(e), topic: 'order.created', payload: {}, error: 'failed (no reason recorded)', attempts: 8 });
+    const recording = recordDeadLetter(f.readDb, { event_id: String(e), topic: 'order.created', payload: {}, error: 'failed (no reason recorded)', attempts: 8 });
     await sleep(300);
     await holder.query('ROLLBACK');
     await holder.end();
@@ -126,7 +126,7 @@ describe('dead letters, retention and rebuild together (integration)', function 
     await until('e applied', async () => (await f.read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [String(e)])).rows.length > 0);
     await sleep(500);
     assert.equal(await one('SELECT 1 FROM dead_letters WHERE event_id = $1', [String(e)]), undefined, 'applied, so not a dead letter');
-    assert.equal(await parkDeadLetter(f.read, String(e), 'cannot park'), 'processed');
+    assert.equal(await parkDeadLetter(f.readDb, String(e), 'cannot park'), 'processed');
     assert.equal(await replayDeadLetter(ops(), String(e)), 'not_found');
     const still = (await f.read.query('SELECT 1 FROM dead_letters WHERE event_id = $1 AND parked_at IS NULL', [String(e)])).rows.length > 0;
     const v = await verify();
@@ -144,7 +144,7 @@ describe('dead letters, retention and rebuild together (integration)', function 
     const { e } = await poison();
     assert.equal(await parkEvent(ops(), String(e), 'decided'), 'parked');
     await f.read.query('ALTER TABLE product_sales_view DROP CONSTRAINT test_no_x'); // fixed: the operator wants it applied after all
-    await waitForDrain(f.write, f.read, 15_000);
+    await waitForDrain(f.writeDb, f.readDb, 15_000);
     const top = await maxId();
     await until('watermark at the top', async () => (await watermark()) >= top);
     await worker!.stop();
@@ -155,7 +155,7 @@ describe('dead letters, retention and rebuild together (integration)', function 
     await blocker.connect();
     await blocker.query('BEGIN');
     await blocker.query('LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE');
-    const pruning = prune({ writePool: f.write, readPool: f.read, keepMs: 0 });
+    const pruning = prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 0 });
     await sleep(500); // prune has read: no unparked dead letter
     const r = await replayDeadLetter(ops(), String(e)); // reads the floor (below e), unparks, enqueues
     assert.equal(r, 'requeued');
@@ -173,7 +173,7 @@ describe('dead letters, retention and rebuild together (integration)', function 
     const t = o.headers.get('x-consistency-token')!;
     await until('new order applied', async () => (await f.read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [t])).rows.length > 0);
     assert.equal((await call(f.base, 'GET', '/analytics/customers/99', undefined, { 'X-Consistency-Token': t })).status, 200);
-    assert.ok((await prune({ writePool: f.write, readPool: f.read, keepMs: 0 })).floor >= e, 'prune goes on past it');
+    assert.ok((await prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 0 })).floor >= e, 'prune goes on past it');
     assert.equal(await floor() >= e, true);
   });
 

@@ -10,7 +10,7 @@ import { Reconciler } from '../workers/relay/reconciler.js';
 import { relayBatch } from '../workers/relay/relay.js';
 import { createQueue, jobIdFor, type EventJobData } from '../lib/queue.js';
 import { createRedis, type RedisClient } from '../lib/redis.js';
-import { createPool, type Pool } from '../db/pool.js';
+import { createDb, type Db } from '../db/pool.js';
 import type { Queue } from 'bullmq';
 
 /** Regression tests for the holes of issue "Exactly-once under every fault"; each failed on the code before the fix. */
@@ -19,15 +19,19 @@ describe('exactly once under faults (integration)', function () {
 
   describe('the reconciler', () => {
     let env: TestEnv;
-    let write: Pool;
-    let read: Pool;
+    let write: pg.Pool;
+    let read: pg.Pool;
+    let writeDb: Db;
+    let readDb: Db;
     let redis: RedisClient;
     let queue: Queue<EventJobData>;
 
     beforeEach(async () => {
       env = await createTestEnv({ RECONCILE_GRACE_MS: '0' });
-      write = createPool(env.config.DATABASE_URL, 4, testLog, 'test');
-      read = createPool(env.config.READ_DATABASE_URL, 4, testLog, 'test');
+      write = new pg.Pool({ connectionString: env.config.DATABASE_URL, max: 4 });
+      read = new pg.Pool({ connectionString: env.config.READ_DATABASE_URL, max: 4 });
+      writeDb = createDb(env.config.DATABASE_URL, { name: 'test', max: 4, log: testLog });
+      readDb = createDb(env.config.READ_DATABASE_URL, { name: 'test', max: 4, log: testLog });
       redis = createRedis(env.config, 'producer', testLog, 'test');
       queue = createQueue(env.config, redis);
       await queue.waitUntilReady();
@@ -35,17 +39,16 @@ describe('exactly once under faults (integration)', function () {
     afterEach(async () => {
       await queue.close();
       redis.disconnect();
-      await write.end();
-      await read.end();
+      await Promise.all([write.end(), read.end(), writeDb.end(), readDb.end()]);
     });
 
     const drainRelay = async () => {
-      while ((await relayBatch(write, queue, env.config)) > 0);
+      while ((await relayBatch(writeDb, queue, env.config)) > 0);
     };
     const watermark = async () => Number((await read.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark')).rows[0]!.w);
 
     it('never passes an outbox id whose transaction is still open, and re-enqueues it once it commits and Redis loses it', async () => {
-      const reconciler = new Reconciler(write, read, queue, redis, env.config, testLog);
+      const reconciler = new Reconciler(writeDb, readDb, queue, redis, env.config, testLog);
       // A settled event below, so that the watermark has somewhere to go.
       await write.query(`INSERT INTO outbox (topic, payload) VALUES ('order.paid', '{}')`);
       await drainRelay();
@@ -75,7 +78,7 @@ describe('exactly once under faults (integration)', function () {
     });
 
     it('finds a loss 20,000 ids beyond an event that stays unresolved', async () => {
-      const reconciler = new Reconciler(write, read, queue, redis, env.config, testLog);
+      const reconciler = new Reconciler(writeDb, readDb, queue, redis, env.config, testLog);
       await write.query(`INSERT INTO outbox (topic, payload) SELECT 'order.paid', '{}' FROM generate_series(1, 20600)`);
       await drainRelay();
       // Event 1 stays in the queue unapplied (no worker runs); everything else but 20502 was applied,
@@ -89,7 +92,7 @@ describe('exactly once under faults (integration)', function () {
       assert.equal(await watermark(), 0, 'event 1 still holds the watermark');
       // A restarted reconciler starts again from the watermark and gets there too.
       await (await queue.getJob(jobIdFor(20502)))!.remove();
-      const fresh = new Reconciler(write, read, queue, redis, env.config, testLog);
+      const fresh = new Reconciler(writeDb, readDb, queue, redis, env.config, testLog);
       requeued = 0;
       for (let i = 0; i < 5 && requeued === 0; i++) requeued += (await fresh.tick()).requeued;
       assert.equal(requeued, 1);
@@ -286,11 +289,11 @@ describe('exactly once under faults (integration)', function () {
       assert.equal((await call(f.base, 'POST', `/admin/events/${malformed}/park`, 'reason=x', { ...admin, 'content-type': 'application/x-www-form-urlencoded' })).status, 415);
       await f.read.query('ALTER TABLE product_sales_view DROP CONSTRAINT test_no_x');
       assert.match(await new Proc('scripts/events.js', f.env.env, ['replay', String(refused)]).run(), new RegExp(`${refused}: retried`));
-      await waitForDrain(f.write, f.read, 10_000);
+      await waitForDrain(f.writeDb, f.readDb, 10_000);
       const v2 = await new Proc('scripts/verify.js', f.env.env).run();
       assert.match(v2, new RegExp(`1 parked event\\(s\\).*${malformed}`));
       assert.match(v2, /verify: OK/);
-      await assertConsistent(f.write, f.read, [malformed]);
+      await assertConsistent(f.writeDb, f.readDb, [malformed]);
       assert.match(await new Proc('scripts/events.js', f.env.env, ['list', '--parked']).run(), /written by hand/);
     });
   });

@@ -112,15 +112,15 @@ describe('life cycle under load (integration)', function () {
         await sleep(150);
         const { rows } = await f.write.query<{ id: number; topic: string; payload: unknown; created_at: string }>('SELECT id, topic, payload, created_at FROM outbox WHERE id > $1 ORDER BY id', [all.at(-1)?.id ?? 0]);
         all.push(...rows);
-        pruned += (await prune({ writePool: f.write, readPool: f.read, keepMs: 0 })).outbox;
+        pruned += (await prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 0 })).outbox;
       }
       stop = true;
       await load;
       const { rows: rest } = await f.write.query<{ id: number; topic: string; payload: unknown; created_at: string }>('SELECT id, topic, payload, created_at FROM outbox WHERE id > $1 ORDER BY id', [all.at(-1)?.id ?? 0]);
       all.push(...rest);
       assert.ok(pruned > 100, `pruned ${pruned} of ${all.length} events while orders flowed`);
-      await waitForDrain(f.write, f.read, 20_000);
-      await assertConsistent(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb, 20_000);
+      await assertConsistent(f.writeDb, f.readDb);
       assert.match(await new Proc('scripts/verify.js', f.env.env).run(), /verify: OK/);
 
       // Every event again, pruned ones included (completed jobs are gone, so BullMQ takes them).
@@ -137,7 +137,7 @@ describe('life cycle under load (integration)', function () {
       } finally {
         await queue.close();
       }
-      await assertConsistent(f.write, f.read);
+      await assertConsistent(f.writeDb, f.readDb);
     });
   });
 });

@@ -6,6 +6,7 @@ import { waitForDrain, assertConsistent, sleep } from './support/pipeline.js';
 import { createProduct } from './support/web.js';
 import { RUN_ID, testLog } from './support/env.js';
 import { migrate } from '../db/migrate.js';
+import { createDb, type Db } from '../db/pool.js';
 
 /**
  * Backing services go away under every Procfile process: PostgreSQL stopped
@@ -18,8 +19,8 @@ describe('outages of PostgreSQL and Redis (integration, private servers)', funct
   let db: PrivatePostgres;
   let redis: PrivateRedis;
   let env: Record<string, string>;
-  let write: pg.Pool;
-  let read: pg.Pool;
+  let writeDb: Db;
+  let readDb: Db;
   let base: string;
   const procs: Proc[] = [];
   const admin = { authorization: `Basic ${Buffer.from('ops:correct horse battery').toString('base64')}` };
@@ -45,15 +46,13 @@ describe('outages of PostgreSQL and Redis (integration, private servers)', funct
     base = `http://127.0.0.1:${port}`;
     for (const script of ['api/main.js', 'workers/relay/main.js', 'workers/relay/main.js', 'workers/projector/main.js', 'workers/projector/main.js']) procs.push(new Proc(script, env).start());
     for (let i = 0; i < 100 && (await fetch(`${base}/readyz`).then((r) => r.status, () => 0)) !== 200; i++) await sleep(100);
-    write = new pg.Pool({ connectionString: env.DATABASE_URL, max: 2 });
-    read = new pg.Pool({ connectionString: env.READ_DATABASE_URL, max: 2 });
-    write.on('error', () => undefined);
-    read.on('error', () => undefined);
+    writeDb = createDb(env.DATABASE_URL!, { name: 'test', max: 2, log: testLog });
+    readDb = createDb(env.READ_DATABASE_URL!, { name: 'test', max: 2, log: testLog });
   });
   after(async () => {
     for (const p of procs) await p.signal('SIGKILL');
-    await write?.end();
-    await read?.end();
+    await writeDb?.end();
+    await readDb?.end();
     await redis?.kill();
     await db?.destroy();
   });
@@ -135,8 +134,8 @@ describe('outages of PostgreSQL and Redis (integration, private servers)', funct
     assert.deepEqual(statuses(during, 'GET /readyz'), new Set([503]));
     assert.deepEqual(statuses(during, 'GET /metrics'), new Set([200]));
     assert.deepEqual(statuses(during, 'GET /'), new Set([200]));
-    await waitForDrain(write, read, 60_000);
-    await assertConsistent(write, read);
+    await waitForDrain(writeDb, readDb, 60_000);
+    await assertConsistent(writeDb, readDb);
     assertAlive();
   });
 
@@ -157,8 +156,8 @@ describe('outages of PostgreSQL and Redis (integration, private servers)', funct
       await admin.query('ALTER DATABASE read_db ALLOW_CONNECTIONS true').catch(() => undefined);
       await admin.end();
     }
-    await waitForDrain(write, read, 60_000);
-    await assertConsistent(write, read);
+    await waitForDrain(writeDb, readDb, 60_000);
+    await assertConsistent(writeDb, readDb);
     assertAlive();
   });
 
@@ -173,8 +172,8 @@ describe('outages of PostgreSQL and Redis (integration, private servers)', funct
     assert.deepEqual(statuses(during, 'GET /metrics'), new Set([200]));
     assert.deepEqual(statuses(during, 'GET /'), new Set([200]));
     assert.deepEqual(statuses(during, 'GET /admin/queues'), new Set([503]));
-    await waitForDrain(write, read, 60_000);
-    await assertConsistent(write, read);
+    await waitForDrain(writeDb, readDb, 60_000);
+    await assertConsistent(writeDb, readDb);
     assertAlive();
   });
 });

@@ -37,8 +37,8 @@ describe('pipeline: outbox → relay → BullMQ → projector → read model (in
     await Promise.all(orders.filter((_, i) => i % 5 === 0).map((o) => call(f.base, 'POST', `/orders/${o.json.id}/cancel`)));
     // A product moving to another category later must not move its past sales.
     await call(f.base, 'PATCH', `/products/${products[0]}`, { category: 'renamed' });
-    await waitForDrain(f.write, f.read);
-    await assertConsistent(f.write, f.read);
+    await waitForDrain(f.writeDb, f.readDb);
+    await assertConsistent(f.writeDb, f.readDb);
     const { rows } = await f.read.query<{ n: string }>(`SELECT count(*)::text AS n FROM category_metrics_view WHERE category_name = 'renamed'`);
     assert.equal(rows[0]!.n, '0');
   });

@@ -3,7 +3,9 @@ import fc from 'fast-check';
 import pg from 'pg';
 import { createTestEnv } from './support/env.js';
 import { applyEvents, type ProjectionEvent } from '../workers/projector/apply.js';
-import { deltasFor } from '../workers/projector/deltas.js';
+import { orderEvent } from '../workers/projector/events.js';
+import { createDb, type Db } from '../db/pool.js';
+import { testLog } from './support/env.js';
 
 const VIEWS = ['product_sales_view', 'category_metrics_view', 'customer_ltv_view', 'hourly_sales_view'];
 
@@ -53,8 +55,8 @@ function eventsOf(orders: GenOrder[]): ProjectionEvent[] {
       created_at: `2026-11-25T0${o.hour}:1${n % 10}:00.000000Z`,
       items,
     };
-    events.push({ event_id: String(++id), deltas: deltasFor('order.created', payload) });
-    if (o.cancelled) events.push({ event_id: String(++id), deltas: deltasFor('order.cancelled', payload) });
+    events.push({ event_id: String(++id), event: orderEvent('order.created', payload) });
+    if (o.cancelled) events.push({ event_id: String(++id), event: orderEvent('order.cancelled', payload) });
   });
   return events;
 }
@@ -62,12 +64,17 @@ function eventsOf(orders: GenOrder[]): ProjectionEvent[] {
 describe('projection (property, real read_db): any arrival order, batching and duplication gives the same views', function () {
   this.timeout(120_000);
   let pool: pg.Pool;
+  let db: Db;
 
   before(async () => {
     const env = await createTestEnv();
     pool = new pg.Pool({ connectionString: env.config.READ_DATABASE_URL, max: 4 });
+    db = createDb(env.config.READ_DATABASE_URL, { name: 'test', max: 6, log: testLog });
   });
-  after(async () => pool.end());
+  after(async () => {
+    await pool.end();
+    await db.end();
+  });
 
   it('holds for 25 random histories', async () => {
     await fc.assert(
@@ -78,7 +85,7 @@ describe('projection (property, real read_db): any arrival order, batching and d
         async (orders, randoms, batchSize) => {
           const events = eventsOf(orders);
           await reset(pool);
-          await applyEvents(pool, events);
+          await applyEvents(db, events);
           const once = await dump(pool);
 
           await reset(pool);
@@ -92,7 +99,7 @@ describe('projection (property, real read_db): any arrival order, batching and d
           }
           const batches: ProjectionEvent[][] = [];
           for (let i = 0; i < deliveries.length; i += batchSize) batches.push(deliveries.slice(i, i + batchSize));
-          await Promise.all(batches.map((b) => applyEvents(pool, b)));
+          await Promise.all(batches.map((b) => applyEvents(db, b)));
           assert.equal(await dump(pool), once);
           const { rows } = await pool.query<{ n: string }>('SELECT count(*)::text AS n FROM processed_events');
           assert.equal(Number(rows[0]!.n), events.length);

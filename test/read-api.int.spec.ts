@@ -28,7 +28,7 @@ describe('read side and operations (integration)', function () {
     await call(f.base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: toys, quantity: 10 }] }); // 1.00
     const c = await call(f.base, 'POST', '/orders', { customer_id: 2, items: [{ product_id: tools, quantity: 1 }] });
     await call(f.base, 'POST', `/orders/${c.json.id}/cancel`);
-    await waitForDrain(f.write, f.read);
+    await waitForDrain(f.writeDb, f.readDb);
   });
   after(async () => {
     await relay?.stop();
@@ -65,7 +65,7 @@ describe('read side and operations (integration)', function () {
       await call(f.base, 'POST', '/orders', { customer_id: 601, items: [{ product_id: nine, quantity: 1 }] });
       const last = await call(f.base, 'POST', '/orders', { customer_id: 602, items: [{ product_id: ten, quantity: 1 }] });
       const token = { 'X-Consistency-Token': last.headers.get('x-consistency-token')! };
-      await waitForDrain(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb);
       const products = (await call(f.base, 'GET', '/analytics/products/top?by=revenue&limit=100', undefined, token)).json.items.map((p: { product_id: number }) => p.product_id);
       assert.ok(products.indexOf(ten) < products.indexOf(nine), `products: ${products}`);
       const customers = (await call(f.base, 'GET', '/analytics/customers/top?limit=100')).json.items.map((c: { customer_id: number }) => c.customer_id);
@@ -169,7 +169,7 @@ describe('read side and operations (integration)', function () {
     const run = (script: string) => new Proc(script, f.env.env);
 
     it('verify exits 0 on a healthy system, 1 after tampering, and 0 again after rebuild', async () => {
-      await waitForDrain(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb);
       assert.match(await run('scripts/verify.js').run(), /verify: OK/);
       await f.read.query('UPDATE product_sales_view SET total_revenue = total_revenue + 0.01 WHERE product_id = $1', [tools]);
       await f.read.query(`DELETE FROM category_metrics_view WHERE category_name = 'toys'`);
@@ -179,11 +179,11 @@ describe('read side and operations (integration)', function () {
       assert.match(bad.output, /category_metrics_view\s+toys\s+total_revenue\s+1\.3\s+\(no row\)/);
       assert.match(await run('scripts/rebuild.js').run(), /rebuild: done/);
       assert.match(await run('scripts/verify.js').run(), /verify: OK/);
-      await assertConsistent(f.write, f.read);
+      await assertConsistent(f.writeDb, f.readDb);
     });
 
     it('an outbox pruned below the watermark still verifies, and rebuild keeps the pruned ids deduplicated', async () => {
-      await waitForDrain(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb);
       const { rows } = await f.write.query<{ cut: number; n: number }>('SELECT (min(id) + max(id)) / 2 AS cut, count(*)::int AS n FROM outbox');
       const cut = rows[0]!.cut;
       await f.write.query('DELETE FROM outbox WHERE id <= $1', [cut]);
@@ -211,8 +211,8 @@ describe('read side and operations (integration)', function () {
       }
       stop = true;
       await load;
-      await waitForDrain(f.write, f.read);
-      await assertConsistent(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb);
+      await assertConsistent(f.writeDb, f.readDb);
     });
   });
 });

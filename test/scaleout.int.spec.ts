@@ -41,7 +41,7 @@ describe('scale-out (integration)', function () {
       assert.match(f.env.config.QUEUE_PREFIX, /^\{.+\}$/);
       const products = await catalogue(f.base);
       await traffic([f.base], products, 20, 'slot');
-      await waitForDrain(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb);
       const client = new Cluster(clusterNodes(cluster.nodes));
       try {
         await new Promise((resolve) => client.once('ready', resolve)); // nodes() is empty until connected
@@ -53,7 +53,7 @@ describe('scale-out (integration)', function () {
       } finally {
         client.disconnect();
       }
-      await assertConsistent(f.write, f.read);
+      await assertConsistent(f.writeDb, f.readDb);
       // Readiness, metrics and Bull Board use the cluster too.
       assert.equal((await call(f.base, 'GET', '/readyz')).status, 200);
       assert.match((await call(f.base, 'GET', '/metrics')).body as string, /queue_jobs\{state="completed"\} [1-9]/);
@@ -74,8 +74,8 @@ describe('scale-out (integration)', function () {
       const failed = await load;
       // Intake writes only PostgreSQL: orders keep succeeding while the node is down.
       assert.equal(failed, undefined);
-      await waitForDrain(f.write, f.read, 90_000);
-      await assertConsistent(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb, 90_000);
+      await assertConsistent(f.writeDb, f.readDb);
     });
   });
 
@@ -112,8 +112,8 @@ describe('scale-out (integration)', function () {
       relay = await startRelay(f.env.config, testLog);
       worker = await startProjector(f.env.config, testLog);
       await traffic([f.base], await catalogue(f.base), 120, 'two-servers');
-      await waitForDrain(f.write, f.read);
-      await assertConsistent(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb);
+      await assertConsistent(f.writeDb, f.readDb);
       await f.read.query('UPDATE hourly_sales_view SET total_orders = total_orders + 1');
       await assert.rejects(new Proc('scripts/verify.js', f.env.env).run(), /exited 1/);
       assert.match(await new Proc('scripts/rebuild.js', f.env.env).run(), /rebuild: done/);
@@ -141,8 +141,8 @@ describe('scale-out (integration)', function () {
       const bases = ports.map((p) => `http://127.0.0.1:${p}`);
       const products = await catalogue(bases[0]!);
       await traffic(bases, products, 600, 'many');
-      await waitForDrain(f.write, f.read, 90_000);
-      await assertConsistent(f.write, f.read);
+      await waitForDrain(f.writeDb, f.readDb, 90_000);
+      await assertConsistent(f.writeDb, f.readDb);
       await sleep(5500); // one metrics push
       const text = (await call(bases[1]!, 'GET', '/metrics')).body as string;
       for (const w of bases) {

@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import { jobIdFor, toJob, type EventJobData } from '../lib/queue.js';
 import { listDeadLetters, parkDeadLetter, prepareReplay, type ParkResult } from '../db/dead-letters.js';
-import type { Pool } from '../db/pool.js';
+import type { Db } from '../db/pool.js';
 import type { Config } from '../lib/config.js';
 
 /**
@@ -11,7 +11,7 @@ import type { Config } from '../lib/config.js';
  */
 
 export interface Ops {
-  readPool: Pool;
+  readDb: Db;
   queue: Queue<EventJobData>;
   config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>;
 }
@@ -23,9 +23,9 @@ export type ReplayResult = 'retried' | 'requeued' | 'in_queue' | 'not_found' | '
  * in the failed set, or enqueue it again if Redis no longer has it. It stays a
  * dead letter until a worker applies it (or it fails again).
  */
-export async function replayDeadLetter({ readPool, queue, config }: Ops, eventId: string): Promise<ReplayResult> {
+export async function replayDeadLetter({ readDb, queue, config }: Ops, eventId: string): Promise<ReplayResult> {
   const job = await queue.getJob(jobIdFor(eventId));
-  const check = await prepareReplay(readPool, eventId);
+  const check = await prepareReplay(readDb, eventId);
   if (!check.ok) {
     // A job that failed before its dead letter could be recorded.
     if (check.why === 'not_found' && job && (await job.isFailed())) {
@@ -49,9 +49,9 @@ export async function replayDeadLetter({ readPool, queue, config }: Ops, eventId
 
 /** Every dead letter waiting for a decision, plus any job in BullMQ's failed set. */
 export async function replayAllFailed(ops: Ops): Promise<number> {
-  const { readPool, queue } = ops;
+  const { readDb, queue } = ops;
   let n = 0;
-  for (const dl of await listDeadLetters(readPool, 'failed', 100_000)) {
+  for (const dl of await listDeadLetters(readDb, 'failed', 100_000)) {
     const r = await replayDeadLetter(ops, dl.event_id);
     if (r === 'retried' || r === 'requeued') n++;
   }
@@ -61,8 +61,8 @@ export async function replayAllFailed(ops: Ops): Promise<number> {
 }
 
 /** Park an event: recorded with its reason in read_db, and its job leaves the failed set (a worker would skip it anyway). */
-export async function parkEvent({ readPool, queue }: Ops, eventId: string, reason: string): Promise<ParkResult> {
-  const r = await parkDeadLetter(readPool, eventId, reason);
+export async function parkEvent({ readDb, queue }: Ops, eventId: string, reason: string): Promise<ParkResult> {
+  const r = await parkDeadLetter(readDb, eventId, reason);
   if (r === 'parked') {
     const job = await queue.getJob(jobIdFor(eventId));
     if (job && (await job.isFailed())) await job.remove();

@@ -1,5 +1,7 @@
 import { Queue } from 'bullmq';
 import type pg from 'pg';
+import { createDb, type Db } from '../../db/pool.js';
+import { testLog } from '../support/env.js';
 import { compareEventIds, compareViews } from '../../db/recompute.js';
 import { jobIdFor } from '../../lib/queue.js';
 import { sleep } from '../support/pipeline.js';
@@ -41,8 +43,15 @@ export async function finishRun(sys: ChaosSystem): Promise<EndState> {
     const drained = await drain(sys, write, read, queue);
     const drainedMs = Date.now() - t0;
     sys.journal.note(drained ? `drained in ${drainedMs} ms` : `not drained after ${drainedMs} ms`);
-    await checkEvents(sys, write, read, queue);
-    await checkViews(sys, write, read);
+    // The system's own comparisons (db/recompute.ts), through its SQL layer.
+    const writeDb = createDb(sys.writeUrl, { name: 'chaos-harness', max: 2, log: testLog });
+    const readDb = createDb(sys.readUrl, { name: 'chaos-harness', max: 2, log: testLog });
+    try {
+      await checkEvents(sys, writeDb, readDb, read, queue);
+      await checkViews(sys, writeDb, readDb);
+    } finally {
+      await Promise.allSettled([writeDb.end(), readDb.end()]);
+    }
     await checkOrders(sys, write);
     await checkStock(sys, write);
     const { rows } = await write.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox');
@@ -163,9 +172,10 @@ async function allHopeless(left: string[], s: Snapshot, write: pg.Pool, read: pg
 }
 
 /** (1) none lost, (2) none applied twice, (5) failed/parked = exactly the poison. */
-async function checkEvents(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Queue): Promise<void> {
+async function checkEvents(sys: ChaosSystem, writeDb: Db, readDb: Db, read: pg.Pool, queue: Queue): Promise<void> {
   const poison = new Map(sys.model.poison.map((p) => [String(p.eventId), p.kind]));
-  const ids = await compareEventIds(write, read);
+  const ids = await compareEventIds(writeDb, readDb);
+  const write = sys.pool('write');
   const s = await snapshot(write, read, queue);
 
   const lost = ids.unprocessed.map(String).filter((id) => !poison.has(id));
@@ -202,7 +212,7 @@ async function checkEvents(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queu
 }
 
 /** (3) every view equals the SPEC §3 recomputation. */
-async function checkViews(sys: ChaosSystem, write: pg.Pool, read: pg.Pool): Promise<void> {
+async function checkViews(sys: ChaosSystem, write: Db, read: Db): Promise<void> {
   const diffs = await compareViews(write, read);
   if (diffs.length > 0) {
     sys.journal.violation('views', `${diffs.length} difference(s) between the read model and SPEC §3`, diffs.slice(0, 30).map((d) => `${d.view}[${d.key}].${d.column}: expected ${d.expected}, actual ${d.actual}`).join('\n'));

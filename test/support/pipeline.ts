@@ -1,17 +1,19 @@
-import type pg from 'pg';
+import type { Db } from '../../db/pool.js';
+import { z } from 'zod';
+import { sql } from '../../db/pool.js';
 import { compareEventIds, compareViews, type Difference } from '../../db/recompute.js';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Wait until every outbox row is published and its id processed; throws with the backlog after `timeoutMs`. */
-export async function waitForDrain(write: pg.Pool, read: pg.Pool, timeoutMs = 60_000): Promise<void> {
+export async function waitForDrain(write: Db, read: Db, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
-    const { rows: w } = await write.query<{ unpublished: string }>('SELECT count(*)::text AS unpublished FROM outbox WHERE published_at IS NULL');
+    const unpublished = await write.oneFirst(sql.type(z.object({ n: z.number() }))`SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL`);
     const ids = await compareEventIds(write, read);
-    last = `unpublished=${w[0]!.unpublished} unprocessed=${ids.unprocessed.length} unknown=${ids.unknown.length}`;
-    if (w[0]!.unpublished === '0' && ids.unprocessed.length === 0 && ids.unknown.length === 0) return;
+    last = `unpublished=${unpublished} unprocessed=${ids.unprocessed.length} unknown=${ids.unknown.length}`;
+    if (unpublished === 0 && ids.unprocessed.length === 0 && ids.unknown.length === 0) return;
     await sleep(100);
   }
   throw new Error(`pipeline did not drain in ${timeoutMs} ms: ${last}`);
@@ -22,9 +24,9 @@ export async function waitForDrain(write: pg.Pool, read: pg.Pool, timeoutMs = 60
  * outbox ids, with no dead letter unless `deadLetters` lists exactly them
  * (parked ones are counted as verify counts them).
  */
-export async function assertConsistent(write: pg.Pool, read: pg.Pool, deadLetters: number[] = []): Promise<void> {
+export async function assertConsistent(write: Db, read: Db, deadLetters: number[] = []): Promise<void> {
   const ids = await compareEventIds(write, read);
-  const diffs: Difference[] = await compareViews(write, read, ids.parked.flatMap((p) => (p.deltas ? [p.deltas] : [])));
+  const diffs: Difference[] = await compareViews(write, read, ids.parked.flatMap((p) => p.event ?? []));
   const problems: string[] = [];
   const letters = [...ids.failed, ...ids.parked.map((p) => p.id)].sort((a, b) => a - b);
   const wanted = [...deadLetters].sort((a, b) => a - b);

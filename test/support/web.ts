@@ -1,13 +1,18 @@
 import { startWeb, type WebHandle } from '../../api/server.js';
 import { createTestEnv, testLog, type TestEnv } from './env.js';
 import pg from 'pg';
+import { createDb, type Db } from '../../db/pool.js';
 
 export interface WebFixture {
   env: TestEnv;
   web: WebHandle;
   base: string;
+  /** Plain pg pools, for the tests' own SQL. */
   write: pg.Pool;
   read: pg.Pool;
+  /** The system's own SQL layer on the same databases, for calling its functions. */
+  writeDb: Db;
+  readDb: Db;
   stop(): Promise<void>;
 }
 
@@ -19,16 +24,19 @@ export async function startTestWeb(overrides: Record<string, string> = {}): Prom
   // Idle clients are terminated when the run drops its databases; that is expected, not a failure.
   write.on('error', () => undefined);
   read.on('error', () => undefined);
+  const writeDb = createDb(env.config.DATABASE_URL, { name: 'test', max: 4, log: testLog });
+  const readDb = createDb(env.config.READ_DATABASE_URL, { name: 'test', max: 4, log: testLog });
   return {
     env,
     web,
     base: `http://127.0.0.1:${web.port}`,
     write,
     read,
+    writeDb,
+    readDb,
     async stop() {
       await web.stop();
-      await write.end();
-      await read.end();
+      await Promise.all([write.end(), read.end(), writeDb.end(), readDb.end()]);
     },
   };
 }

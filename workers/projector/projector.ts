@@ -4,11 +4,11 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import type { EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
-import { createPool, isBusy, pgCode } from '../../db/pool.js';
+import { createDb, createQueryMetrics, describeError, isBusy, pgCode } from '../../db/pool.js';
 import { recordDeadLetter } from '../../db/dead-letters.js';
 import { applyIsolating, type Outcome, type ProjectionEvent } from './apply.js';
 import { Batcher } from '../../lib/batcher.js';
-import { deltasFor, InvalidEventError } from './deltas.js';
+import { orderEvent, InvalidEventError } from './events.js';
 import { createProjectorMetrics, type ProjectorMetrics } from './metrics.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
 import { Sleeper } from '../../lib/sleeper.js';
@@ -49,17 +49,21 @@ class StoppingError extends Error {
  *    delayed (no attempt spent), so nothing is lost and the stop is quick.
  */
 export async function startProjector(config: Config, log: Logger): Promise<ProjectorHandle> {
-  const pool = createPool(config.READ_DATABASE_URL, 4, log, 'worker', {
+  const metrics = createProjectorMetrics();
+  const db = createDb(config.READ_DATABASE_URL, {
+    queryMetrics: createQueryMetrics(metrics.registry),
+    name: 'worker',
+    max: config.WORKER_POOL_SIZE,
+    log,
     statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
     idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,
   });
-  const metrics = createProjectorMetrics();
   const sleeper = new Sleeper();
 
   const applyWithRetry = async (events: ProjectionEvent[]): Promise<Outcome[]> => {
     for (let attempt = 1; ; attempt++) {
       try {
-        const outcomes = await applyIsolating(pool, events);
+        const outcomes = await applyIsolating(db, events);
         metrics.batchSize.observe(events.length);
         for (const o of outcomes) {
           if (o === 'applied') metrics.applied.inc();
@@ -75,7 +79,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
         if (busy && attempt >= BUSY_TRIES) throw err;
         // One line per outage, not one per retry.
         if (attempt === 1 || attempt % 20 === 0) {
-          log.warn({ err: (err as Error).message, code: pgCode(err), events: events.length, attempt }, busy ? 'read_db busy; retrying the batch' : 'read_db unavailable or refusing the work; retrying the batch');
+          log.warn({ err: describeError(err), code: pgCode(err), events: events.length, attempt }, busy ? 'read_db busy; retrying the batch' : 'read_db unavailable or refusing the work; retrying the batch');
         }
         await sleeper.sleep(Math.min(100 * 2 ** attempt, 5000));
       }
@@ -84,17 +88,18 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
   const batcher = new Batcher<ProjectionEvent, Outcome>(applyWithRetry, config.PROJECTOR_BATCH_SIZE, config.PROJECTOR_BATCH_WAIT_MS);
 
   const deadLetter = async (job: Job<EventJobData>, err: Error) => {
-    log.error({ eventId: job.data.event_id, topic: job.data.topic, err: err.message }, 'event failed for good; recorded as a dead letter');
-    await recordDeadLetter(pool, { event_id: job.data.event_id, topic: job.data.topic, payload: job.data.payload, error: err.message, attempts: job.attemptsMade + 1 }).catch((e: unknown) =>
+    const error = describeError(err);
+    log.error({ eventId: job.data.event_id, topic: job.data.topic, err: error }, 'event failed for good; recorded as a dead letter');
+    await recordDeadLetter(db, { event_id: job.data.event_id, topic: job.data.topic, payload: job.data.payload, error, attempts: job.attemptsMade + 1 }).catch((e: unknown) =>
       // The reconciler records it from the failed set later.
       log.warn({ eventId: job.data.event_id, err: (e as Error).message }, 'could not record the dead letter now'),
     );
   };
 
   const processor = async (job: Job<EventJobData>, token?: string): Promise<string> => {
-    let deltas;
+    let event;
     try {
-      deltas = deltasFor(job.data.topic, job.data.payload);
+      event = orderEvent(job.data.topic, job.data.payload);
     } catch (err) {
       if (!(err instanceof InvalidEventError)) throw err;
       await deadLetter(job, err);
@@ -102,7 +107,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     }
     let outcome: Outcome;
     try {
-      outcome = await batcher.submit({ event_id: job.data.event_id, deltas });
+      outcome = await batcher.submit({ event_id: job.data.event_id, event });
     } catch (err) {
       if (err instanceof StoppingError && token) {
         // Back to the queue without spending an attempt; another worker (or this one, restarted) takes it.
@@ -114,7 +119,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     }
     if (outcome instanceof Error) {
       await deadLetter(job, outcome);
-      throw new UnrecoverableError(outcome.message);
+      throw new UnrecoverableError(describeError(outcome));
     }
     if (outcome === 'applied') {
       const created = Date.parse(job.data.created_at);
@@ -156,7 +161,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     if (!closed) log.warn('the BullMQ worker did not close (Redis away?); its active jobs return to the queue when their locks expire');
     await stopPush();
     pushRedis.disconnect();
-    await pool.end();
+    await db.end();
   });
   return { worker, metrics, stop };
 }

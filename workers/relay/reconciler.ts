@@ -3,13 +3,10 @@ import type { RedisClient } from '../../lib/redis.js';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { toJob, jobIdFor, type EventJobData } from '../../lib/queue.js';
-import type { Pool } from '../../db/pool.js';
+import { z } from 'zod';
+import { sql, type Db } from '../../db/pool.js';
 import { recordDeadLetter, resolvedIds } from '../../db/dead-letters.js';
 
-const PAGE = 1000;
-/** Pages of new ids scanned per tick, and pages of pending ids checked again per tick. */
-const SCAN_PAGES_PER_TICK = 20;
-const RECHECK_PAGES_PER_TICK = 20;
 
 export interface ReconcileResult {
   watermark: number;
@@ -38,7 +35,8 @@ type JobState = 'missing' | 'failed' | 'present';
  *    existed, so no tick looks below it again;
  *  - the cursor C, in memory: every id in (W, C] has been looked at; those
  *    not resolved then are in `pending` and are looked at again each tick.
- * Each tick checks the pending ids, then scans up to 20,000 new ids above C
+ * Each tick checks the pending ids, then scans up to RECONCILE_PAGES_PER_TICK
+ * pages of RECONCILE_PAGE_SIZE new ids above C
  * (C never passes B). W moves up to just below the lowest pending id. So one
  * event that never resolves holds W but not C: losses above it are still
  * found, however large the backlog; a larger backlog only takes more ticks.
@@ -67,8 +65,8 @@ export class Reconciler {
   private deadFrom = 0;
 
   constructor(
-    private readonly writePool: Pool,
-    private readonly readPool: Pool,
+    private readonly writeDb: Db,
+    private readonly readDb: Db,
     private readonly queue: Queue<EventJobData>,
     /** The connection the queue uses, for cheap EXISTS checks on job keys. */
     private readonly redis: RedisClient,
@@ -88,11 +86,10 @@ export class Reconciler {
    * that is in neither xip nor xmin.)
    */
   private async safeBound(): Promise<number> {
-    const { rows: h } = await this.writePool.query<{ seq: string; xid: string }>('SELECT seq::text, xid FROM outbox_horizon()');
-    this.horizons.push({ seq: Number(h[0]!.seq), xid: BigInt(h[0]!.xid) });
+    const h = await this.writeDb.one(sql.type(z.object({ seq: z.number(), xid: z.string() }))`SELECT seq, xid FROM outbox_horizon()`);
+    this.horizons.push({ seq: h.seq, xid: BigInt(h.xid) });
     // A new statement, after outbox_horizon()'s transaction committed.
-    const { rows: s } = await this.writePool.query<{ xmin: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin');
-    const xmin = BigInt(s[0]!.xmin);
+    const xmin = BigInt(await this.writeDb.oneFirst(sql.type(z.object({ xmin: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`));
     for (const x of this.horizons) if (x.xid < xmin) this.settled = Math.max(this.settled, x.seq);
     this.horizons = this.horizons.filter((x) => x.xid >= xmin);
     return this.settled;
@@ -100,27 +97,25 @@ export class Reconciler {
 
   async tick(): Promise<ReconcileResult> {
     const bound = await this.safeBound();
-    const { rows: wm } = await this.readPool.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark');
-    const start = Number(wm[0]?.w ?? 0);
+    const start = await this.readDb.oneFirst(sql.type(z.object({ w: z.number() }))`SELECT last_event_id AS w FROM reconciler_watermark`);
     if (this.cursor < start) this.cursor = start;
     for (const id of this.pending) if (id <= start) this.pending.delete(id);
     const result: ReconcileResult = { watermark: start, cursor: this.cursor, pending: 0, scanned: 0, requeued: 0, inFlight: 0, deadLettered: 0 };
 
     // 1. Pending ids, looked at again, a budget's worth per tick.
     const recheck = [...this.pending].filter((id) => id >= this.recheckFrom);
-    if (recheck.length < RECHECK_PAGES_PER_TICK * PAGE) recheck.push(...[...this.pending].filter((id) => id < this.recheckFrom));
-    const slice = recheck.slice(0, RECHECK_PAGES_PER_TICK * PAGE);
-    for (let i = 0; i < slice.length; i += PAGE) await this.check(slice.slice(i, i + PAGE), result);
+    if (recheck.length < this.config.RECONCILE_PAGES_PER_TICK * this.config.RECONCILE_PAGE_SIZE) recheck.push(...[...this.pending].filter((id) => id < this.recheckFrom));
+    const slice = recheck.slice(0, this.config.RECONCILE_PAGES_PER_TICK * this.config.RECONCILE_PAGE_SIZE);
+    for (let i = 0; i < slice.length; i += this.config.RECONCILE_PAGE_SIZE) await this.check(slice.slice(i, i + this.config.RECONCILE_PAGE_SIZE), result);
     this.recheckFrom = slice.length < recheck.length ? recheck[slice.length]! : 0;
 
     // 2. New ids above the cursor, up to the bound.
-    for (let page = 0; page < SCAN_PAGES_PER_TICK && this.cursor < bound; page++) {
-      const { rows } = await this.writePool.query<{ id: number }>('SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [this.cursor, bound, PAGE]);
-      const ids = rows.map((r) => r.id);
+    for (let page = 0; page < this.config.RECONCILE_PAGES_PER_TICK && this.cursor < bound; page++) {
+      const ids = await this.writeDb.anyFirst(sql.type(z.object({ id: z.number() }))`SELECT id FROM outbox WHERE id > ${this.cursor} AND id <= ${bound} ORDER BY id LIMIT ${this.config.RECONCILE_PAGE_SIZE}`);
       for (const id of ids) this.pending.add(id);
       result.scanned += ids.length;
-      await this.check(ids, result);
-      this.cursor = ids.length < PAGE ? bound : ids[ids.length - 1]!;
+      await this.check([...ids], result);
+      this.cursor = ids.length < this.config.RECONCILE_PAGE_SIZE ? bound : ids[ids.length - 1]!;
     }
 
     // 3. Dead letters whose job Redis lost: back into the failed set (they fail again, or apply after a fix).
@@ -129,7 +124,7 @@ export class Reconciler {
     const first = this.pending.values().next();
     const watermark = first.done ? this.cursor : first.value - 1;
     if (watermark > start) {
-      await this.readPool.query('UPDATE reconciler_watermark SET last_event_id = GREATEST(last_event_id, $1)', [watermark]);
+      await this.readDb.query(sql.typeAlias('void')`UPDATE reconciler_watermark SET last_event_id = GREATEST(last_event_id, ${watermark})`);
     }
     if (result.requeued > 0) this.log.warn({ requeued: result.requeued, watermark }, 're-enqueued events that Redis lost');
     return { ...result, watermark: Math.max(watermark, start), cursor: this.cursor, pending: this.pending.size };
@@ -138,15 +133,13 @@ export class Reconciler {
   /** Drop the resolved ids from pending; re-enqueue the lost ones among the rest. */
   private async check(ids: number[], result: ReconcileResult): Promise<void> {
     if (ids.length === 0) return;
-    const resolved = await resolvedIds(this.readPool, ids);
+    const resolved = await resolvedIds(this.readDb, ids);
     const unresolved = ids.filter((id) => !resolved.has(id));
     for (const id of resolved) this.pending.delete(id);
     if (unresolved.length === 0) return;
-    const { rows } = await this.writePool.query<{ id: number; due: boolean }>(
-      `SELECT id, (published_at IS NOT NULL AND published_at < (now() AT TIME ZONE 'UTC') - $2 * interval '1 millisecond') AS due
-         FROM outbox WHERE id = ANY ($1::int[])`,
-      [unresolved, this.config.RECONCILE_GRACE_MS],
-    );
+    const rows = await this.writeDb.any(sql.type(z.object({ id: z.number(), due: z.boolean() }))`
+      SELECT id, (published_at IS NOT NULL AND published_at < (now() AT TIME ZONE 'UTC') - ${this.config.RECONCILE_GRACE_MS} * interval '1 millisecond') AS due
+        FROM outbox WHERE id = ANY (${sql.array(unresolved, 'int4')})`);
     // Below the bound, an id missing from the outbox never existed (its transaction rolled back).
     const present = new Set(rows.map((r) => r.id));
     for (const id of unresolved) if (!present.has(id)) this.pending.delete(id);
@@ -177,11 +170,9 @@ export class Reconciler {
     });
   }
 
-  private async requeue(ids: number[]): Promise<number> {
-    const { rows } = await this.writePool.query<{ id: number; topic: string; payload: unknown; created_at: string }>(
-      'SELECT id, topic, payload, created_at FROM outbox WHERE id = ANY ($1::int[]) ORDER BY id',
-      [ids],
-    );
+  private async requeue(ids: readonly number[]): Promise<number> {
+    const rows = await this.writeDb.any(sql.type(z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() }))`
+      SELECT id, topic, payload, created_at FROM outbox WHERE id = ANY (${sql.array(ids, 'int4')}) ORDER BY id`);
     if (rows.length > 0) await this.queue.addBulk(rows.map((r) => toJob(this.config, r)));
     return rows.length;
   }
@@ -190,7 +181,7 @@ export class Reconciler {
   private async recordFailed(id: number): Promise<boolean> {
     const job = await this.queue.getJob(jobIdFor(id));
     if (!job) return false;
-    await recordDeadLetter(this.readPool, {
+    await recordDeadLetter(this.readDb, {
       event_id: String(id),
       topic: job.data.topic,
       payload: job.data.payload,
@@ -203,14 +194,11 @@ export class Reconciler {
 
   private async restoreDeadLetters(result: ReconcileResult): Promise<void> {
     // A page per tick, in turn, however many there are.
-    const { rows } = await this.readPool.query<{ event_id: string }>(
-      'SELECT event_id FROM dead_letters WHERE parked_at IS NULL AND event_id::bigint > $1 ORDER BY event_id::bigint LIMIT $2',
-      [this.deadFrom, PAGE],
-    );
-    const ids = rows.map((r) => Number(r.event_id));
-    this.deadFrom = ids.length < PAGE ? 0 : ids[ids.length - 1]!;
+    const ids = await this.readDb.anyFirst(sql.type(z.object({ id: z.number() }))`
+      SELECT event_id::bigint AS id FROM dead_letters WHERE parked_at IS NULL AND event_id::bigint > ${this.deadFrom} ORDER BY 1 LIMIT ${this.config.RECONCILE_PAGE_SIZE}`);
+    this.deadFrom = ids.length < this.config.RECONCILE_PAGE_SIZE ? 0 : ids[ids.length - 1]!;
     if (ids.length === 0) return;
-    const states = await this.jobStates(ids);
+    const states = await this.jobStates([...ids]);
     const lost = ids.filter((_, i) => states[i] === 'missing');
     if (lost.length > 0) {
       result.requeued += await this.requeue(lost);

@@ -3,17 +3,13 @@ import type { Queue } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { toJob, type EventJobData } from '../../lib/queue.js';
-import { OUTBOX_CHANNEL } from '../../lib/channels.js';
-import { withTransaction, type Pool } from '../../db/pool.js';
-import { Sleeper } from '../../lib/sleeper.js';
+import { CHANNELS } from '../../lib/contract.js';
+import { z } from 'zod';
+import { sql, type Db } from '../../db/pool.js';
+import { Loop } from '../../lib/loop.js';
 
 
-interface OutboxRow {
-  id: number;
-  topic: string;
-  payload: unknown;
-  created_at: string;
-}
+const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() });
 
 /**
  * Move one batch of unpublished outbox rows to the queue. claim_outbox()
@@ -26,16 +22,12 @@ interface OutboxRow {
  * No cursor is kept: each claim looks for published_at IS NULL from the
  * lowest id, so a row whose transaction commits late is never skipped.
  */
-export async function relayBatch(pool: Pool, queue: Queue<EventJobData>, config: Config): Promise<number> {
-  return withTransaction(pool, async (client) => {
-    const { rows } = await client.query<OutboxRow>({
-      name: 'claim_outbox',
-      text: 'SELECT id, topic, payload, created_at FROM claim_outbox($1)',
-      values: [config.RELAY_BATCH_SIZE],
-    });
+export async function relayBatch(db: Db, queue: Queue<EventJobData>, config: Config): Promise<number> {
+  return db.transaction(async (tx) => {
+    const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
     if (rows.length === 0) return 0;
-    rows.sort((a, b) => a.id - b.id); // UPDATE … RETURNING has no order; enqueue oldest first
-    await queue.addBulk(rows.map((r) => toJob(config, r)));
+    const sorted = [...rows].sort((x, y) => x.id - y.id); // UPDATE … RETURNING has no order; enqueue oldest first
+    await queue.addBulk(sorted.map((r) => toJob(config, r)));
     return rows.length;
   });
 }
@@ -48,66 +40,51 @@ export async function relayBatch(pool: Pool, queue: Queue<EventJobData>, config:
  */
 export class Relay {
   private listener: Listener | undefined;
-  private readonly sleeper = new Sleeper();
-  private woken = false;
-  private loopDone: Promise<void> | undefined;
-  relayed = 0;
+  private readonly loop: Loop;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly db: Db,
     private readonly queue: Queue<EventJobData>,
     private readonly config: Config,
     private readonly log: Logger,
     private readonly onBatch: (n: number) => void = () => undefined,
-  ) {}
+  ) {
+    this.loop = new Loop({
+      name: 'relay',
+      log,
+      intervalMs: config.RELAY_POLL_MS,
+      work: async () => {
+        const n = await relayBatch(this.db, this.queue, this.config);
+        if (n > 0) this.onBatch(n);
+        return n === this.config.RELAY_BATCH_SIZE; // more waiting: no sleep
+      },
+      onError: (err, failures) => {
+        if (failures === 1 || failures % 20 === 0) this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published; retrying');
+      },
+    });
+  }
 
-  async start(): Promise<void> {
+  start(): void {
     this.listener = listen({
       url: this.config.DATABASE_URL,
       name: 'relay-listen',
-      channel: OUTBOX_CHANNEL,
+      channel: CHANNELS.outbox,
       log: this.log,
-      checkMs: 5000,
-      onNotify: () => this.notify(),
+      checkMs: this.config.LISTEN_CHECK_MS,
+      onNotify: () => this.loop.notify(),
       // Catch up on whatever was written while we were not listening.
-      onConnect: () => this.notify(),
+      onConnect: () => this.loop.notify(),
     });
-    this.loopDone = this.loop();
+    this.loop.start();
   }
 
   /** Cut the current sleep short. */
   notify(): void {
-    this.woken = true;
-    this.sleeper.wake();
+    this.loop.notify();
   }
 
   async stop(): Promise<void> {
-    this.sleeper.stop();
-    await this.loopDone;
+    await this.loop.stop();
     await this.listener?.close();
-  }
-
-  private async loop(): Promise<void> {
-    let failures = 0;
-    while (!this.sleeper.stopped) {
-      this.woken = false;
-      try {
-        const n = await relayBatch(this.pool, this.queue, this.config);
-        failures = 0;
-        if (n > 0) {
-          this.relayed += n;
-          this.onBatch(n);
-          this.log.debug({ events: n }, 'relayed');
-          if (n === this.config.RELAY_BATCH_SIZE) continue; // more waiting: no sleep
-        }
-      } catch (err) {
-        failures++;
-        // One line per outage, not one per retry.
-        if (failures === 1 || failures % 20 === 0) this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published; retrying');
-        await this.sleeper.sleep(Math.min(100 * 2 ** failures, 5000));
-        continue;
-      }
-      if (!this.woken) await this.sleeper.sleep(this.config.RELAY_POLL_MS);
-    }
   }
 }

@@ -3,11 +3,11 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import { createQueue } from '../../lib/queue.js';
 import { checkEvictionPolicy, createRedis } from '../../lib/redis.js';
-import { createPool } from '../../db/pool.js';
+import { createDb, createQueryMetrics } from '../../db/pool.js';
 import { Relay } from './relay.js';
 import { Reconciler } from './reconciler.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
-import { Sleeper } from '../../lib/sleeper.js';
+import { Loop } from '../../lib/loop.js';
 import { prune } from '../../db/retention.js';
 import client from 'prom-client';
 
@@ -18,69 +18,63 @@ export interface RelayHandle extends Handle {
 
 /** Procfile `relay`: outbox → BullMQ, plus the reconciler (and pruning, when configured). Any number may run. */
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
-  const limits = { statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
-  const writePool = createPool(config.DATABASE_URL, 2, log, 'relay', limits);
-  const readPool = createPool(config.READ_DATABASE_URL, 1, log, 'relay-reconciler', limits);
+  const registry = new client.Registry();
+  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
+  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: config.RELAY_POOL_SIZE });
+  const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: config.RECONCILER_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'relay');
   const queue = createQueue(config, redis);
   // Connection errors are already logged once per outage by createRedis.
   queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   await checkEvictionPolicy(redis, log).catch(() => undefined);
 
-  const registry = new client.Registry();
   const relayed = new client.Counter({ name: 'relay_events_relayed_total', help: 'Outbox events enqueued and marked published', registers: [registry] });
   const requeued = new client.Counter({ name: 'reconciler_events_requeued_total', help: 'Published events re-enqueued because Redis had lost their job', registers: [registry] });
   const watermark = new client.Gauge({ name: 'reconciler_watermark_event_id', help: 'Every outbox id at or below this is resolved (applied, or a dead letter)', registers: [registry] });
   const pending = new client.Gauge({ name: 'reconciler_pending_events', help: 'Events above the watermark the reconciler has seen unresolved (in flight, or lost)', registers: [registry] });
   const batchSize = new client.Histogram({ name: 'relay_batch_size', help: 'Events per relay batch (one addBulk, one write_db transaction)', buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000], registers: [registry] });
 
-  const relay = new Relay(writePool, queue, config, log, (n) => {
+  const relay = new Relay(writeDb, queue, config, log, (n) => {
     relayed.inc(n);
     batchSize.observe(n);
   });
-  const reconciler = new Reconciler(writePool, readPool, queue, redis, config, log);
-  await relay.start();
+  const reconciler = new Reconciler(writeDb, readDb, queue, redis, config, log);
+  relay.start();
   const stopPush = startMetricsPush(redis, config.QUEUE_PREFIX, 'relay', registry, log);
 
   // One tick at a time: the reconciler keeps its cursor in memory.
-  const sleeper = new Sleeper();
-  const reconciling = (async () => {
-    while (!sleeper.stopped) {
-      await sleeper.sleep(config.RECONCILE_INTERVAL_MS);
-      if (sleeper.stopped) break;
-      try {
-        const r = await reconciler.tick();
-        requeued.inc(r.requeued);
-        watermark.set(r.watermark);
-        pending.set(r.pending);
-      } catch (err) {
-        log.warn({ err: (err as Error).message }, 'reconcile tick failed');
-      }
-    }
-  })();
-  const pruning = config.PRUNE_INTERVAL_MS > 0
-    ? (async () => {
-        while (!sleeper.stopped) {
-          await sleeper.sleep(config.PRUNE_INTERVAL_MS);
-          if (sleeper.stopped) break;
-          try {
-            const r = await prune({ writePool, readPool, keepMs: config.PRUNE_KEEP_MS, shouldStop: () => sleeper.stopped });
+  const reconciling = new Loop({
+    name: 'reconciler',
+    log,
+    intervalMs: config.RECONCILE_INTERVAL_MS,
+    work: async () => {
+      const r = await reconciler.tick();
+      requeued.inc(r.requeued);
+      watermark.set(r.watermark);
+      pending.set(r.pending);
+      return false;
+    },
+  }).start();
+  const pruning =
+    config.PRUNE_INTERVAL_MS > 0
+      ? new Loop({
+          name: 'prune',
+          log,
+          intervalMs: config.PRUNE_INTERVAL_MS,
+          work: async () => {
+            const r = await prune({ writeDb, readDb, keepMs: config.PRUNE_KEEP_MS, shouldStop: () => pruning?.stopped ?? true });
             if (r.outbox > 0) log.info(r, 'pruned outbox and processed_events');
-          } catch (err) {
-            log.warn({ err: (err as Error).message }, 'prune failed');
-          }
-        }
-      })()
-    : Promise.resolve();
+            return false;
+          },
+        }).start()
+      : undefined;
 
   const stop = once(async () => {
-    sleeper.stop();
     await stopPush();
-    await relay.stop();
-    await Promise.all([reconciling, pruning]);
+    await Promise.all([relay.stop(), reconciling.stop(), pruning?.stop()]);
     await queue.close().catch(() => undefined);
     redis.disconnect();
-    await Promise.allSettled([writePool.end(), readPool.end()]);
+    await Promise.allSettled([writeDb.end(), readDb.end()]);
   });
   return { relay, reconciler, stop };
 }

@@ -1,0 +1,106 @@
+import { z } from 'zod';
+
+/**
+ * The event contract, in one place: what the write side's SQL, the relay,
+ * the projector and the API must agree on. The migrations use the SQL names
+ * below as {{NAME}} tokens, rendered by db/migrate.ts from SQL_NAMES, so a
+ * name is written once; changing one changes the rendered migration, whose
+ * checksum then stops `release` (add a migration instead).
+ */
+
+/** PostgreSQL NOTIFY channels. Both carry an empty payload: they are wake-ups, never data. */
+export const CHANNELS = {
+  /** write_db: the outbox trigger notifies here; relays listen. */
+  outbox: 'outbox',
+  /** read_db: the projector notifies here after a batch commits; web processes waiting on a consistency token listen. */
+  applied: 'projection_applied',
+} as const;
+
+/** Every outbox row is one event; its topic says what happened to the order it carries. */
+export const TOPICS = { created: 'order.created', paid: 'order.paid', shipped: 'order.shipped', cancelled: 'order.cancelled' } as const;
+
+/** SQLSTATEs the write side's functions raise (class OP: ours); api/errors.ts turns each into a problem. */
+export const SQLSTATES = {
+  insufficient_stock: 'OP001',
+  unknown_product: 'OP002',
+  idempotency_key_reused: 'OP003',
+  order_not_found: 'OP004',
+  invalid_transition: 'OP005',
+} as const;
+
+/** Advisory lock keys (first halves of two-key locks): each names what it serialises. */
+export const LOCKS = {
+  /** Requests sharing an Idempotency-Key (with hashtext(key) as the second key). */
+  idempotencyKey: 74110,
+  /** Migration runners. */
+  migrations: 741100,
+} as const;
+
+/**
+ * BullMQ job id of an event. BullMQ refuses integer-looking custom ids (they
+ * collide with its own counter) and ids containing ':' (its key separator),
+ * so the outbox id gets a prefix and nothing else.
+ */
+export function jobIdFor(eventId: string | number): string {
+  const id = String(eventId);
+  if (!/^\d+$/.test(id)) throw new Error(`event id must be digits, got ${JSON.stringify(id)}`);
+  return `evt-${id}`;
+}
+
+/**
+ * An order as the API returns it and as its events carry it: built by
+ * order_json() and order_item_json() in the write_db migrations, described
+ * here once — the API's answers, the events' payloads and /openapi.json
+ * (through z.toJSONSchema) use this schema. Money is text with two decimals;
+ * timestamps are UTC ISO-8601.
+ */
+export const MONEY = /^-?\d+\.\d{2}$/;
+const money = z.string().regex(MONEY);
+const utc = z.string().regex(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$/);
+
+export const ORDER_STATUSES = ['pending', 'paid', 'shipped', 'cancelled'] as const;
+
+export const orderItem = z.object({
+  id: z.number().int(),
+  product_id: z.number().int().positive(),
+  /** The category at the time of sale. */
+  category: z.string().min(1),
+  quantity: z.number().int().positive(),
+  price: money,
+  line_total: money,
+});
+
+export const orderDocument = z.object({
+  id: z.number().int().positive(),
+  customer_id: z.number().int().positive(),
+  status: z.enum(ORDER_STATUSES),
+  total: money,
+  created_at: utc,
+  items: z.array(orderItem).min(1),
+});
+
+export type OrderItem = z.infer<typeof orderItem>;
+export type Order = z.infer<typeof orderDocument>;
+
+/** What a job carries: one outbox row (the payload is an order document for the order.* topics). */
+export interface EventJobData {
+  event_id: string;
+  topic: string;
+  payload: unknown;
+  created_at: string;
+}
+
+/** The names above as the migrations' {{TOKENS}}. */
+export const SQL_NAMES: Record<string, string | number> = {
+  OUTBOX_CHANNEL: CHANNELS.outbox,
+  TOPIC_CREATED: TOPICS.created,
+  TOPIC_PAID: TOPICS.paid,
+  TOPIC_SHIPPED: TOPICS.shipped,
+  TOPIC_CANCELLED: TOPICS.cancelled,
+  ERR_INSUFFICIENT_STOCK: SQLSTATES.insufficient_stock,
+  ERR_UNKNOWN_PRODUCT: SQLSTATES.unknown_product,
+  ERR_IDEMPOTENCY_KEY_REUSED: SQLSTATES.idempotency_key_reused,
+  ERR_ORDER_NOT_FOUND: SQLSTATES.order_not_found,
+  ERR_INVALID_TRANSITION: SQLSTATES.invalid_transition,
+  LOCK_IDEMPOTENCY_KEY: LOCKS.idempotencyKey,
+};
