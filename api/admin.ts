@@ -2,25 +2,26 @@ import { z } from 'zod';
 import { ApiError } from './errors.js';
 import { readJson, sendJson } from './http.js';
 import type { Ctx, Route } from './router.js';
-import { checkBasicAuth } from './board.js';
-import { parseBody, parseId } from './validate.js';
+import { requireAdmin, requireSameOrigin } from './auth.js';
+import { parseBody, parseId, storableText } from './validate.js';
 import { listDeadLetters, type DeadLetterState } from '../db/dead-letters.js';
 import { parkEvent, replayDeadLetter } from '../workers/dead-letters.js';
 
 /**
  * Dead letters over HTTP, behind the same password as Bull Board (404 when
- * ADMIN_PASSWORD is unset): the list, and an operator's two decisions. The
- * POSTs take a JSON body, so a cross-site form cannot send them.
+ * ADMIN_PASSWORD is unset; failed logins throttled per address): the list,
+ * and an operator's two decisions. The POSTs take a JSON body (415
+ * otherwise) and refuse a foreign Origin, so a page elsewhere cannot send
+ * them with a browser's remembered credentials.
  */
-function requireAdmin(ctx: Ctx): void {
+function admin(ctx: Ctx, changes = false): void {
   const password = ctx.deps.config.ADMIN_PASSWORD;
   if (!password) throw new ApiError('not_found', 'The admin API is off (ADMIN_PASSWORD is unset)');
-  if (!checkBasicAuth(ctx.req.headers.authorization, password)) {
-    throw new ApiError('unauthorized', 'The admin API needs the admin password', {}, { 'WWW-Authenticate': 'Basic realm="admin", charset="UTF-8"' });
-  }
+  requireAdmin(ctx.req, password, ctx.deps.authThrottle, 'admin');
+  if (changes) requireSameOrigin(ctx.req);
 }
 
-export const parkBody = z.strictObject({ reason: z.string({ error: 'must be a string' }).trim().min(1, 'must not be empty').max(1000, 'must be at most 1000 characters') });
+export const parkBody = z.strictObject({ reason: storableText.trim().min(1, 'must not be empty').max(1000, 'must be at most 1000 characters') });
 export const replayBody = z.strictObject({});
 
 function ops(ctx: Ctx) {
@@ -32,7 +33,7 @@ export const adminRoutes: Route[] = [
     method: 'GET',
     path: '/admin/events',
     async handler(ctx) {
-      requireAdmin(ctx);
+      admin(ctx);
       const state = ctx.url.searchParams.get('state') ?? 'failed';
       if (!['failed', 'parked', 'all'].includes(state)) throw new ApiError('validation_failed', 'state must be failed, parked or all', { field: 'state' });
       sendJson(ctx.res, 200, { state, items: await listDeadLetters(ctx.deps.readDb, state as DeadLetterState) });
@@ -42,7 +43,7 @@ export const adminRoutes: Route[] = [
     method: 'POST',
     path: '/admin/events/:id/replay',
     async handler(ctx) {
-      requireAdmin(ctx);
+      admin(ctx, true);
       const id = String(parseId(ctx.params[0], 'id'));
       parseBody(replayBody, await readJson(ctx.req));
       const result = await replayDeadLetter(ops(ctx), id);
@@ -56,7 +57,7 @@ export const adminRoutes: Route[] = [
     method: 'POST',
     path: '/admin/events/:id/park',
     async handler(ctx) {
-      requireAdmin(ctx);
+      admin(ctx, true);
       const id = String(parseId(ctx.params[0], 'id'));
       const { reason } = parseBody(parkBody, await readJson(ctx.req));
       const result = await parkEvent(ops(ctx), id, reason);

@@ -1,9 +1,9 @@
 import { ApiError } from './errors.js';
 import { sendJson } from './http.js';
 import type { Ctx, Route } from './router.js';
-import { parseId, parseLimit } from './validate.js';
+import { parseId, parseInstant, parseLimit } from './validate.js';
 import { CONSISTENCY_HEADER } from './orders.js';
-import { outboxBacklog } from '../db/outbox.js';
+import { lastOutboxId, outboxBacklog } from '../db/outbox.js';
 import { productSalesOf, topProducts } from '../workers/projector/projections/product-sales.js';
 import { categoryList } from '../workers/projector/projections/category-metrics.js';
 import { customerLtvOf, topCustomers } from '../workers/projector/projections/customer-ltv.js';
@@ -17,7 +17,8 @@ async function consistent(ctx: Ctx): Promise<void> {
   if (raw === undefined) return;
   // Tokens are outbox ids, which are INTEGER: anything else was never issued.
   const token = typeof raw === 'string' && /^[1-9]\d{0,9}$/.test(raw) ? Number(raw) : NaN;
-  if (!(token <= 2_147_483_647)) {
+  // A token beyond every id handed out was never issued: refused now, not waited for.
+  if (!(token <= 2_147_483_647) || token > (await lastOutboxId(ctx.deps.writeDb))) {
     throw new ApiError('validation_failed', `${CONSISTENCY_HEADER} must be the token a write returned`, { field: CONSISTENCY_HEADER });
   }
   const waitMs = ctx.deps.config.CONSISTENCY_WAIT_MS;
@@ -28,15 +29,6 @@ async function consistent(ctx: Ctx): Promise<void> {
     outbox_backlog: backlog.unpublished,
     oldest_unpublished_age_seconds: backlog.oldestAgeSeconds,
   });
-}
-
-function parseTime(value: string | null, field: string): string | null {
-  if (value === null) return null;
-  // ISO-8601 with a date, optional time and zone; interpreted in UTC when no zone is given.
-  const m = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$/.exec(value);
-  const ms = m ? Date.parse(/T.*(Z|[+-]\d{2}:\d{2})$/.test(value) || !value.includes('T') ? value : `${value}Z`) : NaN;
-  if (!Number.isFinite(ms)) throw new ApiError('validation_failed', `${field} must be an ISO-8601 date or time, e.g. 2026-11-25T08:00:00Z`, { field });
-  return new Date(ms).toISOString();
 }
 
 export const analyticsRoutes: Route[] = [
@@ -90,8 +82,8 @@ export const analyticsRoutes: Route[] = [
     method: 'GET',
     path: '/analytics/hourly',
     async handler(ctx) {
-      const from = parseTime(ctx.url.searchParams.get('from'), 'from');
-      const to = parseTime(ctx.url.searchParams.get('to'), 'to');
+      const from = parseInstant(ctx.url.searchParams.get('from'), 'from');
+      const to = parseInstant(ctx.url.searchParams.get('to'), 'to');
       if (from && to && from > to) throw new ApiError('validation_failed', 'from must not be after to', { field: 'from' });
       await consistent(ctx);
       sendJson(ctx.res, 200, { from, to, items: await hoursBetween(ctx.deps.readDb, from, to) });

@@ -133,7 +133,13 @@ export const dashboardRoutes: Route[] = [
     path: '/',
     async handler({ res, deps }) {
       const html = await render(deps);
-      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+      res.writeHead(200, {
+        'Content-Type': 'text/html; charset=utf-8',
+        'Cache-Control': 'no-store',
+        // No script at all, inline styles only, no framing.
+        'Content-Security-Policy': "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        'X-Frame-Options': 'DENY',
+      });
       res.end(html);
     },
   },

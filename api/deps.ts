@@ -7,6 +7,7 @@ import type { ApiMetrics } from './metrics.js';
 import type { ConsistencyWaiter } from './consistency.js';
 import type { EventJobData } from '../lib/queue.js';
 import type { OrderIntake } from '../db/orders.js';
+import type { AuthThrottle } from './auth.js';
 
 /** Everything a request handler may use, built once by the web process. */
 export interface Deps {
@@ -19,7 +20,13 @@ export interface Deps {
   /** Fail-fast client (no offline queue) used for readiness and queue counts. */
   redis: RedisClient;
   metrics: ApiMetrics;
+  /** The /metrics text, shared by concurrent scrapes (metricsSnapshot). */
+  metricsText: () => Promise<string>;
   /** For queue counts on /metrics and Bull Board. */
   queue: Queue<EventJobData>;
   consistency: ConsistencyWaiter;
+  /** Failed admin logins per client address (Bull Board and /admin/events). */
+  authThrottle: AuthThrottle;
+  /** One connection to each database for /readyz, apart from the request pools: a busy pool is not an outage. */
+  probes: { writeDb: Db; readDb: Db };
 }

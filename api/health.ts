@@ -1,7 +1,8 @@
 import { sendJson } from './http.js';
 import type { Route } from './router.js';
 import type { Deps } from './deps.js';
-import { renderMetrics } from './metrics.js';
+import { checkBearer } from './auth.js';
+import { ApiError } from './errors.js';
 import { withTimeout } from '../lib/timeout.js';
 import { sql } from '../db/pool.js';
 
@@ -9,8 +10,9 @@ const CHECK_TIMEOUT_MS = 1500;
 
 export async function readiness(deps: Deps): Promise<{ ok: boolean; checks: Record<string, string> }> {
   const probes: Record<string, () => Promise<unknown>> = {
-    write_db: () => deps.writeDb.query(sql.typeAlias('void')`SELECT`),
-    read_db: () => deps.readDb.query(sql.typeAlias('void')`SELECT`),
+    // Through connections of their own: a pool busy with requests is not an outage.
+    write_db: () => deps.probes.writeDb.query(sql.typeAlias('void')`SELECT`),
+    read_db: () => deps.probes.readDb.query(sql.typeAlias('void')`SELECT`),
     // ioredis's own words for a closed connection ("Stream isn't writeable…") say nothing to an operator.
     redis: () => (deps.redis.status === 'ready' ? deps.redis.ping() : Promise.reject(new Error(`not connected (${deps.redis.status})`))),
   };
@@ -47,8 +49,12 @@ export const healthRoutes: Route[] = [
   {
     method: 'GET',
     path: '/metrics',
-    async handler({ res, deps }) {
-      const text = await renderMetrics(deps.metrics, deps.redis, deps.config.QUEUE_PREFIX);
+    async handler({ req, res, deps }) {
+      const token = deps.config.METRICS_TOKEN;
+      if (token && !checkBearer(req.headers.authorization, token)) {
+        throw new ApiError('unauthorized', '/metrics needs the bearer token (METRICS_TOKEN)', {}, { 'WWW-Authenticate': 'Bearer realm="metrics"' });
+      }
+      const text = await deps.metricsText();
       res.writeHead(200, { 'Content-Type': deps.metrics.registry.contentType });
       res.end(text);
     },

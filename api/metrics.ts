@@ -115,6 +115,28 @@ export function createApiMetrics(sources?: ScrapeSources, registry = new client.
   };
 }
 
+/**
+ * /metrics as scrapers should get it: one snapshot, built at most once a
+ * second and shared by every request meanwhile (each build reads the pushed
+ * registries from Redis, merges them and asks write_db and Redis for gauges:
+ * thousands of concurrent scrapes must not each pay that).
+ */
+export function metricsSnapshot(metrics: ApiMetrics, redis: RedisClient, prefix: string, maxAgeMs = 1000): () => Promise<string> {
+  let last: { at: number; text: Promise<string> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!last || now - last.at >= maxAgeMs) {
+      const text = renderMetrics(metrics, redis, prefix);
+      last = { at: now, text };
+      // A failed build is not kept: the next scrape tries again.
+      text.catch(() => {
+        if (last?.text === text) last = undefined;
+      });
+    }
+    return last.text;
+  };
+}
+
 /** Prometheus text: this process's metrics summed with those relays and workers pushed to Redis. */
 export async function renderMetrics(metrics: ApiMetrics, redis: RedisClient, prefix: string): Promise<string> {
   const local = await metrics.registry.getMetricsAsJSON();

@@ -8,6 +8,7 @@ import {
   parseBody,
   parseId,
   parseLimit,
+  parseText,
   patchProductBody,
 } from './validate.js';
 import { getProduct, insertProduct, listProducts, updateProduct } from '../db/products.js';
@@ -28,7 +29,7 @@ export const productRoutes: Route[] = [
     async handler({ res, url, deps }) {
       const limit = parseLimit(url.searchParams.get('limit'));
       const after = decodeCursor(url.searchParams.get('cursor'));
-      const category = url.searchParams.get('category');
+      const category = parseText(url.searchParams.get('category'), 'category');
       const items = await listProducts(deps.writeDb, { after, limit, category });
       const last = items.at(-1);
       sendJson(res, 200, { items, next_cursor: items.length === limit && last ? encodeCursor(last.id) : null });

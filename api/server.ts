@@ -1,6 +1,9 @@
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { ApiError, fromDatabaseError } from './errors.js';
+import { ApiError, fromDatabaseError, problemBody, PROBLEMS } from './errors.js';
+import { AuthThrottle } from './auth.js';
+import type { Duplex } from 'node:stream';
+import { maskUrls } from '../lib/redact.js';
 import { sendProblem } from './http.js';
 import { compile, match, type Route } from './router.js';
 import type { Deps } from './deps.js';
@@ -8,7 +11,7 @@ import { healthRoutes } from './health.js';
 import { productRoutes } from './products.js';
 import { orderRoutes } from './orders.js';
 import { OrderIntake } from '../db/orders.js';
-import { createApiMetrics } from './metrics.js';
+import { createApiMetrics, metricsSnapshot } from './metrics.js';
 import { analyticsRoutes } from './analytics.js';
 import { adminRoutes } from './admin.js';
 import { openapiRoutes } from './openapi.js';
@@ -16,7 +19,7 @@ import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
 import { ConsistencyWaiter } from './consistency.js';
 import { createQueue } from '../lib/queue.js';
-import { createDb, createQueryMetrics, isUnavailable } from '../db/pool.js';
+import { createDb, createQueryMetrics, isUnavailable, PoolBusyError } from '../db/pool.js';
 import client from 'prom-client';
 import { createRedis } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
@@ -32,6 +35,7 @@ function classify(err: unknown): ApiError | undefined {
   const db = fromDatabaseError(err);
   if (db) return db;
   if (err instanceof URIError) return new ApiError('validation_failed', 'The path is not valid percent-encoding', { field: '(path)' });
+  if (err instanceof PoolBusyError) return new ApiError('overloaded', 'Too many requests are waiting for the database; try again', {}, { 'Retry-After': '1' });
   if (isUnavailable(err) || /Stream isn't writeable|Connection is closed|Redis did not answer/.test((err as Error)?.message ?? '')) {
     return new ApiError('service_unavailable', 'A database or Redis did not answer; try again', {}, { 'Retry-After': '1' });
   }
@@ -46,19 +50,30 @@ export interface ServerState {
   inFlight: Set<http.ServerResponse>;
 }
 
+/** Headers on every answer; the dashboard adds a content security policy of its own. */
+const SECURITY_HEADERS = { 'X-Content-Type-Options': 'nosniff', 'Referrer-Policy': 'no-referrer' };
+
+/** Status recorded for a request whose client went away before its answer (nginx's convention; never sent). */
+const CLIENT_CLOSED = 499;
+
 export function createRequestListener(deps: Deps, state: ServerState = { draining: false, inFlight: new Set() }): http.RequestListener {
   const table = compile(routes);
-  const board = deps.config.ADMIN_PASSWORD ? createBoardHandler(deps.queue, deps.redis, deps.config.ADMIN_PASSWORD) : undefined;
+  const board = deps.config.ADMIN_PASSWORD ? createBoardHandler(deps.queue, deps.redis, { password: deps.config.ADMIN_PASSWORD, writable: deps.config.BOARD_WRITABLE, throttle: deps.authThrottle }) : undefined;
   return (req, res) => {
+    for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
+    // A body nobody reads is not drained (an endless one would be read until the request timeout): once the answer is out, the connection closes.
+    res.once('finish', () => {
+      if (!req.complete) req.socket.destroySoon();
+    });
     if (state.draining) {
       // Arrived on a kept-alive connection after SIGTERM: not executed, safe to send elsewhere.
       sendProblem(res, new ApiError('shutting_down', 'This process is stopping; send the request again', {}, { Connection: 'close', 'Retry-After': '0' }));
-      req.resume();
       return;
     }
     state.inFlight.add(res);
     res.once('close', () => state.inFlight.delete(res));
-    if (board && (req.url === BOARD_PATH || req.url?.startsWith(`${BOARD_PATH}/`) || req.url?.startsWith(`${BOARD_PATH}?`))) {
+    const raw = req.url ?? '/';
+    if (board && (raw === BOARD_PATH || raw.startsWith(`${BOARD_PATH}/`) || raw.startsWith(`${BOARD_PATH}?`))) {
       board(req, res);
       return;
     }
@@ -68,9 +83,12 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
     res.setHeader('X-Request-Id', requestId);
     const log = deps.log.child({ reqId: requestId });
     let routeName = '(unmatched)';
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    // A path must start with one slash: "//evil.example/products" would otherwise parse as a host and route as /products.
+    const url = raw.startsWith('/') && !raw.startsWith('//') ? new URL(raw, 'http://localhost') : undefined;
+    const clientGone = () => req.readableAborted || (res.destroyed && !res.writableFinished);
 
     const handle = async (): Promise<void> => {
+      if (!url) throw new ApiError('not_found', 'No route for that path');
       const found = match(table, req.method ?? 'GET', url.pathname);
       if (found.kind === 'none') throw new ApiError('not_found', `No route for ${url.pathname}`);
       if (found.kind === 'wrong_method') {
@@ -83,30 +101,49 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
 
     handle()
       .catch((err: unknown) => {
+        if (clientGone()) return; // nobody to answer; counted apart below
         const problem = classify(err);
+        const instance = url?.pathname;
         if (problem) {
-          if (problem.status >= 500) log.warn({ err }, 'backing service unavailable');
-          sendProblem(res, problem, url.pathname);
+          if (problem.status >= 500) log.warn({ err }, problem.code === 'overloaded' ? 'shed load' : 'backing service unavailable');
+          sendProblem(res, problem, instance);
         } else {
           log.error({ err }, 'unhandled error');
-          sendProblem(res, new ApiError('internal_error', 'Something went wrong; the request id identifies it in the logs'), url.pathname);
+          sendProblem(res, new ApiError('internal_error', 'Something went wrong; the request id identifies it in the logs'), instance);
         }
-        // Drain what is left of a refused body so the connection stays usable.
-        if (!req.complete) req.resume();
       })
       .finally(() => {
+        const status = clientGone() ? CLIENT_CLOSED : res.statusCode;
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-        deps.metrics.httpDuration.observe({ method: req.method ?? '', route: routeName, status: String(res.statusCode) }, seconds);
-        log.info({ method: req.method, url: req.url, route: routeName, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10 }, 'request');
+        deps.metrics.httpDuration.observe({ method: req.method ?? '', route: routeName, status: String(status) }, seconds);
+        // Every request at debug; what an operator should see (errors, shed load) is logged above at warn and error.
+        log.debug({ method: req.method, url: maskUrls(raw), route: routeName, status, ms: Math.round(seconds * 1e4) / 10 }, 'request');
       });
   };
+}
+
+/**
+ * Node answers some requests before any route sees them (malformed HTTP,
+ * headers too large, a request that took too long to arrive): as problem+json
+ * too, then the connection closes.
+ */
+function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+  if (!socket.writable || (err.code === 'ECONNRESET')) {
+    socket.destroy();
+    return;
+  }
+  const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_fields_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request';
+  const body = JSON.stringify(problemBody(new ApiError(code)));
+  socket.end(
+    `HTTP/1.1 ${PROBLEMS[code].status} ${http.STATUS_CODES[PROBLEMS[code].status]}\r\nContent-Type: application/problem+json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 export function buildDeps(config: Config, log: Logger): Deps {
   const registry = new client.Registry();
   const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
-  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'web-write', max: config.WRITE_POOL_SIZE });
-  const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'web-read', max: config.READ_POOL_SIZE });
+  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'web-write', max: config.WRITE_POOL_SIZE, maxWaiting: config.WEB_POOL_QUEUE });
+  const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'web-read', max: config.READ_POOL_SIZE, maxWaiting: config.WEB_POOL_QUEUE });
   const redis = createRedis(config, 'producer', log, 'web');
   const queue = createQueue(config, redis);
   const metrics = createApiMetrics({ writeDb, readDb, queue, redis }, registry);
@@ -119,12 +156,18 @@ export function buildDeps(config: Config, log: Logger): Deps {
     redis,
     queue,
     metrics,
+    metricsText: metricsSnapshot(metrics, redis, config.QUEUE_PREFIX),
     orders: new OrderIntake(writeDb, {
       batchSize: config.ORDER_BATCH_SIZE,
       concurrency: Math.min(config.ORDER_BATCH_CONCURRENCY, config.WRITE_POOL_SIZE),
       onBatch: (size) => metrics.orderBatchSize.observe(size),
     }),
     consistency: new ConsistencyWaiter(writeDb, readDb, config, log),
+    authThrottle: new AuthThrottle(),
+    probes: {
+      writeDb: createDb(config.DATABASE_URL, { log, name: 'web-probe', max: 1, statementTimeoutMs: 2000 }),
+      readDb: createDb(config.READ_DATABASE_URL, { log, name: 'web-probe', max: 1, statementTimeoutMs: 2000 }),
+    },
   };
 }
 
@@ -137,7 +180,11 @@ export interface WebHandle extends Handle {
 export async function startWeb(config: Config, log: Logger, deps = buildDeps(config, log)): Promise<WebHandle> {
   await deps.consistency.start();
   const state: ServerState = { draining: false, inFlight: new Set() };
-  const server = http.createServer({ requestTimeout: 30_000, keepAliveTimeout: 65_000 }, createRequestListener(deps, state));
+  const server = http.createServer({ requestTimeout: 30_000 }, createRequestListener(deps, state));
+  server.keepAliveTimeout = config.HTTP_KEEP_ALIVE_MS;
+  // Past this many open connections new ones are refused: descriptors stay for the databases.
+  server.maxConnections = config.HTTP_MAX_CONNECTIONS;
+  server.on('clientError', answerClientError);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.PORT, () => resolve());
@@ -159,7 +206,7 @@ export async function startWeb(config: Config, log: Logger, deps = buildDeps(con
     await deps.orders.drain();
     await deps.consistency.stop();
     await deps.queue.close().catch(() => undefined);
-    await Promise.allSettled([deps.writeDb.end(), deps.readDb.end(), deps.redis.quit()]);
+    await Promise.allSettled([deps.writeDb.end(), deps.readDb.end(), deps.probes.writeDb.end(), deps.probes.readDb.end(), deps.redis.quit()]);
   });
   return { server, port, stop };
 }

@@ -25,7 +25,18 @@ export const money = z
   });
 
 const id = z.int({ error: 'must be a positive integer' }).min(1, 'must be a positive integer').max(INT32_MAX, 'is too large');
-const label = z.string({ error: 'must be a string' }).trim().min(1, 'must not be empty').max(255, 'must be at most 255 characters');
+/**
+ * PostgreSQL stores no NUL character (22021), and a lone UTF-16 surrogate
+ * would reach it as U+FFFD, silently changed: text with either is refused.
+ */
+export function isStorableText(s: string): boolean {
+  return s.isWellFormed() && !s.includes('\u0000');
+}
+
+/** Text PostgreSQL can store as given; 400 naming the field otherwise. */
+export const storableText = z.string({ error: 'must be a string' }).refine(isStorableText, 'must not contain NUL characters or unpaired surrogates');
+
+const label = storableText.trim().min(1, 'must not be empty').max(255, 'must be at most 255 characters');
 const stock = z.int({ error: 'must be an integer' }).min(0, 'must be zero or more').max(INT32_MAX, 'is too large');
 
 export const createProductBody = z.strictObject({ name: label, category: label, price: money, stock });
@@ -91,6 +102,34 @@ export function parseLimit(value: string | null, field = 'limit', def = 50, max 
     throw new ApiError('validation_failed', `${field} must be an integer from 1 to ${max}`, { field });
   }
   return Number(value);
+}
+
+/** A query parameter that reaches PostgreSQL as text: 400 naming it when it cannot be stored. */
+export function parseText(value: string | null, field: string, max = 255): string | null {
+  if (value === null) return null;
+  if (!isStorableText(value) || value.length > max) throw new ApiError('validation_failed', `${field} must be text of at most ${max} characters without NUL characters`, { field });
+  return value;
+}
+
+/**
+ * An instant in ISO-8601 (a date, optionally a time and a zone; UTC when no
+ * zone is given), as canonical UTC text. The calendar is checked, not
+ * normalised (2026-02-30 is refused, not read as March 2nd), and years run
+ * from 1 to 9999 (PostgreSQL has no year 0).
+ */
+export function parseInstant(value: string | null, field: string): string | null {
+  if (value === null) return null;
+  const bad = () => new ApiError('validation_failed', `${field} must be an ISO-8601 date or time from year 1 to 9999, e.g. 2026-11-25T08:00:00Z`, { field });
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$/.exec(value);
+  if (!m) throw bad();
+  const [year, month, day, hour = 0, minute = 0, second = 0] = [m[1], m[2], m[3], m[4], m[5], m[6]].map((x) => (x === undefined ? undefined : Number(x))) as number[];
+  const date = new Date(Date.UTC(2000, month! - 1, day!, hour, minute, second));
+  date.setUTCFullYear(year!);
+  if (year! < 1 || date.getUTCMonth() !== month! - 1 || date.getUTCDate() !== day! || hour > 23 || minute > 59 || second > 59) throw bad();
+  const zone = m[8];
+  const ms = Date.parse(zone || !value.includes('T') ? value : `${value}Z`);
+  if (!Number.isFinite(ms)) throw bad();
+  return new Date(ms).toISOString();
 }
 
 /** Opaque pagination cursor: base64url of the last id seen. */

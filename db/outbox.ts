@@ -9,3 +9,8 @@ export async function outboxBacklog(db: CommonQueryMethods): Promise<{ unpublish
       FROM outbox WHERE published_at IS NULL`);
   return { unpublished: r.n, oldestAgeSeconds: Math.max(0, r.age ?? 0) };
 }
+
+/** The highest outbox id handed out so far (committed or not): no write has a higher token. */
+export function lastOutboxId(db: CommonQueryMethods): Promise<number> {
+  return db.oneFirst(sql.type(z.object({ id: z.number() }))`SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS id FROM outbox_id_seq`);
+}

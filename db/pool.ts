@@ -96,6 +96,18 @@ export interface DbOptions {
   slowQueryMs?: number;
   /** Where to observe query durations (createQueryMetrics). */
   queryMetrics?: client.Histogram<'pool'>;
+  /**
+   * Calls that may wait for a connection beyond `max`; past that a call fails
+   * at once with PoolBusyError (the web answers 503 with Retry-After: load
+   * shed early, instead of every request timing out in the queue). Unset: no limit.
+   */
+  maxWaiting?: number;
+}
+
+/** A pool's queue is full: the work was not started. */
+export class PoolBusyError extends Error {
+  override name = 'PoolBusyError';
+  readonly code = 'POOL_BUSY';
 }
 
 /**
@@ -137,7 +149,19 @@ export function createDb(url: string, opts: DbOptions): Db {
   };
   const methods = ['any', 'anyFirst', 'exists', 'many', 'manyFirst', 'maybeOne', 'maybeOneFirst', 'one', 'oneFirst', 'query', 'transaction', 'connect'] as const;
   const lazy: Record<string, unknown> = {};
-  for (const m of methods) lazy[m] = async (...args: unknown[]) => ((await get())[m] as (...a: unknown[]) => unknown)(...args);
+  let inFlight = 0;
+  const limit = opts.maxWaiting === undefined ? Infinity : opts.max + opts.maxWaiting;
+  for (const m of methods) {
+    lazy[m] = async (...args: unknown[]) => {
+      if (inFlight >= limit) throw new PoolBusyError(`${opts.name}: ${inFlight} queries running or waiting for a connection`);
+      inFlight++;
+      try {
+        return await ((await get())[m] as (...a: unknown[]) => unknown)(...args);
+      } finally {
+        inFlight--;
+      }
+    };
+  }
   lazy.end = async () => {
     ended = true;
     const p = await pool?.catch(() => undefined);

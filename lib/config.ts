@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { maskUrls, SECRET_SETTINGS } from './redact.js';
 
 /**
  * The one place the environment is read (12-factor). Every process calls
@@ -41,10 +42,19 @@ const schema = z.object({
     .optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').optional(),
+  /** When set, GET /metrics wants `Authorization: Bearer <token>`; unset, /metrics is open (as Prometheus scrapes usually are, behind the network). */
+  METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+  /** Bull Board's retry, clean and add-job actions; off by default (the board is read-only: events are replayed and parked through /admin/events, which checks them). */
+  BOARD_WRITABLE: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
   /** Prefix of every Redis key this system writes (BullMQ prefix). */
   QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_{}-]+$/, 'letters, digits, _ - { } only').default('op'),
   QUEUE_NAME: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ - only').default('order-events'),
   WRITE_POOL_SIZE: int(1, 500).default(10),
+  /** Queries that may wait for a connection of a web pool beyond its size; past that the web sheds load: 503 overloaded with Retry-After. */
+  WEB_POOL_QUEUE: int(0, 100000).default(200),
+  /** Open HTTP connections per web process (beyond it new ones are refused), and how long an idle kept-alive one stays open. */
+  HTTP_MAX_CONNECTIONS: int(1, 1000000).default(4096),
+  HTTP_KEEP_ALIVE_MS: int(100, 600000).default(5000),
   READ_POOL_SIZE: int(1, 500).default(5),
   /** Group commit of POST /orders: at most this many orders per write_db transaction (1: one each). */
   ORDER_BATCH_SIZE: int(1, 1000).default(32),
@@ -96,7 +106,9 @@ export function getConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const variable = String(issue?.path[0] ?? 'environment');
-    throw new ConfigError(variable, `${issue?.message ?? 'invalid'} (got ${JSON.stringify(raw[variable] ?? null)})`);
+    // A secret's value is never shown, and a URL's password is masked.
+    const got = SECRET_SETTINGS.has(variable) ? '' : ` (got ${maskUrls(JSON.stringify(raw[variable] ?? null))})`;
+    throw new ConfigError(variable, `${issue?.message ?? 'invalid'}${got}`);
   }
   const config = parsed.data;
   // In a cluster, every key of a queue must hash to one slot: wrap the prefix in a hash tag.

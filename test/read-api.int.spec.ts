@@ -104,11 +104,26 @@ describe('read side and operations (integration)', function () {
     });
 
     it('a token that never gets applied answers 504 with the lag, after the bound', async () => {
+      // A write whose transaction stays open: its token was handed out, its event is not there.
+      const open = await f.write.connect();
+      try {
+        await open.query('BEGIN');
+        const { rows } = await open.query<{ id: number }>(`INSERT INTO outbox (topic, payload) VALUES ('order.paid', '{}') RETURNING id`);
+        const r = await call(f.base, 'GET', '/analytics/categories', undefined, { 'X-Consistency-Token': String(rows[0]!.id) });
+        assert.equal(r.status, 504);
+        assert.equal(r.json.code, 'consistency_timeout');
+        assert.equal(r.json.waited_ms, 3000);
+        assert.equal(typeof r.json.outbox_backlog, 'number');
+      } finally {
+        await open.query('ROLLBACK');
+        open.release();
+      }
+    });
+
+    it('a token beyond every id handed out was never issued: 400 at once', async () => {
       const r = await call(f.base, 'GET', '/analytics/categories', undefined, { 'X-Consistency-Token': '999999999' });
-      assert.equal(r.status, 504);
-      assert.equal(r.json.code, 'consistency_timeout');
-      assert.equal(r.json.waited_ms, 3000);
-      assert.equal(typeof r.json.outbox_backlog, 'number');
+      assert.equal(r.status, 400);
+      assert.equal(r.json.field, 'X-Consistency-Token');
     });
 
     it('a malformed token is a 400 naming the header', async () => {

@@ -2,7 +2,7 @@ import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
-import type { EventJobData } from '../../lib/queue.js';
+import { jobIdFor, type EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
 import { createDb, createQueryMetrics, describeError, isBusy, pgCode } from '../../db/pool.js';
 import { recordDeadLetter } from '../../db/dead-letters.js';
@@ -97,6 +97,12 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
   };
 
   const processor = async (job: Job<EventJobData>, token?: string): Promise<string> => {
+    // Only the relay (and the reconciler, on its behalf) enqueues events, under the id it gives each one.
+    // A job under any other id was added by hand (Bull Board, a script): refused, never recorded as processed.
+    if (!/^\d+$/.test(String(job.data?.event_id)) || job.id !== jobIdFor(job.data.event_id)) {
+      log.error({ jobId: job.id, eventId: job.data.event_id }, 'refused a job whose id is not its event\'s');
+      throw new UnrecoverableError(`job ${job.id} is not the relay's job of event ${job.data.event_id}`);
+    }
     let event;
     try {
       event = orderEvent(job.data.topic, job.data.payload);
