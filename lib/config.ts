@@ -41,6 +41,8 @@ const schema = z.object({
     .regex(/^[^,:\s]+:\d{1,5}(,[^,:\s]+:\d{1,5})*$/, 'must be host:port[,host:port...]')
     .optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** json (one object per line, for machines) or pretty (coloured lines, for a terminal; needs the dev dependency pino-pretty). */
+  LOG_FORMAT: z.enum(['json', 'pretty']).default('json'),
   ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').optional(),
   /** When set, GET /metrics wants `Authorization: Bearer <token>`; unset, /metrics is open (as Prometheus scrapes usually are, behind the network). */
   METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),

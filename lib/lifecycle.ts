@@ -1,6 +1,7 @@
 import type { Logger } from './logger.js';
 import { getConfig, ConfigError, type Config } from './config.js';
 import { createLogger } from './logger.js';
+import { runningSystem } from './running.js';
 
 /** What every long-running process returns from start(): stopping is idempotent. */
 export interface Handle {
@@ -16,10 +17,17 @@ export function once(fn: () => Promise<void>): () => Promise<void> {
   return () => (p ??= fn());
 }
 
-/** Parse the environment, or print one line naming the bad variable and exit 78 (EX_CONFIG). */
-export function configOrExit(proc: string): Config {
+/**
+ * Parse the environment, or print one line naming the bad variable and exit
+ * 78 (EX_CONFIG). A command a person runs (findRunning) takes what the
+ * environment leaves unset from the system `npm start` is running, if any.
+ */
+export function configOrExit(proc: string, opts: { findRunning?: boolean } = {}): Config {
   try {
-    return getConfig();
+    const running = opts.findRunning ? runningSystem() : undefined;
+    const fill = running ? Object.fromEntries(Object.entries(running.env).filter(([k]) => !process.env[k])) : {};
+    if (running && Object.keys(fill).length > 0) console.error(`${proc}: using the system npm start runs (pid ${running.pid}; .data/system.json)`);
+    return getConfig({ ...process.env, ...fill });
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`${proc}: bad configuration: ${err.message}`);
@@ -40,7 +48,7 @@ export async function runProcess(
   start: (config: Config, log: Logger) => Promise<Handle>,
 ): Promise<void> {
   const config = configOrExit(proc);
-  const log = createLogger(config.LOG_LEVEL, proc);
+  const log = createLogger(config.LOG_LEVEL, proc, config.LOG_FORMAT === 'pretty');
   process.on('unhandledRejection', (err) => {
     log.fatal({ err }, 'unhandled rejection');
     process.exit(70);

@@ -20,9 +20,15 @@ export function serializeError(err: unknown): Record<string, unknown> {
   return out;
 }
 
-/** JSON lines on stdout; `proc` says which Procfile process wrote the line. */
-export function createLogger(level: string, proc: string): Logger {
+/**
+ * JSON lines on stdout; `proc` says which Procfile process wrote the line.
+ * `pretty` (LOG_FORMAT=pretty, which npm start sets when it writes to a
+ * terminal): coloured, human lines through pino-pretty, a development
+ * dependency; without it installed, JSON lines all the same.
+ */
+export function createLogger(level: string, proc: string, pretty = false): Logger {
   return pino({
+    ...(pretty && prettyAvailable() ? { transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname,proc', singleLine: true } } } : {}),
     level,
     base: { proc, pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
@@ -30,4 +36,13 @@ export function createLogger(level: string, proc: string): Logger {
     serializers: { err: serializeError, error: serializeError },
     redact: { paths: ['password', '*.password', 'config.ADMIN_PASSWORD', 'config.METRICS_TOKEN', 'headers.authorization', '*.headers.authorization'], censor: '***' },
   });
+}
+
+function prettyAvailable(): boolean {
+  try {
+    import.meta.resolve('pino-pretty');
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -41,7 +41,7 @@ async function main(): Promise<number> {
     console.error(`events: ${JSON.stringify(bad)} is not an event id (the outbox id, e.g. 1234)`);
     return 2;
   }
-  const config = configOrExit('events');
+  const config = configOrExit('events', { findRunning: true });
   const log = createLogger('warn', 'events');
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'events', max: 2, log });
   const redis = createRedis(config, 'worker', log, 'events');

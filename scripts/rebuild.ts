@@ -3,7 +3,7 @@ import { rebuild } from '../db/rebuild.js';
 
 /** npm run rebuild: recompute the read model from write_db; safe while orders flow (see db/rebuild.ts). */
 async function main(): Promise<void> {
-  const config = configOrExit('rebuild');
+  const config = configOrExit('rebuild', { findRunning: true });
   const tty = process.stderr.isTTY;
   let last = 0;
   const result = await rebuild(config.DATABASE_URL, config.READ_DATABASE_URL, (p) => {

@@ -11,7 +11,7 @@ import { replayAllFailed } from '../workers/dead-letters.js';
  * replayed event that was applied meanwhile is skipped by processed_events.
  */
 async function main(): Promise<void> {
-  const config = configOrExit('replay-failed');
+  const config = configOrExit('replay-failed', { findRunning: true });
   const log = createLogger('warn', 'replay-failed');
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'replay-failed', max: 2, log });
   const redis = createRedis(config, 'worker', log, 'replay-failed');

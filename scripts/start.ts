@@ -4,29 +4,59 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { concurrently } from 'concurrently';
+import { projectRoot } from '../lib/paths.js';
+import { getConfig, ConfigError, type Config } from '../lib/config.js';
 import { createDb } from '../db/pool.js';
 import { createLogger } from '../lib/logger.js';
-import { projectRoot } from '../lib/paths.js';
-import { getConfig, ConfigError } from '../lib/config.js';
-import { postgres, redis, withDatabase, type Service } from './local-services.js';
+import { removeRunningSystem, writeRunningSystem } from '../lib/running.js';
+import { portAnswers, postgres, redis, withDatabase, type Service } from './local-services.js';
 import { seedCatalogue } from './seed.js';
 
-/**
- * npm start [-- --scale worker=3 --scale relay=2] [--seed] [--own]
- * The whole system on one machine: PostgreSQL and Redis (found or started),
- * the release phase, then every Procfile process, with prefixed, coloured
- * logs. Ctrl-C stops everything, our own databases included.
- */
+const USAGE = `usage: npm start [-- options]
+
+Runs the whole system on this machine: PostgreSQL and Redis (the ones the
+environment names, else local ones, else its own), the migrations, then every
+Procfile process, until Ctrl-C (or SIGTERM) stops it all.
+
+options
+  --scale name=count   how many of a Procfile process (web, relay, worker); repeatable
+  --own                start its own PostgreSQL and Redis even if local ones answer
+  --no-seed            leave an empty catalogue empty (by default a demo catalogue is added)
+  -h, --help           this text
+
+examples
+  npm start
+  npm start -- --scale worker=3 --scale web=2
+  PORT=4000 LOG_LEVEL=info npm start -- --own
+
+The environment is read as by every process (README, Configuration).`;
+
 const say = (line: string) => console.log(`\x1b[1mstart\x1b[0m  ${line}`);
 
-const { values } = parseArgs({
-  options: {
-    scale: { type: 'string', multiple: true, default: [] },
-    seed: { type: 'boolean', default: false },
-    // Start our own PostgreSQL and Redis even when local ones answer.
-    own: { type: 'boolean', default: false },
-  },
-});
+class StartError extends Error {}
+
+function parseCommandLine(): { scale: string[]; own: boolean; seed: boolean } {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      allowPositionals: true,
+      options: { scale: { type: 'string', multiple: true, default: [] }, own: { type: 'boolean', default: false }, 'no-seed': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    });
+  } catch (err) {
+    throw new StartError(`${(err as Error).message.split('\n')[0]} (npm start -- --help)`);
+  }
+  if (parsed.values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const [extra] = parsed.positionals;
+  if (extra !== undefined) {
+    // `npm start --scale worker=2` (without --) gives npm the option and us the value.
+    const hint = /^[a-z]+=\d+$/.test(extra) ? `; did you mean npm start -- --scale ${extra}? (npm keeps the options before --)` : '';
+    throw new StartError(`unexpected argument "${extra}"${hint}`);
+  }
+  return { scale: parsed.values.scale, own: parsed.values.own, seed: !parsed.values['no-seed'] };
+}
 
 function parseProcfile(): Map<string, string> {
   const procs = new Map<string, string>();
@@ -41,24 +71,52 @@ function parseScale(specs: string[], procs: Map<string, string>): Map<string, nu
   const scale = new Map([...procs.keys()].filter((k) => k !== 'release').map((k) => [k, 1]));
   for (const spec of specs.flatMap((s) => s.split(','))) {
     const m = /^([a-z]+)=(\d+)$/.exec(spec);
-    if (!m || !scale.has(m[1]!)) throw new Error(`--scale takes name=count with name one of ${[...scale.keys()].join(', ')} (got "${spec}")`);
+    if (!m || !scale.has(m[1]!)) throw new StartError(`--scale takes name=count with name one of ${[...scale.keys()].join(', ')} (got "${spec}")`);
     scale.set(m[1]!, Number(m[2]));
   }
   return scale;
 }
 
-async function main(): Promise<void> {
+async function waitForHealth(url: string, ms: number, alive: () => boolean): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline && alive()) {
+    if ((await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) }).then((r) => r.ok, () => false)) === true) return true;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return false;
+}
+
+/**
+ * npm start: see USAGE. Comes up completely or not at all: a taken port, a
+ * bad setting, a failed migration or a process that cannot start end it with
+ * one line and a non-zero exit, its own PostgreSQL and Redis stopped, no
+ * process left behind.
+ */
+async function main(): Promise<number> {
+  const args = parseCommandLine();
+  // Every setting is checked before anything starts, naming the variable.
+  let config: Config = getConfig();
   const procs = parseProcfile();
-  const scale = parseScale(values.scale ?? [], procs);
+  const scale = parseScale(args.scale, procs);
+  const webs = Array.from({ length: scale.get('web') ?? 0 }, (_, i) => config.PORT + 100 * i);
+  for (const port of webs) {
+    if (await portAnswers(port)) throw new StartError(`port ${port} is taken by another program; stop it or set PORT`);
+  }
+
   const owned: Service[] = [];
   const stopOwned = async () => {
     for (const s of owned.reverse()) await s.stop().catch(() => undefined);
     owned.length = 0;
   };
+  // A last resort if this process ends any other way: nothing of ours outlives it.
+  process.once('exit', () => {
+    removeRunningSystem();
+    for (const s of owned) s.kill();
+  });
   try {
-    const pgService = await postgres(say, values.own);
+    const pgService = await postgres(say, args.own);
     if (pgService.origin === 'own') owned.push(pgService);
-    const redisService = await redis(say, values.own);
+    const redisService = await redis(say, args.own);
     if (redisService.origin === 'own') owned.push(redisService);
 
     const env: Record<string, string> = {
@@ -66,20 +124,22 @@ async function main(): Promise<void> {
       READ_DATABASE_URL: process.env.READ_DATABASE_URL ?? withDatabase(pgService.url, 'read_db'),
       REDIS_URL: redisService.url,
       ADMIN_PASSWORD: process.env.ADMIN_PASSWORD ?? randomBytes(9).toString('base64url'),
+      // Quiet on success, coloured lines in a terminal; JSON lines when written to a file or a pipe.
+      LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
+      LOG_FORMAT: process.env.LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json'),
     };
-    const config = getConfig({ ...process.env, ...env });
+    config = getConfig({ ...process.env, ...env });
     say(`PostgreSQL: ${pgService.origin} · Redis: ${redisService.origin} (${redisService.url})`);
 
-    const release = spawnSync('sh', ['-c', procs.get('release')!], { cwd: projectRoot, env: { ...process.env, ...env }, stdio: 'inherit' });
-    if (release.status !== 0) throw new Error('release (migrations) failed');
-    if (values.seed) {
+    const release = spawnSync(process.execPath, [path.join(projectRoot, 'dist', 'db', 'release.js')], { cwd: projectRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit'] });
+    if (release.status !== 0) throw new StartError('the migrations failed (see the line above)');
+    if (args.seed) {
       const db = createDb(config.DATABASE_URL, { name: 'seed', max: 1, log: createLogger('warn', 'seed') });
-      const n = await seedCatalogue(db);
-      await db.end();
-      say(n > 0 ? `seeded a demo catalogue of ${n} products` : 'catalogue already has products; --seed left it alone');
+      const n = await seedCatalogue(db).finally(() => db.end());
+      if (n > 0) say(`added a demo catalogue of ${n} products to the empty database (--no-seed to leave it empty)`);
     }
 
-    const colours = { web: 'cyan', relay: 'magenta', worker: 'yellow' } as Record<string, string>;
+    const colours: Record<string, string> = { web: 'cyan', relay: 'magenta', worker: 'yellow' };
     const commands = [...scale].flatMap(([name, count]) =>
       Array.from({ length: count }, (_, i) => ({
         name: `${name}.${i + 1}`,
@@ -92,34 +152,71 @@ async function main(): Promise<void> {
         env: { ...env, ...(name === 'web' ? { PORT: String(config.PORT + 100 * i) } : {}) },
       })),
     );
-    const webs = scale.get('web') ?? 0;
-    const base = `http://localhost:${config.PORT}`;
-    say(`starting ${commands.map((c) => c.name).join(', ')}`);
-    if (webs > 0) {
-      say(`API        ${base}   (dashboard at /, OpenAPI at /openapi.json)`);
-      say(`Bull Board ${base}/admin/queues   user: admin   password: ${env.ADMIN_PASSWORD}`);
-      say(`try: curl -s -XPOST ${base}/orders -H 'content-type: application/json' -d '{"customer_id":1,"items":[{"product_id":1,"quantity":2}]}'`);
+    let stopping = false;
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+      process.once(signal, () => {
+        if (!stopping) say('stopping…');
+        stopping = true;
+      });
     }
-    say('Ctrl-C stops everything');
-
-    const { result } = concurrently(commands, {
+    // A process that keeps failing stops everything: the system is up completely or not at all.
+    const { result, commands: running } = concurrently(commands, {
       prefix: 'name',
       padPrefix: true,
-      restartTries: 3,
+      restartTries: 2,
       restartDelay: 1000,
+      killOthersOn: ['failure'],
       killSignal: 'SIGTERM',
       killTimeout: 12_000,
     });
-    await result.catch(() => undefined); // a process that exited non-zero has logged why
+    let failed: string | undefined;
+    const settled = result.then(
+      () => undefined,
+      (events: { command: { name: string }; exitCode: number | string }[]) => {
+        const bad = events.find((e) => e.exitCode !== 0 && e.exitCode !== 'SIGTERM' && e.exitCode !== 'SIGINT');
+        failed ??= bad ? `${bad.command.name} exited with ${bad.exitCode}` : undefined;
+      },
+    );
+    const alive = () => !stopping && failed === undefined && running.some((c) => c.state === 'started');
+    const urls = webs.map((p) => `http://localhost:${p}`);
+    const up = await Promise.all(urls.map((u) => waitForHealth(u, 30_000, alive)));
+    if (up.every(Boolean) && alive()) {
+      writeRunningSystem({ pid: process.pid, env: { DATABASE_URL: env.DATABASE_URL!, READ_DATABASE_URL: env.READ_DATABASE_URL!, REDIS_URL: env.REDIS_URL!, ADMIN_PASSWORD: env.ADMIN_PASSWORD! }, webs: urls });
+      banner(urls, env.ADMIN_PASSWORD!, [...scale].map(([n, c]) => `${n}×${c}`).join(' '));
+    } else if (!stopping) {
+      for (const c of running) if (c.state === 'started') c.kill('SIGTERM');
+      failed ??= `a web process did not answer /healthz within 30 s`;
+    }
+    await settled;
+    if (failed && !stopping) throw new StartError(`${failed}; everything is stopped (its output is above)`);
+    return 0;
   } finally {
+    removeRunningSystem();
     await stopOwned();
   }
 }
 
+function banner(urls: string[], password: string, processes: string): void {
+  const [first] = urls;
+  say('');
+  say(`up: ${processes}`);
+  for (const u of urls) say(`API        ${u}   dashboard ${u}/   OpenAPI ${u}/openapi.json`);
+  if (first) {
+    say(`Bull Board ${first}/admin/queues   user: any   password: ${password}`);
+    say(`try        curl -s ${first}/products?limit=3`);
+    say(`           curl -s -X POST ${first}/orders -H 'content-type: application/json' -d '{"customer_id":1,"items":[{"product_id":1,"quantity":2}]}'`);
+    say(`           curl -s ${first}/analytics/customers/1`);
+    say(`           npm run loadgen -- --rate 200 --duration 30        npm run verify`);
+  }
+  say('logs: warnings and errors only (LOG_LEVEL=info npm start for more) · Ctrl-C stops everything');
+  say('');
+}
+
 main().then(
-  () => process.exit(0),
+  (code) => process.exit(code),
   (err: unknown) => {
-    console.error(`start: ${err instanceof ConfigError ? `bad configuration: ${err.message}` : (err as Error).message}`);
+    const message = err instanceof ConfigError ? `bad configuration: ${err.message}` : (err as Error).message;
+    console.error(`start: ${message}`);
     process.exit(1);
   },
 );

@@ -22,7 +22,7 @@ if (!Number.isFinite(waitSeconds) || waitSeconds < 0) {
 }
 
 async function main(): Promise<number> {
-  const config = configOrExit('verify');
+  const config = configOrExit('verify', { findRunning: true });
   const log = createLogger('warn', 'verify');
   const writeDb = createDb(config.DATABASE_URL, { name: 'verify', max: 1, log });
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'verify', max: 1, log });

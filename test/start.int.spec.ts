@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import { Proc, freePort } from './support/processes.js';
+import { createTestEnv } from './support/env.js';
+import { sleep } from './support/pipeline.js';
+import { SYSTEM_FILE } from '../lib/running.js';
+
+/** Pids of processes whose environment carries this marker (our QUEUE_PREFIX): what a run left behind. */
+function processesWith(marker: string): number[] {
+  const pids: number[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (fs.readFileSync(`/proc/${pid}/environ`, 'utf8').includes(marker)) pids.push(Number(pid));
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return pids.filter((p) => p !== process.pid);
+}
+
+describe('npm start (integration): all up, or nothing left', function () {
+  this.timeout(90_000);
+
+  it('--help answers and exits 0; an unknown option is one line and exit 1', async () => {
+    const help = await new Proc('scripts/start.js', {}, ['--help']).run();
+    assert.match(help, /^usage: npm start/);
+    const bad = new Proc('scripts/start.js', {}, ['--bogus']);
+    await assert.rejects(bad.run(), /exited 1/);
+    assert.equal(bad.output.trim().split('\n').length, 1);
+    assert.match(bad.output, /^start: Unknown option '--bogus'/);
+  });
+
+  it('comes up with every process, tells the other commands where it runs, and SIGTERM leaves nothing behind', async () => {
+    const env = await createTestEnv();
+    const port = await freePort();
+    const start = new Proc('scripts/start.js', { ...env.env, PORT: String(port), LOG_LEVEL: 'warn', LOG_FORMAT: 'json' }, ['--no-seed', '--scale', 'worker=2']).start();
+    await start.waitFor(/Ctrl-C stops everything/, 60_000);
+    assert.match(start.output, new RegExp(`API +http://localhost:${port}`));
+    assert.ok(processesWith(env.prefix).length >= 4, 'web, relay and two workers run');
+    assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+    const running = JSON.parse(fs.readFileSync(SYSTEM_FILE, 'utf8')) as { env: Record<string, string>; webs: string[] };
+    assert.equal(running.env.DATABASE_URL, env.env.DATABASE_URL);
+    assert.deepEqual(running.webs, [`http://localhost:${port}`]);
+    const { code, ms } = await start.signal('SIGTERM');
+    assert.equal(code, 0, start.output.slice(-2000));
+    assert.ok(ms < 15_000);
+    await sleep(200);
+    assert.deepEqual(processesWith(env.prefix), [], 'no process of the run is left');
+    assert.equal(fs.existsSync(SYSTEM_FILE), false);
+  });
+
+  it('a taken port: one line, non-zero, within seconds, nothing started', async () => {
+    const env = await createTestEnv();
+    const server = net.createServer().listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const port = (server.address() as net.AddressInfo).port;
+    try {
+      const t0 = Date.now();
+      const start = new Proc('scripts/start.js', { ...env.env, PORT: String(port) });
+      await assert.rejects(start.run(30_000), /exited 1/);
+      assert.ok(Date.now() - t0 < 30_000);
+      assert.deepEqual(start.output.trim().split('\n'), [`start: port ${port} is taken by another program; stop it or set PORT`]);
+      assert.deepEqual(processesWith(env.prefix), []);
+    } finally {
+      server.close();
+    }
+  });
+});
