@@ -105,7 +105,9 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
         const problem = classify(err);
         const instance = url?.pathname;
         if (problem) {
-          if (problem.status >= 500) log.warn({ err }, problem.code === 'overloaded' ? 'shed load' : 'backing service unavailable');
+          // What an operator should look at is a warning; an expected answer (a 504 after the bound, a refusal while stopping) is not.
+          if (problem.code === 'service_unavailable' || problem.code === 'overloaded') log.warn({ err }, problem.code === 'overloaded' ? 'shed load' : 'backing service unavailable');
+          else log.debug({ code: problem.code, status: problem.status }, 'refused');
           sendProblem(res, problem, instance);
         } else {
           log.error({ err }, 'unhandled error');

@@ -40,6 +40,10 @@ const schema = z.object({
     .string()
     .regex(/^[^,:\s]+:\d{1,5}(,[^,:\s]+:\d{1,5})*$/, 'must be host:port[,host:port...]')
     .optional(),
+  /** When set, every PostgreSQL URL without an sslmode gets this one: `require`, or `no-verify` for servers with certificates no CA vouches for (Heroku Postgres). */
+  PG_SSLMODE: z.enum(['disable', 'require', 'no-verify']).optional(),
+  /** With a rediss:// URL, accept a certificate no CA vouches for (Heroku Redis). */
+  REDIS_TLS_INSECURE: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** json (one object per line, for machines) or pretty (coloured lines, for a terminal; needs the dev dependency pino-pretty). */
   LOG_FORMAT: z.enum(['json', 'pretty']).default('json'),
@@ -113,7 +117,17 @@ export function getConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(variable, `${issue?.message ?? 'invalid'}${got}`);
   }
   const config = parsed.data;
+  if (config.PG_SSLMODE) {
+    config.DATABASE_URL = withSslMode(config.DATABASE_URL, config.PG_SSLMODE);
+    config.READ_DATABASE_URL = withSslMode(config.READ_DATABASE_URL, config.PG_SSLMODE);
+  }
   // In a cluster, every key of a queue must hash to one slot: wrap the prefix in a hash tag.
   if (config.REDIS_CLUSTER_NODES && !config.QUEUE_PREFIX.includes('{')) config.QUEUE_PREFIX = `{${config.QUEUE_PREFIX}}`;
   return config;
+}
+
+function withSslMode(url: string, mode: string): string {
+  const u = new URL(url);
+  if (!u.searchParams.has('sslmode')) u.searchParams.set('sslmode', mode);
+  return u.toString();
 }

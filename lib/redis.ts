@@ -20,15 +20,15 @@ export function clusterNodes(spec: string): { host: string; port: number }[] {
  * With REDIS_CLUSTER_NODES set, the same roles on an ioredis Cluster.
  */
 export function createRedis(
-  config: Pick<Config, 'REDIS_URL' | 'REDIS_CLUSTER_NODES'>,
+  config: Pick<Config, 'REDIS_URL' | 'REDIS_CLUSTER_NODES'> & Partial<Pick<Config, 'REDIS_TLS_INSECURE'>>,
   role: 'worker' | 'producer',
   log: Logger,
   name: string,
 ): RedisClient {
-  const options: RedisOptions =
-    role === 'worker'
-      ? { maxRetriesPerRequest: null, enableReadyCheck: true }
-      : { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 };
+  const options: RedisOptions = {
+    ...(role === 'worker' ? { maxRetriesPerRequest: null, enableReadyCheck: true } : { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 }),
+    ...(config.REDIS_TLS_INSECURE && config.REDIS_URL.startsWith('rediss://') ? { tls: { rejectUnauthorized: false } } : {}),
+  };
   // Capped backoff; ioredis keeps reconnecting forever.
   const retryStrategy = (times: number) => Math.min(50 * 2 ** times, 2000);
   const redis: RedisClient = config.REDIS_CLUSTER_NODES
