@@ -5,6 +5,7 @@ import http from 'node:http';
 import os from 'node:os';
 import autocannon from 'autocannon';
 import { projectRoot } from '../lib/paths.js';
+import { commandLine, fail, numberOption } from '../lib/cli.js';
 import { rebuild } from '../db/rebuild.js';
 import { seedOrders, ON_THE_FLY, timeIt } from './readside.js';
 import { freePort } from '../scripts/local-services.js';
@@ -25,21 +26,26 @@ import {
   type BenchEnv,
 } from './lib.js';
 
-/**
- * npm run bench [-- --only intake,freshness,drain,readside,profile] [--seconds N] [--backlog N] [--orders N]
- * Each section runs on private databases; the machine's own limit (pgbench on
- * the same transaction) is measured in the same run, because ratios are what
- * survive a noisy machine.
- */
-const args = process.argv.slice(2);
-function opt(name: string, def: string): string {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 && args[i + 1] ? args[i + 1]! : def;
-}
-const only = new Set(opt('only', 'intake,freshness,drain,readside,profile').split(','));
-const ORDERS = Number(opt('orders', '1000000'));
-const SECONDS = Number(opt('seconds', '15'));
-const BACKLOG = Number(opt('backlog', '50000'));
+const USAGE = `usage: npm run bench [-- --only SECTIONS --seconds N --backlog N --orders N]
+
+Measures the system on private databases and prints a table; the JSON result
+goes to bench/results/ (kept out of git). Each section measures the machine's
+own limit in the same run (pgbench on the same transaction, BullMQ alone),
+because ratios are what survive a noisy machine. See docs/performance.md.
+
+  --only SECTIONS   comma-separated, of intake,freshness,drain,readside,profile (all)
+  --seconds N       length of each timed load (15)
+  --backlog N       events in the drain section's standing backlog (50000)
+  --orders N        orders in the read-side section's history (1000000)`;
+
+const SECTIONS = ['intake', 'freshness', 'drain', 'readside', 'profile'];
+const { values } = commandLine('bench', USAGE, { only: { type: 'string' }, seconds: { type: 'string' }, backlog: { type: 'string' }, orders: { type: 'string' } });
+const only = new Set((values.only ?? SECTIONS.join(',')).split(','));
+const unknownSection = [...only].find((x) => !SECTIONS.includes(x));
+if (unknownSection !== undefined) fail('bench', `--only takes sections among ${SECTIONS.join(', ')} (got "${unknownSection}")`);
+const ORDERS = Math.floor(numberOption('bench', 'orders', values.orders, 1_000_000, 1000, 100_000_000));
+const SECONDS = numberOption('bench', 'seconds', values.seconds, 15, 1, 3600);
+const BACKLOG = Math.floor(numberOption('bench', 'backlog', values.backlog, 50_000, 500, 10_000_000));
 const PRODUCTS = 1000;
 
 type Row = { section: string; measure: string; value: string; reference?: string; ratio?: string };
@@ -365,7 +371,7 @@ async function main(): Promise<void> {
   const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   // Settings given in the environment reach every process the bench starts: keep them with the figures.
   const settings = Object.fromEntries(Object.entries(process.env).filter(([k]) => /^(ORDER|RELAY|PROJECTOR|WORKER|WRITE_POOL|READ_POOL|STALLED|RECONCILE)_/.test(k)));
-  fs.writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds: SECONDS, args, settings, results, table: rows }, null, 2));
+  fs.writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds: SECONDS, args: process.argv.slice(2), settings, results, table: rows }, null, 2));
   console.log(`\nwritten ${path.relative(projectRoot, file)}`);
 }
 

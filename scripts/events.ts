@@ -1,5 +1,5 @@
-import { parseArgs } from 'node:util';
 import { configOrExit } from '../lib/lifecycle.js';
+import { commandLine, fail } from '../lib/cli.js';
 import { createQueue } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createLogger } from '../lib/logger.js';
@@ -16,31 +16,18 @@ const USAGE = `usage: npm run events [-- <command>]
 
 /** npm run events: the dead letters (db/dead-letters.ts) and an operator's decisions about them. */
 async function main(): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      allowPositionals: true,
-      options: { parked: { type: 'boolean' }, all: { type: 'boolean' }, json: { type: 'boolean' }, reason: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-    });
-  } catch (err) {
-    console.error(`events: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = commandLine(
+    'events',
+    USAGE,
+    { parked: { type: 'boolean' }, all: { type: 'boolean' }, json: { type: 'boolean' }, reason: { type: 'string' } },
+    true,
+  );
   const [command = 'list', ...ids] = positionals;
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  if (!['list', 'replay', 'park'].includes(command)) {
-    console.error(`events: unknown command ${JSON.stringify(command)}\n${USAGE}`);
-    return 2;
-  }
+  if (!['list', 'replay', 'park'].includes(command)) fail('events', `unknown command ${JSON.stringify(command)}; the commands are list, replay and park`);
   const bad = ids.find((id) => !/^[1-9]\d{0,9}$/.test(id));
-  if (bad !== undefined) {
-    console.error(`events: ${JSON.stringify(bad)} is not an event id (the outbox id, e.g. 1234)`);
-    return 2;
-  }
+  if (bad !== undefined) fail('events', `${JSON.stringify(bad)} is not an event id (the outbox id, e.g. 1234)`);
+  if (command === 'replay' && !values.all && ids.length === 0) fail('events', 'replay needs event ids or --all');
+  if (command === 'park' && (ids.length !== 1 || !values.reason?.trim())) fail('events', 'park takes one event id and --reason "<why>"');
   const config = configOrExit('events', { findRunning: true });
   const log = createLogger('warn', 'events');
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'events', max: 2, log });
@@ -71,10 +58,6 @@ async function main(): Promise<number> {
         console.log(`replayed ${await replayAllFailed(ops)} failed event(s)`);
         return 0;
       }
-      if (ids.length === 0) {
-        console.error(`events: replay needs event ids or --all\n${USAGE}`);
-        return 2;
-      }
       let failures = 0;
       for (const id of ids) {
         const r = await replayDeadLetter(ops, id);
@@ -83,11 +66,7 @@ async function main(): Promise<number> {
       }
       return failures > 0 ? 1 : 0;
     }
-    if (ids.length !== 1 || !values.reason?.trim()) {
-      console.error(`events: park takes one event id and --reason "<why>"\n${USAGE}`);
-      return 2;
-    }
-    const r = await parkEvent(ops, ids[0]!, values.reason.trim());
+    const r = await parkEvent(ops, ids[0]!, values.reason!.trim());
     console.log(`${ids[0]}: ${r.replaceAll('_', ' ')}`);
     return r === 'parked' || r === 'already_parked' ? 0 : 1;
   } finally {

@@ -1,5 +1,5 @@
-import { parseArgs } from 'node:util';
 import { configOrExit } from '../lib/lifecycle.js';
+import { commandLine, numberOption } from '../lib/cli.js';
 import { createLogger } from '../lib/logger.js';
 import { createDb } from '../db/pool.js';
 import { prune } from '../db/retention.js';
@@ -11,27 +11,9 @@ and older than H hours (default: PRUNE_KEEP_MS, 7 days), below a floor proven
 safe (docs/operations.md, Retention). Safe while the system runs.`;
 
 async function main(): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({ options: { 'keep-hours': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
-  } catch (err) {
-    console.error(`prune: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const { values } = commandLine('prune', USAGE, { 'keep-hours': { type: 'string' } });
   const config = configOrExit('prune', { findRunning: true });
-  let keepMs = config.PRUNE_KEEP_MS;
-  if (values['keep-hours'] !== undefined) {
-    const h = Number(values['keep-hours']);
-    if (!/^\d+(\.\d+)?$/.test(values['keep-hours']) || !Number.isFinite(h)) {
-      console.error('prune: --keep-hours takes a number of hours, e.g. 24');
-      return 2;
-    }
-    keepMs = Math.round(h * 3_600_000);
-  }
+  const keepMs = values['keep-hours'] === undefined ? config.PRUNE_KEEP_MS : Math.round(numberOption('prune', 'keep-hours', values['keep-hours'], 0, 0, 1_000_000) * 3_600_000);
   const log = createLogger('warn', 'prune');
   const writeDb = createDb(config.DATABASE_URL, { name: 'prune', max: 1, log });
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'prune', max: 1, log });

@@ -1,8 +1,17 @@
 import { configOrExit } from '../lib/lifecycle.js';
+import { commandLine } from '../lib/cli.js';
 import { rebuild } from '../db/rebuild.js';
+
+const USAGE = `usage: npm run rebuild
+
+Recomputes every view of the read model from write_db and marks every event
+of that snapshot processed (db/rebuild.ts). Safe while orders flow: workers
+wait on a lock for its duration, readers see the old values until it commits.
+Prints progress; about 20 s per million orders on a small machine.`;
 
 /** npm run rebuild: recompute the read model from write_db; safe while orders flow (see db/rebuild.ts). */
 async function main(): Promise<void> {
+  commandLine('rebuild', USAGE, {});
   const config = configOrExit('rebuild', { findRunning: true });
   const tty = process.stderr.isTTY;
   let last = 0;

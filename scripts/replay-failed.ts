@@ -1,4 +1,5 @@
 import { configOrExit } from '../lib/lifecycle.js';
+import { commandLine } from '../lib/cli.js';
 import { createQueue } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createLogger } from '../lib/logger.js';
@@ -10,7 +11,14 @@ import { replayAllFailed } from '../workers/dead-letters.js';
  * workers (the same as `npm run events -- replay --all`). Safe at any time: a
  * replayed event that was applied meanwhile is skipped by processed_events.
  */
+const USAGE = `usage: npm run replay-failed
+
+Sends every event that failed for good (every dead letter waiting for a
+decision, and every job in BullMQ's failed set) back to the workers; the same
+as npm run events -- replay --all. Safe at any time.`;
+
 async function main(): Promise<void> {
+  commandLine('replay-failed', USAGE, {});
   const config = configOrExit('replay-failed', { findRunning: true });
   const log = createLogger('warn', 'replay-failed');
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'replay-failed', max: 2, log });

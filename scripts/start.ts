@@ -31,9 +31,11 @@ examples
 
 The environment is read as by every process (README, Configuration).`;
 
-const say = (line: string) => console.log(`\x1b[1mstart\x1b[0m  ${line}`);
+const say = (line: string) => console.log(process.stdout.isTTY ? `\x1b[1mstart\x1b[0m  ${line}` : `start  ${line}`);
 
 class StartError extends Error {}
+/** A command line we cannot run: answered with the synopsis, exit 2. */
+class UsageError extends StartError {}
 
 function parseCommandLine(): { scale: string[]; own: boolean; seed: boolean } {
   let parsed;
@@ -43,7 +45,7 @@ function parseCommandLine(): { scale: string[]; own: boolean; seed: boolean } {
       options: { scale: { type: 'string', multiple: true, default: [] }, own: { type: 'boolean', default: false }, 'no-seed': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
     });
   } catch (err) {
-    throw new StartError(`${(err as Error).message.split('\n')[0]} (npm start -- --help)`);
+    throw new UsageError((err as Error).message.split('\n')[0]!);
   }
   if (parsed.values.help) {
     console.log(USAGE);
@@ -53,7 +55,7 @@ function parseCommandLine(): { scale: string[]; own: boolean; seed: boolean } {
   if (extra !== undefined) {
     // `npm start --scale worker=2` (without --) gives npm the option and us the value.
     const hint = /^[a-z]+=\d+$/.test(extra) ? `; did you mean npm start -- --scale ${extra}? (npm keeps the options before --)` : '';
-    throw new StartError(`unexpected argument "${extra}"${hint}`);
+    throw new UsageError(`unexpected argument "${extra}"${hint}`);
   }
   return { scale: parsed.values.scale, own: parsed.values.own, seed: !parsed.values['no-seed'] };
 }
@@ -71,7 +73,7 @@ function parseScale(specs: string[], procs: Map<string, string>): Map<string, nu
   const scale = new Map([...procs.keys()].filter((k) => k !== 'release').map((k) => [k, 1]));
   for (const spec of specs.flatMap((s) => s.split(','))) {
     const m = /^([a-z]+)=(\d+)$/.exec(spec);
-    if (!m || !scale.has(m[1]!)) throw new StartError(`--scale takes name=count with name one of ${[...scale.keys()].join(', ')} (got "${spec}")`);
+    if (!m || !scale.has(m[1]!)) throw new UsageError(`--scale takes name=count with name one of ${[...scale.keys()].join(', ')} (got "${spec}")`);
     scale.set(m[1]!, Number(m[2]));
   }
   return scale;
@@ -217,6 +219,7 @@ main().then(
   (err: unknown) => {
     const message = err instanceof ConfigError ? `bad configuration: ${err.message}` : (err as Error).message;
     console.error(`start: ${message}`);
-    process.exit(1);
+    if (err instanceof UsageError) console.error(`${USAGE.split('\n')[0]}  (npm start -- --help for more)`);
+    process.exit(err instanceof UsageError ? 2 : 1);
   },
 );

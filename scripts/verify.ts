@@ -2,24 +2,22 @@ import { z } from 'zod';
 import { createDb, sql } from '../db/pool.js';
 import { createLogger } from '../lib/logger.js';
 import { configOrExit } from '../lib/lifecycle.js';
+import { commandLine, numberOption } from '../lib/cli.js';
 import { compareEventIds, compareViews, type Difference, type EventIdComparison } from '../db/recompute.js';
 
-/**
- * npm run verify [-- --wait SECONDS]
- * Compares every view with SPEC §3's recomputation, at a point where both
- * databases agree on which events exist: a REPEATABLE READ snapshot of
- * write_db, then one of read_db, retried until every outbox id in the first is
- * in processed_events in the second and no other id is (the pipeline has
- * caught up with that snapshot), or until --wait runs out.
- * Exit 0 when equal; 1 on any difference or if no consistent point was found.
- */
-const args = process.argv.slice(2);
-const waitIdx = args.indexOf('--wait');
-const waitSeconds = waitIdx >= 0 ? Number(args[waitIdx + 1]) : 60;
-if (!Number.isFinite(waitSeconds) || waitSeconds < 0) {
-  console.error('verify: --wait takes a number of seconds');
-  process.exit(2);
-}
+const USAGE = `usage: npm run verify [-- --wait SECONDS]
+
+Compares every view of the read model with its recomputation from write_db
+(docs/spec.md §3), and processed_events with the outbox, at a point where both
+databases agree on which events exist: a REPEATABLE READ snapshot of
+write_db, then one of read_db, retried until the pipeline has caught up with
+that snapshot, or until --wait (60) runs out. Reports dead letters: failed
+ones (exit 1) and parked ones (counted as decided). Safe on a live system.
+
+exit 0 equal · 1 different, not caught up, or failed events · 2 could not run`;
+
+const { values } = commandLine('verify', USAGE, { wait: { type: 'string' } });
+const waitSeconds = numberOption('verify', 'wait', values.wait, 60, 0, 86_400);
 
 async function main(): Promise<number> {
   const config = configOrExit('verify', { findRunning: true });
@@ -42,13 +40,19 @@ async function main(): Promise<number> {
               return report(diffs, events, ids);
             }
             if (Date.now() > deadline) {
-              console.log(`verify: the read model did not catch up within ${waitSeconds} s`);
+              say(`verify: the read model did not catch up within ${waitSeconds} s`);
               console.log(`  events not yet applied: ${ids.unprocessed.length} (first ids: ${ids.unprocessed.slice(0, 10).join(', ')})`);
               if (ids.unknown.length > 0) console.log(`  processed ids that are not in the outbox: ${ids.unknown.slice(0, 10).join(', ')}`);
               return 1;
             }
-            if (attempt === 1) process.stdout.write(`verify: waiting for ${ids.unprocessed.length} event(s) to be applied`);
-            else process.stdout.write('.');
+            progressOpen = true;
+            if (attempt === 1) {
+              process.stdout.write(
+                ids.unprocessed.length > 0
+                  ? `verify: waiting for ${ids.unprocessed.length} event(s) to be applied`
+                  : 'verify: waiting for the two databases to agree (events applied after the write_db snapshot)',
+              );
+            } else process.stdout.write('.');
           } finally {
             await write.query(sql.typeAlias('void')`COMMIT`);
             await read.query(sql.typeAlias('void')`COMMIT`);
@@ -62,29 +66,37 @@ async function main(): Promise<number> {
   }
 }
 
+/** The waiting line's dots are open until the next line ends them. */
+let progressOpen = false;
+function say(line: string): void {
+  if (progressOpen) process.stdout.write('\n');
+  progressOpen = false;
+  console.log(line);
+}
+
 const list = (ids: number[]) => `${ids.slice(0, 20).join(', ')}${ids.length > 20 ? ` … (${ids.length - 20} more)` : ''}`;
 
 function report(diffs: Difference[], events: number, ids: EventIdComparison): number {
   if (ids.parked.length > 0) {
-    console.log(`\nverify: ${ids.parked.length} parked event(s), never applied by an operator's decision, are counted as if applied: ${list(ids.parked.map((p) => p.id))}`);
+    say(`verify: ${ids.parked.length} parked event(s), never applied by an operator's decision, are counted as if applied: ${list(ids.parked.map((p) => p.id))}`);
   }
   if (ids.failed.length > 0) {
-    console.log(`\nverify: ${ids.failed.length} event(s) failed for good and wait for a decision (npm run events -- list; replay after a fix, or park): ${list(ids.failed)}`);
+    say(`verify: ${ids.failed.length} event(s) failed for good and wait for a decision (npm run events -- list; replay after a fix, or park): ${list(ids.failed)}`);
   }
   if (diffs.length === 0 && ids.failed.length === 0) {
-    console.log(`\nverify: OK — every view equals its recomputation from write_db; ${events} events, each applied once${ids.parked.length > 0 ? ' or parked' : ''}`);
+    say(`verify: OK — every view equals its recomputation from write_db; ${events} events, each applied once${ids.parked.length > 0 ? ' or parked' : ''}`);
     return 0;
   }
   if (diffs.length === 0) return 1;
   const rows = [['view', 'key', 'column', 'expected', 'actual'], ...diffs.slice(0, 200).map((d) => [d.view, d.key, d.column, d.expected, d.actual])];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  console.log(`\nverify: ${diffs.length} difference(s) between the read model and the recomputation:\n`);
+  say(`verify: ${diffs.length} difference(s) between the read model and the recomputation:\n`);
   rows.forEach((r, i) => {
     console.log(r.map((c, j) => c.padEnd(widths[j]!)).join('  '));
     if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
   });
   if (diffs.length > 200) console.log(`… and ${diffs.length - 200} more`);
-  console.log('\nrun `npm run rebuild` to recompute the read model from write_db');
+  say('\nrun `npm run rebuild` to recompute the read model from write_db');
   return 1;
 }
 

@@ -1,23 +1,26 @@
-import { parseArgs } from 'node:util';
+import { commandLine, fail } from '../../lib/cli.js';
 import { Infra } from './system.js';
 import { ROLES, type Role } from './supervisor.js';
 import { emergencyCleanup, failureMessage, replayCommand, runChaos, summarize, type ChaosResult } from './runner.js';
 
-/**
- * The chaos test from the command line (`npm run chaos -- ...`):
- *
- *   node dist/test/chaos/main.js --seed S --minutes M [--runs N] [--path P]
- *
- * Runs back to back until the time is up (or N runs), each with its own seed
- * (S, S+1, ...), fresh databases and an emptied private Redis. A failure
- * prints its violations, commands, timeline and the line that replays it;
- * the exit code is 1 if any run failed.
- *
- * Other options: --commands MIN-MAX (30-50), --scale web=2,relay=2,worker=2,
- * --env KEY=VALUE (repeatable; e.g. JOB_ATTEMPTS=4), --replay-path R (with
- * --path, for a shrunk case), --shrink-minutes M (shrink a failure; each
- * attempt is a full run), --verbose (print the timeline as it happens).
- */
+/** The chaos test from the command line (`npm run chaos -- ...`); see docs/pipeline.md, "The randomized fault test". */
+const USAGE = `usage: npm run chaos -- --seed S --minutes M [options]
+
+Runs the randomized model-based fault test back to back until the time is up
+(or N runs), each run with its own seed (S, S+1, ...), fresh databases and an
+emptied private Redis. A failure prints its violations, commands, timeline and
+the line that replays it; the exit code is 1 if any run failed.
+
+  --seed S              first seed (default: from the clock)
+  --minutes M           how long to keep starting runs (10)
+  --runs N              at most N runs
+  --path P              replay one recorded path (with the seed it printed)
+  --replay-path R       with --path: a shrunk case
+  --commands MIN-MAX    commands per run (30-50)
+  --scale web=2,relay=2,worker=2
+  --env KEY=VALUE       a setting for every process, repeatable (e.g. JOB_ATTEMPTS=4)
+  --shrink-minutes M    shrink a failure; each attempt is a full run
+  --verbose             print the timeline as it happens`;
 
 const out = (s: string) => process.stdout.write(`${s}\n`);
 
@@ -42,29 +45,23 @@ function parseEnv(list: string[]): Record<string, string> {
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      seed: { type: 'string' },
-      minutes: { type: 'string', default: '10' },
-      runs: { type: 'string' },
-      path: { type: 'string' },
-      'replay-path': { type: 'string' },
-      commands: { type: 'string', default: '30-50' },
-      scale: { type: 'string', default: '' },
-      env: { type: 'string', multiple: true, default: [] },
-      'shrink-minutes': { type: 'string' },
-      verbose: { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
-    },
+  const { values: v } = commandLine('chaos', USAGE, {
+    seed: { type: 'string' },
+    minutes: { type: 'string' },
+    runs: { type: 'string' },
+    path: { type: 'string' },
+    'replay-path': { type: 'string' },
+    commands: { type: 'string' },
+    scale: { type: 'string' },
+    env: { type: 'string', multiple: true },
+    'shrink-minutes': { type: 'string' },
+    verbose: { type: 'boolean' },
   });
-  if (values.help) {
-    out('usage: node dist/test/chaos/main.js --seed S --minutes M [--runs N] [--path P [--replay-path R]] [--commands MIN-MAX] [--scale web=2,relay=2,worker=2] [--env K=V]... [--shrink-minutes M] [--verbose]');
-    return 0;
-  }
+  const values = { ...v, minutes: v.minutes ?? '10', commands: v.commands ?? '30-50', scale: v.scale ?? '', env: v.env ?? [], verbose: v.verbose ?? false };
   const seed = values.seed === undefined ? Date.now() % 2_147_483_647 : Number(values.seed);
-  if (!Number.isInteger(seed)) throw new Error('--seed must be an integer');
+  if (!Number.isInteger(seed)) fail('chaos', '--seed must be an integer');
   const m = /^(\d+)-(\d+)$/.exec(values.commands);
-  if (!m || Number(m[1]) > Number(m[2])) throw new Error('--commands must be MIN-MAX');
+  if (!m || Number(m[1]) > Number(m[2])) fail('chaos', '--commands must be MIN-MAX');
   const replaying = values.path !== undefined;
   const maxRuns = replaying ? 1 : values.runs === undefined ? Infinity : Number(values.runs);
   const minutes = Number(values.minutes);
