@@ -4,7 +4,7 @@ import type { Ctx, Route } from './router.js';
 import { parseId, parseInstant, parseLimit } from './validate.js';
 import { CONSISTENCY_HEADER } from './orders.js';
 import { lastOutboxId, outboxBacklog } from '../db/outbox.js';
-import { productSalesOf, topProducts } from '../workers/projector/projections/product-sales.js';
+import { productSalesOf, topProducts, withNames } from '../workers/projector/projections/product-sales.js';
 import { categoryList } from '../workers/projector/projections/category-metrics.js';
 import { customerLtvOf, topCustomers } from '../workers/projector/projections/customer-ltv.js';
 import { hoursBetween } from '../workers/projector/projections/hourly-sales.js';
@@ -40,7 +40,7 @@ export const analyticsRoutes: Route[] = [
       if (by !== 'revenue' && by !== 'quantity') throw new ApiError('validation_failed', 'by must be revenue or quantity', { field: 'by' });
       const limit = parseLimit(ctx.url.searchParams.get('limit'), 'limit', 10, 100);
       await consistent(ctx);
-      sendJson(ctx.res, 200, { by, items: await topProducts(ctx.deps.readDb, by, limit) });
+      sendJson(ctx.res, 200, { by, items: await withNames(ctx.deps.writeDb, await topProducts(ctx.deps.readDb, by, limit)) });
     },
   },
   {
@@ -49,7 +49,7 @@ export const analyticsRoutes: Route[] = [
     async handler(ctx) {
       const id = parseId(ctx.params[0], 'id');
       await consistent(ctx);
-      sendJson(ctx.res, 200, await productSalesOf(ctx.deps.readDb, id));
+      sendJson(ctx.res, 200, (await withNames(ctx.deps.writeDb, [await productSalesOf(ctx.deps.readDb, id)]))[0]);
     },
   },
   {

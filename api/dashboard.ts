@@ -53,14 +53,14 @@ function barChart(bars: NonNullable<Panel['bars']>, label: string): string {
 function table(t: NonNullable<Panel['table']>): string {
   if (t.rows.length === 0) return `<p class="empty">${esc(t.empty)}</p>`;
   return `<table><thead><tr>${t.headers.map((x) => `<th>${esc(x)}</th>`).join('')}</tr></thead><tbody>${t.rows
-    .map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`)
+    .map((r) => `<tr>${r.map((c, i) => (i === 0 ? `<td title="${esc(c)}">${esc(c)}</td>` : `<td>${esc(c)}</td>`)).join('')}</tr>`)
     .join('')}</tbody></table>`;
 }
 
 function section(p: Projection, panel: Panel | undefined): string {
   if (!panel) return `<section id="${esc(p.table)}"><h2>${esc(p.table)}</h2><p class="empty">The read model is unavailable right now.</p></section>`;
   const body = panel.bars ? barChart(panel.bars, panel.title) : panel.table ? table(panel.table) : '';
-  return `<section id="${esc(panel.id)}"${panel.wide ? ' class="wide"' : ''}><h2>${esc(panel.title)}</h2>${body}</section>`;
+  return `<section id="${esc(panel.id)}"><h2>${esc(panel.title)}</h2>${body}</section>`;
 }
 
 /** Each source gets this long; a service that is away leaves its part of the page marked unavailable. */
@@ -93,12 +93,11 @@ async function render(deps: Deps): Promise<string> {
   }
   const t = totals ?? { orders: UNAVAILABLE, revenue: UNAVAILABLE, events: UNAVAILABLE };
   const b = backlog ?? { unpublished: UNAVAILABLE, oldestAgeSeconds: 0 };
-  // Wide panels (charts) first.
-  const sections = withPanels
-    .map((p, i) => ({ p, panel: panels[i] as Panel | undefined }))
-    .sort((x, y) => Number(!!y.panel?.wide) - Number(!!x.panel?.wide))
-    .map(({ p, panel }) => section(p, panel))
-    .join('\n');
+  // Wide panels (charts) across the page first, then the others as cards in a grid of their own (a
+  // full-width item in an auto-fit grid keeps every track alive, leaving empty columns beside the cards).
+  const rendered = withPanels.map((p, i) => ({ p, panel: panels[i] as Panel | undefined }));
+  const wide = rendered.filter((x) => x.panel?.wide).map(({ p, panel }) => section(p, panel)).join('\n');
+  const cards = rendered.filter((x) => !x.panel?.wide).map(({ p, panel }) => section(p, panel)).join('\n');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -106,16 +105,17 @@ async function render(deps: Deps): Promise<string> {
 <style>
 body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:18px}
-main{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:16px;padding:16px 24px}
+main{display:flex;flex-direction:column;gap:16px;padding:16px 24px}.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:16px}
 section{background:#fff;border-radius:8px;padding:14px 18px;box-shadow:0 1px 2px #0001}
-section.wide{grid-column:1/-1}h2{font-size:14px;text-transform:uppercase;letter-spacing:.04em;color:#5b6475;margin:0 0 10px}
+h2{font-size:14px;text-transform:uppercase;letter-spacing:.04em;color:#5b6475;margin:0 0 10px}
 .kpis{display:flex;gap:32px;flex-wrap:wrap}.kpi b{display:block;font-size:26px}.kpi span{color:#5b6475;font-size:13px}
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 6px;border-bottom:1px solid #eceef2}td:not(:first-child),th:not(:first-child){text-align:right}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 6px;border-bottom:1px solid #eceef2}td:not(:first-child),th:not(:first-child){text-align:right;white-space:nowrap}
+td:first-child{max-width:0;width:100%;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 svg{width:100%;height:auto}rect{fill:#3f7de0}text{font-size:10px;fill:#5b6475}.empty{color:#8a93a5}
 </style></head><body>
 <header><h1>Order pipeline</h1></header>
 <main>
-<section class="wide"><div class="kpis">
+<section><div class="kpis">
 <div class="kpi" id="orders"><b>${esc(t.orders)}</b><span>orders (not cancelled)</span></div>
 <div class="kpi" id="revenue"><b>${esc(t.revenue)}</b><span>revenue</span></div>
 <div class="kpi" id="events"><b>${esc(t.events)}</b><span>events applied</span></div>
@@ -123,7 +123,10 @@ svg{width:100%;height:auto}rect{fill:#3f7de0}text{font-size:10px;fill:#5b6475}.e
 <div class="kpi" id="queue"><b>${esc(waiting)}</b><span>jobs waiting</span></div>
 <div class="kpi" id="lag"><b>${esc(lag)}</b><span>projection lag (mean, commit → read model)</span></div>
 </div></section>
-${sections}
+${wide}
+<div class="cards">
+${cards}
+</div>
 </main></body></html>`;
 }
 

@@ -7,7 +7,7 @@ import { createOrderBody, createProductBody, patchProductBody } from './validate
 import { parkBody, replayBody } from './admin.js';
 import { product } from '../db/products.js';
 import { deadLetter } from '../db/dead-letters.js';
-import { salesRow } from '../workers/projector/projections/product-sales.js';
+import { namedSalesRow } from '../workers/projector/projections/product-sales.js';
 import { categoryRow } from '../workers/projector/projections/category-metrics.js';
 import { customerRow } from '../workers/projector/projections/customer-ltv.js';
 import { hourRow } from '../workers/projector/projections/hourly-sales.js';
@@ -89,7 +89,7 @@ const SCHEMAS: Record<string, unknown> = {
   NewOrder: request(createOrderBody),
   Order: answer(orderDocument),
   OrderPage: page('Order'),
-  ProductSales: answer(salesRow),
+  ProductSales: answer(namedSalesRow),
   ProductSalesPage: list('ProductSales', { by: { enum: ['revenue', 'quantity'] } }),
   Category: answer(categoryRow),
   CategoryPage: list('Category'),

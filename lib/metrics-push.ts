@@ -5,12 +5,12 @@ import type { Logger } from './logger.js';
 
 /**
  * Relays and workers have no HTTP port (Heroku gives one only to `web`), so
- * each pushes its metrics as JSON into one Redis hash every few seconds; the
+ * each pushes its metrics as JSON into one Redis hash every 2 s; the
  * web process serves them, summed with its own, on /metrics. Entries of
  * processes that stopped pushing are dropped after STALE_MS.
  */
-const PUSH_MS = 5000;
-const STALE_MS = 30_000;
+const PUSH_MS = 2000;
+const STALE_MS = 15_000;
 
 export const metricsKey = (prefix: string) => `${prefix}:metrics`;
 

@@ -1,37 +1,47 @@
-import { parseArgs } from 'node:util';
 import logUpdate from 'log-update';
+import { commandLine, numberOption } from '../lib/cli.js';
+import { runningSystem } from '../lib/running.js';
 
-/**
- * npm run loadgen -- --rate 300 --duration 60 [--customers 1000] [--cancel-ratio 0.1] [--url http://localhost:3000]
- * Places orders through the HTTP API at a steady (open-loop) rate over
- * keep-alive connections, with a live line: sent, ok, refused, errors,
- * achieved rate, outbox and queue backlog and projection lag from /metrics.
- */
-const { values } = parseArgs({
-  options: {
-    rate: { type: 'string', default: '100' },
-    duration: { type: 'string', default: '30' },
-    customers: { type: 'string', default: '1000' },
-    'cancel-ratio': { type: 'string', default: '0' },
-    url: { type: 'string', default: process.env.LOADGEN_URL ?? `http://localhost:${process.env.PORT ?? 3000}` },
-  },
+const USAGE = `usage: npm run loadgen [-- --rate R --duration S --customers N --cancel-ratio F --url URL]
+
+Places orders through the HTTP API at a steady (open-loop) rate over
+keep-alive connections and shows, live: orders sent, created, refused and
+failed, the achieved rate and latency, and from /metrics the outbox and queue
+backlog and the projection lag. Ctrl-C stops early and prints the summary.
+
+  --rate R           orders per second (100)
+  --duration S       seconds to run (30)
+  --customers N      customer ids drawn from 1..N (1000)
+  --cancel-ratio F   share of created orders cancelled right after (0)
+  --url URL          the web to load (the one npm start runs, else http://localhost:$PORT)
+
+exit 0 no errors · 1 some requests failed (5xx or no answer) · 2 bad option`;
+
+const { values } = commandLine('loadgen', USAGE, {
+  rate: { type: 'string' },
+  duration: { type: 'string' },
+  customers: { type: 'string' },
+  'cancel-ratio': { type: 'string' },
+  url: { type: 'string' },
 });
+const rate = numberOption('loadgen', 'rate', values.rate, 100, 0.1, 100_000);
+const duration = numberOption('loadgen', 'duration', values.duration, 30, 1, 86_400);
+const customers = Math.floor(numberOption('loadgen', 'customers', values.customers, 1000, 1, 2 ** 31 - 1));
+const cancelRatio = numberOption('loadgen', 'cancel-ratio', values['cancel-ratio'], 0, 0, 1);
+const base = (values.url ?? process.env.LOADGEN_URL ?? runningSystem()?.webs[0] ?? `http://localhost:${process.env.PORT ?? 3000}`).replace(/\/$/, '');
+/** A live line where there is a terminal to redraw; a plain line every 5 s where there is not (CI, a pipe, a log file). */
+const live = Boolean(process.stdout.isTTY && process.stdout.columns);
 
-function num(name: string, v: string | undefined, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min || n > max) {
-    console.error(`loadgen: --${name} must be a number from ${min} to ${max} (got ${v})`);
-    process.exit(2);
+const stats = { sent: 0, ok: 0, refused: 0, errors: 0, cancelled: 0, answered: 0, latencies: [] as number[] };
+/** A uniform sample of at most 20,000 latencies (reservoir sampling), so that a long run's percentiles stay cheap. */
+function recordLatency(ms: number): void {
+  stats.answered++;
+  if (stats.latencies.length < 20_000) stats.latencies.push(ms);
+  else {
+    const i = Math.floor(Math.random() * stats.answered);
+    if (i < 20_000) stats.latencies[i] = ms;
   }
-  return n;
 }
-const rate = num('rate', values.rate, 0.1, 100_000);
-const duration = num('duration', values.duration, 1, 86_400);
-const customers = Math.floor(num('customers', values.customers, 1, 2 ** 31 - 1));
-const cancelRatio = num('cancel-ratio', values['cancel-ratio'], 0, 1);
-const base = values.url!.replace(/\/$/, '');
-
-const stats = { sent: 0, ok: 0, refused: 0, errors: 0, cancelled: 0, latencies: [] as number[] };
 let lastError = '';
 
 async function productIds(): Promise<number[]> {
@@ -56,7 +66,7 @@ async function placeOne(products: number[]): Promise<void> {
   try {
     const res = await fetch(`${base}/orders`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
     const json = (await res.json()) as { id?: number; code?: string };
-    stats.latencies.push(performance.now() - t0);
+    recordLatency(performance.now() - t0);
     if (res.status === 201) {
       stats.ok++;
       if (Math.random() < cancelRatio && json.id) {
@@ -77,17 +87,18 @@ async function placeOne(products: number[]): Promise<void> {
   }
 }
 
-/** Pipeline state from /metrics: backlog and the mean projection lag since the previous scrape. */
+/** Pipeline state from /metrics: backlog and the mean projection lag since the previous scrape (the last known one while no event was applied). */
 let lagPrev = { sum: 0, count: 0 };
+let lastLag = '–';
 async function pipeline(): Promise<string> {
   try {
     const text = await (await fetch(`${base}/metrics`)).text();
     const metric = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
     const sum = metric(/^projection_lag_seconds_sum (\S+)/m);
     const count = metric(/^projection_lag_seconds_count (\S+)/m);
-    const lag = count > lagPrev.count ? ((sum - lagPrev.sum) / (count - lagPrev.count)) * 1000 : NaN;
+    if (count > lagPrev.count) lastLag = `${(((sum - lagPrev.sum) / (count - lagPrev.count)) * 1000).toFixed(0)} ms`;
     lagPrev = { sum, count };
-    return `outbox ${metric(/^outbox_unpublished_events (\S+)/m)} · queue waiting ${metric(/^queue_jobs\{state="waiting"\} (\S+)/m)} · lag ${Number.isFinite(lag) ? `${lag.toFixed(0)} ms` : '–'}`;
+    return `outbox ${metric(/^outbox_unpublished_events (\S+)/m)} · queue waiting ${metric(/^queue_jobs\{state="waiting"\} (\S+)/m)} · lag ${lastLag}`;
   } catch {
     return 'metrics unavailable';
   }
@@ -107,21 +118,22 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   if (products.length === 0) {
-    console.error('loadgen: no products with stock; start with `npm start -- --seed` or POST /products first');
+    console.error('loadgen: no products with stock; add some with POST /products (npm start puts a demo catalogue into an empty database)');
     process.exit(1);
   }
   console.log(`loadgen: ${rate} orders/s for ${duration} s against ${base} (${products.length} products, ${customers} customers, cancel ratio ${cancelRatio})`);
   const start = performance.now();
   const inflight = new Set<Promise<void>>();
   let pipe = await pipeline();
-  const render = () => {
+  const line = () => {
     const elapsed = (performance.now() - start) / 1000;
-    logUpdate(
+    return (
       `${elapsed.toFixed(0).padStart(4)} s  sent ${stats.sent}  ok ${stats.ok}  refused ${stats.refused}  errors ${stats.errors}  ` +
-        `rate ${(stats.ok / Math.max(elapsed, 0.001)).toFixed(0)}/s  p50 ${pct(50)}  in flight ${inflight.size}\n      ${pipe}${lastError ? `  · last problem: ${lastError}` : ''}`,
+      `rate ${(stats.ok / Math.max(elapsed, 0.001)).toFixed(0)}/s  p50 ${pct(50)}  in flight ${inflight.size}\n      ${pipe}${lastError ? `  · last problem: ${lastError}` : ''}`
     );
   };
-  const ui = setInterval(render, 250);
+  const render = () => (live ? logUpdate(line()) : console.log(line()));
+  const ui = setInterval(render, live ? 250 : 5000);
   const scrape = setInterval(() => void pipeline().then((p) => (pipe = p)), 1000);
   let stopping = false;
   process.once('SIGINT', () => (stopping = true));
@@ -139,7 +151,7 @@ async function main(): Promise<void> {
   clearInterval(ui);
   clearInterval(scrape);
   render();
-  logUpdate.done();
+  if (live) logUpdate.done();
   const elapsed = (performance.now() - start) / 1000;
   console.log(
     `\nsummary: ${stats.sent} sent in ${elapsed.toFixed(1)} s · ${stats.ok} created (${(stats.ok / elapsed).toFixed(1)}/s) · ${stats.cancelled} cancelled · ` +

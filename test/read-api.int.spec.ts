@@ -6,6 +6,8 @@ import { testLog } from './support/env.js';
 import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { rebuild } from '../db/rebuild.js';
+import { createDb } from '../db/pool.js';
+import { withNames } from '../workers/projector/projections/product-sales.js';
 
 describe('read side and operations (integration)', function () {
   this.timeout(120_000);
@@ -21,8 +23,8 @@ describe('read side and operations (integration)', function () {
     f = await startTestWeb({ REDIS_URL: redis.url, ADMIN_PASSWORD: 'correct horse battery', CONSISTENCY_WAIT_MS: '3000' });
     relay = await startRelay(f.env.config, testLog);
     worker = await startProjector(f.env.config, testLog);
-    tools = await createProduct(f.base, { category: 'tools', price: '19.99', stock: 1000 });
-    toys = await createProduct(f.base, { category: 'toys', price: '0.10', stock: 1000 });
+    tools = await createProduct(f.base, { name: 'Hammer', category: 'tools', price: '19.99', stock: 1000 });
+    toys = await createProduct(f.base, { name: 'Marble', category: 'toys', price: '0.10', stock: 1000 });
     // A known data set: customer 1 buys twice, customer 2 once and cancels.
     await call(f.base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: tools, quantity: 7 }, { product_id: toys, quantity: 3 }] }); // 139.93 + 0.30
     await call(f.base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: toys, quantity: 10 }] }); // 1.00
@@ -39,8 +41,8 @@ describe('read side and operations (integration)', function () {
 
   describe('analytics endpoints', () => {
     it('serve the read model with money as two-decimal strings', async () => {
-      assert.deepEqual((await call(f.base, 'GET', `/analytics/products/${tools}`)).json, { product_id: tools, total_quantity_sold: 7, total_revenue: '139.93', order_count: 1 });
-      assert.deepEqual((await call(f.base, 'GET', '/analytics/products/top?by=quantity&limit=1')).json.items, [{ product_id: toys, total_quantity_sold: 13, total_revenue: '1.30', order_count: 2 }]);
+      assert.deepEqual((await call(f.base, 'GET', `/analytics/products/${tools}`)).json, { product_id: tools, total_quantity_sold: 7, total_revenue: '139.93', order_count: 1, name: 'Hammer' });
+      assert.deepEqual((await call(f.base, 'GET', '/analytics/products/top?by=quantity&limit=1')).json.items, [{ product_id: toys, total_quantity_sold: 13, total_revenue: '1.30', order_count: 2, name: 'Marble' }]);
       assert.deepEqual((await call(f.base, 'GET', '/analytics/products/top')).json.items.map((p: { product_id: number }) => p.product_id), [tools, toys]);
       assert.deepEqual((await call(f.base, 'GET', '/analytics/categories')).json.items, [
         { category_name: 'tools', total_revenue: '139.93', total_orders: 1 },
@@ -57,6 +59,17 @@ describe('read side and operations (integration)', function () {
       assert.equal(hourly.items.length, 1);
       assert.deepEqual([hourly.items[0].total_orders, hourly.items[0].total_revenue], [2, '141.23']);
       assert.equal((await call(f.base, 'GET', '/analytics/hourly?to=2000-01-01')).json.items.length, 0);
+    });
+
+    it('name products from write_db, and still answer (name null) when write_db cannot be reached', async () => {
+      const rows = [{ product_id: tools, total_quantity_sold: 7, total_revenue: '139.93', order_count: 1 }];
+      assert.deepEqual(await withNames(f.writeDb, rows), [{ ...rows[0], name: 'Hammer' }]);
+      const gone = createDb('postgres://127.0.0.1:1/none', { name: 'gone', max: 1, log: testLog });
+      try {
+        assert.deepEqual(await withNames(gone, rows), [{ ...rows[0], name: null }]);
+      } finally {
+        await gone.end();
+      }
     });
 
     it('ranks by amount, not by its text ("10.00" above "9.00")', async () => {

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { CommonQueryMethods } from 'slonik';
-import { sql } from '../../../db/pool.js';
+import { isBusy, isUnavailable, sql } from '../../../db/pool.js';
 import { signed } from '../events.js';
 import type { Projection } from '../projection.js';
 
@@ -36,14 +36,11 @@ export const productSales: Projection<ProductSalesRow> = {
       FROM order_items i JOIN orders o ON o.id = i.order_id
      WHERE o.status <> 'cancelled' GROUP BY i.product_id`,
   async panel({ read, write }) {
-    const top = await topProducts(read, 'revenue', 10);
-    const named = await write.any(sql.type(z.object({ id: z.number(), name: z.string() }))`
-      SELECT id, name FROM products WHERE id = ANY (${sql.array(top.map((p) => p.product_id), 'int4')})`);
-    const names = new Map(named.map((p) => [p.id, p.name]));
+    const top = await withNames(write, await topProducts(read, 'revenue', 10));
     return {
       id: 'top-products',
       title: 'Top products',
-      table: { headers: ['product', 'quantity', 'revenue', 'orders'], rows: top.map((p) => [names.get(p.product_id) ?? `#${p.product_id}`, p.total_quantity_sold, p.total_revenue, p.order_count]), empty: 'No sales yet.' },
+      table: { headers: ['product', 'quantity', 'revenue', 'orders'], rows: top.map((p) => [p.name ?? `#${p.product_id}`, p.total_quantity_sold, p.total_revenue, p.order_count]), empty: 'No sales yet.' },
     };
   },
 };
@@ -55,6 +52,28 @@ export const productSales: Projection<ProductSalesRow> = {
  */
 export const salesRow = z.object({ product_id: z.number(), total_quantity_sold: z.number(), total_revenue: z.string(), order_count: z.number() });
 export type ProductSales = z.infer<typeof salesRow>;
+/** What the API answers: the row plus the product's name from write_db's catalogue (null while write_db cannot be reached). */
+export const namedSalesRow = salesRow.extend({ name: z.string().nullable() });
+export type NamedProductSales = z.infer<typeof namedSalesRow>;
+
+/**
+ * Names the products of some rows. The name lives in write_db (the read model
+ * keeps numbers only, SPEC §2): one indexed lookup for the page. When write_db
+ * cannot be reached the numbers still answer, with name null.
+ */
+export async function withNames(write: CommonQueryMethods, rows: readonly ProductSales[]): Promise<NamedProductSales[]> {
+  let names = new Map<number, string>();
+  if (rows.length > 0) {
+    try {
+      const named = await write.any(sql.type(z.object({ id: z.number(), name: z.string() }))`
+        SELECT id, name FROM products WHERE id = ANY (${sql.array(rows.map((p) => p.product_id), 'int4')})`);
+      names = new Map(named.map((p) => [p.id, p.name]));
+    } catch (err) {
+      if (!isUnavailable(err) && !isBusy(err)) throw err;
+    }
+  }
+  return rows.map((row) => ({ ...row, name: names.get(row.product_id) ?? null }));
+}
 
 export function topProducts(db: CommonQueryMethods, by: 'revenue' | 'quantity', limit: number): Promise<readonly ProductSales[]> {
   const order = by === 'revenue' ? sql.fragment`v.total_revenue DESC, v.product_id` : sql.fragment`v.total_quantity_sold DESC, v.product_id`;
