@@ -27,7 +27,17 @@ import { sleep } from '../support/pipeline.js';
  */
 
 function isUnavailable(o: Outcome): boolean {
-  return o.kind === 'response' && o.status === 503 && problemCode(o) === 'service_unavailable';
+  return o.kind === 'response' && o.status === 503 && (problemCode(o) === 'service_unavailable' || problemCode(o) === 'overloaded');
+}
+
+/**
+ * Certainly not carried out: the connection was refused, or a stopping web
+ * turned the request away before routing it (503 shutting_down). The model
+ * books nothing, so were it carried out after all, the end-of-run checks
+ * would find an order or a transition nobody was told about.
+ */
+function notCarriedOut(o: Outcome): boolean {
+  return o.kind === 'refused' || (o.kind === 'response' && o.status === 503 && problemCode(o) === 'shutting_down');
 }
 
 /** The outcome is unknown: the request may or may not have been carried out. */
@@ -140,7 +150,7 @@ export async function placeOrder(sys: ChaosSystem, m: Model, webIndex: number, b
     }
     return o;
   }
-  if (o.kind === 'refused') return o; // never reached a web: nothing happened
+  if (notCarriedOut(o)) return o; // never reached a web, or turned away by a stopping one: nothing happened
   if (isAmbiguous(o)) {
     adjust(m, body.items, 'low', -1);
     if (key !== undefined) m.pending.push({ key, body, reason: describe(o) });
@@ -163,7 +173,7 @@ export async function replayOrder(sys: ChaosSystem, m: Model, webIndex: number, 
   const slot = sys.web(webIndex);
   const o = await request(slot.base, 'POST', '/orders', body, { 'Idempotency-Key': key });
   count(sys, 'POST /orders replay', o);
-  if (o.kind === 'refused' || isAmbiguous(o)) return; // a replay creates nothing either way
+  if (notCarriedOut(o) || isAmbiguous(o)) return; // a replay creates nothing either way
   const id = o.kind === 'response' ? (o.json as { id?: unknown } | undefined)?.id : undefined;
   if (o.kind === 'response' && o.status === 201 && id === first.id && o.headers['idempotent-replayed'] === 'true') return;
   await unexpected(sys, slot, `replay of ${key} (order ${first.id})`, o);
@@ -174,7 +184,7 @@ export async function resolvePending(sys: ChaosSystem, m: Model, index: number, 
   const p = m.pending.splice(index % m.pending.length, 1)[0];
   if (!p) return true;
   const o = await placeOrder(sys, m, webIndex, p.body, p.key, true);
-  if (o.kind === 'refused') {
+  if (notCarriedOut(o)) {
     m.pending.push(p); // still unknown; the reservation stays
     adjust(m, p.body.items, 'low', -1);
     return false;
@@ -215,7 +225,7 @@ export async function transition(sys: ChaosSystem, m: Model, order: OrderModel, 
     }
     return;
   }
-  if (o.kind === 'refused') return;
+  if (notCarriedOut(o)) return;
   if (!isAmbiguous(o)) await unexpected(sys, slot, what, o);
   // It may have happened, now or (a commit in flight when the connection broke) a little later;
   // unless the order certainly could not leave its status, so that the database refused it either way.
@@ -248,6 +258,6 @@ export async function readOwnWrite(sys: ChaosSystem, order: OrderModel, webIndex
     return;
   }
   if (o.kind === 'response' && o.status === 504 && problemCode(o) === 'consistency_timeout') return;
-  if (o.kind === 'refused' || o.kind === 'broken' || isUnavailable(o)) return;
+  if (notCarriedOut(o) || o.kind === 'broken' || isUnavailable(o)) return;
   if (o.kind !== 'hang') await unexpected(sys, slot, what, o);
 }
