@@ -65,8 +65,13 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
     res.once('finish', () => {
       if (!req.complete) req.socket.destroySoon();
     });
+    const started = process.hrtime.bigint();
+    const header = req.headers['x-request-id'];
+    const requestId = typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID();
+    res.setHeader('X-Request-Id', requestId);
     if (state.draining) {
-      // Arrived on a kept-alive connection after SIGTERM: not executed, safe to send elsewhere.
+      // Arrived after SIGTERM (a kept-alive connection, or accepted just before the listener closed): not executed, safe to send elsewhere.
+      deps.log.debug({ reqId: requestId, method: req.method, url: req.url }, 'turned away: shutting down');
       sendProblem(res, new ApiError('shutting_down', 'This process is stopping; send the request again', {}, { Connection: 'close', 'Retry-After': '0' }));
       return;
     }
@@ -77,10 +82,6 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
       board(req, res);
       return;
     }
-    const started = process.hrtime.bigint();
-    const header = req.headers['x-request-id'];
-    const requestId = typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID();
-    res.setHeader('X-Request-Id', requestId);
     const log = deps.log.child({ reqId: requestId });
     let routeName = '(unmatched)';
     // A path must start with one slash: "//evil.example/products" would otherwise parse as a host and route as /products.

@@ -197,8 +197,9 @@ export class ChaosSystem {
 
   /**
    * Web slot by a generated index, as a load balancer would route: among the
-   * webs that run and are not being stopped, if any; else any (and the
-   * request is refused).
+   * webs that run and are not being stopped, if any; else any: a stopping
+   * one may still answer, answer 503 shutting_down, or reset the connection;
+   * a stopped one refuses it.
    */
   web(i: number): Slot {
     const webs = this.supervisor.byRole('web');
