@@ -88,7 +88,7 @@ function isBelowFloor(c: CommonQueryMethods, eventId: string): Promise<boolean> 
 /**
  * Park a dead letter: it will never be applied. Under a SHARE ROW EXCLUSIVE
  * lock on processed_events (projector batches wait a moment; see
- * recordProcessed in workers/projector/apply.ts), so an event cannot be both
+ * applyEvents in workers/projector/apply.ts), so an event cannot be both
  * applied and parked. A failed dead letter of an event found applied is
  * resolved on the way.
  */

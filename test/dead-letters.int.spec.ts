@@ -113,7 +113,7 @@ describe('dead letters, retention and rebuild together (integration)', function 
     await holder.query('INSERT INTO product_sales_view (product_id) VALUES ($1)', [x]);
     // The operator retries the failed job (replay --all does this for every failed job) ...
     await (await queue.getJob(jobIdFor(e)))!.retry('failed');
-    // ... a worker takes it: recordProcessed inserts e (deleting no dead letter: there is none yet), then waits on x's row.
+    // ... a worker takes it: its statement inserts e (deleting no dead letter: there is none yet), then waits on x's row.
     await until('worker waiting on the row lock', async () => (await f.read.query(`SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker' AND wait_event_type = 'Lock'`)).rows.length > 0);
     // Meanwhile the reconciler, which saw e unresolved and its job in the failed set a moment earlier, records it
     // (Reconciler.recordFailed -> recordDeadLetter): processed_events does not show e yet, so the row goes in.

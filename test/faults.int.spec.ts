@@ -15,6 +15,7 @@ import { createQueue, jobIdFor, toJob } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createDb, sql } from '../db/pool.js';
 import { relayBatch } from '../workers/relay/relay.js';
+import { compareEventIds } from '../db/recompute.js';
 
 describe('pipeline under faults (integration, real PostgreSQL and Redis)', function () {
   this.timeout(180_000);
@@ -149,6 +150,24 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
       await redis.kill();
     });
 
+    /** Drained, or an error carrying what the processes said at warn and above (their lines say why). */
+    async function drained(): Promise<void> {
+      try {
+        await waitForDrain(f.writeDb, f.readDb, 90_000);
+      } catch (err) {
+        const said = procs.flatMap((p) => p.output.split('\n').filter((l) => /"level":("?(warn|error|fatal)"?|40|50|60)/.test(l)).slice(-5).map((l) => `${p.script}: ${l.slice(0, 400)}`));
+        const queue = new Queue(f.env.config.QUEUE_NAME, { connection: { url: redis.url }, prefix: f.env.config.QUEUE_PREFIX });
+        try {
+          const ids = await compareEventIds(f.writeDb, f.readDb);
+          const states = await Promise.all(ids.unprocessed.slice(0, 5).map(async (id) => `${id}: ${(await (await queue.getJob(jobIdFor(id)))?.getState()) ?? 'no job'}`));
+          said.push(`queue ${JSON.stringify(await queue.getJobCounts())}; unprocessed jobs ${states.join(', ')}`);
+        } finally {
+          await queue.close();
+        }
+        throw new Error(`${(err as Error).message}\n${said.join('\n')}`, { cause: err });
+      }
+    }
+
     function spawnProc(script: string): Proc {
       const p = new Proc(script, { ...f.env.env, REDIS_URL: redis.url, LOG_LEVEL: 'info', RECONCILE_INTERVAL_MS: '500', RECONCILE_GRACE_MS: '1500', STALLED_INTERVAL_MS: '2000' }).start();
       procs.push(p);
@@ -170,7 +189,7 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
         workers = [...workers, spawnProc('workers/projector/main.js')];
       }
       await load;
-      await waitForDrain(f.writeDb, f.readDb, 90_000);
+      await drained();
       await assertConsistent(f.writeDb, f.readDb);
     });
 
@@ -196,7 +215,7 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
       }
       spawnProc('workers/projector/main.js');
       spawnProc('workers/projector/main.js');
-      await waitForDrain(f.writeDb, f.readDb, 90_000);
+      await drained();
       await assertConsistent(f.writeDb, f.readDb);
       // The flush lost jobs that were already marked published: only the reconciler brings those back.
       assert.ok(procs.some((p) => /re-enqueued events that Redis lost/.test(p.output)), 'the reconciler re-enqueued lost events');

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createDb, type Db } from '../db/pool.js';
 import { createTestEnv, testLog } from './support/env.js';
 import { cancelled, created, expectProjection, paid } from './support/projection-spec.js';
+import { applyEvents } from '../workers/projector/apply.js';
 import { orderEvent, InvalidEventError, hourOf, type OrderPayload } from '../workers/projector/events.js';
 import { productSales } from '../workers/projector/projections/product-sales.js';
 import { categoryMetrics } from '../workers/projector/projections/category-metrics.js';
@@ -95,6 +96,12 @@ describe('projections (given events, then rows; real read_db)', function () {
       ];
       await expectProjection(db, productSales, { given: [created(order), cancelled(order)], then: zeros });
       await expectProjection(db, productSales, { given: [cancelled(order), created(order)], then: zeros });
+    });
+    it('given only events that change no view, then no rows, and the batch is still recorded as processed', async () => {
+      await expectProjection(db, productSales, { given: [paid(order)], then: [] });
+      const r = await applyEvents(db, [{ event_id: '900001', event: undefined }, { event_id: '900002', event: undefined }]);
+      assert.deepEqual(r, { applied: ['900001', '900002'], parked: [], duplicates: [] });
+      assert.deepEqual((await applyEvents(db, [{ event_id: '900001', event: undefined }])).duplicates, ['900001']);
     });
   });
 

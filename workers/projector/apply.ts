@@ -1,9 +1,8 @@
 import { z } from 'zod';
-import type { CommonQueryMethods } from 'slonik';
 import { sql, isDataError, type Db } from '../../db/pool.js';
 import { CHANNELS } from '../../lib/contract.js';
 import type { OrderEvent } from './events.js';
-import { addRows, type Projection } from './projection.js';
+import { upsertFragment, type Projection } from './projection.js';
 import { PROJECTIONS } from './projections/index.js';
 
 export interface ProjectionEvent {
@@ -25,27 +24,67 @@ export interface ApplyResult {
 export type Outcome = 'applied' | 'duplicate' | 'parked' | Error;
 
 /**
- * Apply a batch of events exactly once, in one read_db transaction:
+ * One row per id recorded (parked false) or parked (true), and one row of
+ * nulls for the NOTIFY. Ids at or below processed_floor are left out: their
+ * rows may have been pruned, and they must still count as processed. Parked
+ * ids are left out: an operator decided they are never applied. Both are read
+ * by the statement's snapshot, taken after it has its lock on
+ * processed_events, and prune and park change them under a lock that
+ * conflicts with it: a batch running alongside either sees the floor or the
+ * parked row as committed, or holds them off until it commits. A failed dead
+ * letter of an event that is applied now (replayed after a fix) or was
+ * already is resolved in the same statement.
+ */
+const recorded = z.object({ event_id: z.string().nullable(), parked: z.boolean().nullable() });
+
+/**
+ * Apply a batch of events exactly once, in one read_db statement (so one
+ * round trip and one implicit transaction, whatever the number of views):
  *  1. record the ids in processed_events; ON CONFLICT DO NOTHING returns only
  *     the new ones. Ids at or below the retention floor count as processed
- *     and parked ids are never recorded (see recordProcessed);
+ *     and parked ids are never recorded;
  *  2. add the rows of those new events to every projection's view, one
- *     set-based upsert per view, views in a fixed order, rows in key order:
- *     concurrent batches wait on each other instead of deadlocking.
- * slonik retries the whole transaction on a deadlock or serialization failure.
+ *     set-based upsert per view (a data-modifying CTE reading the ids step 1
+ *     returned), rows in key order: concurrent batches wait on each other
+ *     instead of deadlocking (and a deadlock is retried, as a busy database);
+ *  3. wake read-your-writes waiters in the web processes (NOTIFY, delivered
+ *     at commit) when anything was applied.
  */
 export async function applyEvents(db: Db, events: ProjectionEvent[], projections: readonly Projection[] = PROJECTIONS): Promise<ApplyResult> {
   const byId = new Map<string, ProjectionEvent>();
   for (const e of events) if (!byId.has(e.event_id)) byId.set(e.event_id, e);
   const ids = [...byId.keys()].sort();
-  const { applied, parked } = await db.transaction(async (tx) => {
-    const r = await recordProcessed(tx, ids);
-    const fresh = r.applied.flatMap((id) => byId.get(id)!.event ?? []);
-    for (const p of projections) await addRows(tx, p, fresh.flatMap((e) => p.evolve(e)));
-    // Wakes read-your-writes waiters in the web processes once this commits.
-    if (r.applied.length > 0) await tx.query(sql.typeAlias('void')`SELECT FROM pg_notify(${CHANNELS.applied}, '')`);
-    return r;
+  const inserted = sql.identifier(['inserted']);
+  const upserts = projections.flatMap((p, i) => {
+    const rows = [...byId.values()].flatMap((e) => (e.event ? p.evolve(e.event).map((row) => ({ eventId: e.event_id, row })) : []));
+    const upsert = upsertFragment(p, rows, inserted);
+    return upsert ? [sql.fragment`, ${sql.identifier([`view_${i}`])} AS (${upsert})`] : [];
   });
+  const rows = await db.any(sql.type(recorded)`
+    WITH batch AS (
+      SELECT id FROM unnest(${sql.array(ids, 'text')}) AS id
+    ), parked AS (
+      SELECT d.event_id FROM dead_letters d JOIN batch b ON b.id = d.event_id WHERE d.parked_at IS NOT NULL
+    ), inserted AS (
+      INSERT INTO processed_events (event_id, processed_at)
+      SELECT id, now() AT TIME ZONE 'UTC' FROM batch
+       WHERE id::bigint > (SELECT event_id FROM processed_floor)
+         AND id NOT IN (SELECT event_id FROM parked)
+       ORDER BY id
+      ON CONFLICT (event_id) DO NOTHING
+      RETURNING event_id
+    ), resolved AS (
+      DELETE FROM dead_letters d
+       WHERE d.parked_at IS NULL AND d.event_id IN (SELECT id FROM batch)
+         AND (d.event_id IN (SELECT event_id FROM inserted) OR EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = d.event_id))
+    )${upserts.length > 0 ? sql.join(upserts, sql.fragment``) : sql.fragment``}
+    SELECT event_id, false AS parked FROM inserted
+    UNION ALL
+    SELECT event_id, true FROM parked
+    UNION ALL
+    SELECT NULL, NULL FROM (SELECT pg_notify(${CHANNELS.applied}, '') WHERE EXISTS (SELECT 1 FROM inserted)) AS woken`);
+  const applied = rows.flatMap((r) => (r.parked === false ? [r.event_id!] : []));
+  const parked = rows.flatMap((r) => (r.parked === true ? [r.event_id!] : []));
   const settled = new Set([...applied, ...parked]);
   return { applied, parked, duplicates: ids.filter((id) => !settled.has(id)) };
 }
@@ -77,43 +116,4 @@ export async function applyIsolating(db: Db, events: ProjectionEvent[], projecti
     const mid = Math.ceil(events.length / 2);
     return [...(await applyIsolating(db, events.slice(0, mid), projections)), ...(await applyIsolating(db, events.slice(mid), projections))];
   }
-}
-
-const recorded = z.object({ event_id: z.string(), parked: z.boolean() });
-
-/**
- * Insert the batch's ids into processed_events and return those inserted
- * (applied) and those parked. An id at or below processed_floor is left out:
- * its row may have been pruned, and it must still count as processed. A
- * parked id is left out: an operator decided it is never applied. Both are
- * read by this statement's snapshot, taken after it has its lock on
- * processed_events, and prune and park change them under a lock that
- * conflicts with it: a batch running alongside either sees the floor or the
- * parked row as committed, or holds them off until it commits. A failed dead
- * letter of an event that is applied now (replayed after a fix) or was
- * already is resolved in the same statement.
- */
-async function recordProcessed(tx: CommonQueryMethods, sortedIds: string[]): Promise<{ applied: string[]; parked: string[] }> {
-  const rows = await tx.any(sql.type(recorded)`
-    WITH batch AS (
-      SELECT id FROM unnest(${sql.array(sortedIds, 'text')}) AS id
-    ), parked AS (
-      SELECT d.event_id FROM dead_letters d JOIN batch b ON b.id = d.event_id WHERE d.parked_at IS NOT NULL
-    ), inserted AS (
-      INSERT INTO processed_events (event_id, processed_at)
-      SELECT id, now() AT TIME ZONE 'UTC' FROM batch
-       WHERE id::bigint > (SELECT event_id FROM processed_floor)
-         AND id NOT IN (SELECT event_id FROM parked)
-       ORDER BY id
-      ON CONFLICT (event_id) DO NOTHING
-      RETURNING event_id
-    ), resolved AS (
-      DELETE FROM dead_letters d
-       WHERE d.parked_at IS NULL AND d.event_id IN (SELECT id FROM batch)
-         AND (d.event_id IN (SELECT event_id FROM inserted) OR EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = d.event_id))
-    )
-    SELECT event_id, false AS parked FROM inserted
-    UNION ALL
-    SELECT event_id, true FROM parked`);
-  return { applied: rows.filter((r) => !r.parked).map((r) => r.event_id), parked: rows.filter((r) => r.parked).map((r) => r.event_id) };
 }

@@ -53,13 +53,23 @@ const list = (names: readonly string[]) => sql.join(names.map(id), sql.fragment`
 const namesOf = (p: Projection) => [p.key.name, ...p.columns.map((c) => c.name)];
 const typesOf = (p: Projection) => [p.key.type, ...p.columns.map((c) => c.type)];
 
+/** A row of a view's deltas and the event it comes from. */
+export interface EventRow {
+  eventId: string;
+  row: Row;
+}
+
 /**
- * Add rows to the view in one statement: rows of the same key are combined
- * first, then upserted in key order (concurrent batches wait on each other's
- * rows instead of deadlocking).
+ * The upsert that adds the rows of the events named in `applied` (a CTE of
+ * the caller's statement with an event_id column) to the view: rows of the
+ * same key are combined first, then upserted in key order (concurrent
+ * batches wait on each other's rows instead of deadlocking). Rows of other
+ * events (duplicates) are sent along and filtered out here. A data-modifying
+ * CTE of the projector's one statement (apply.ts); undefined when there are
+ * no rows.
  */
-export async function addRows(conn: CommonQueryMethods, p: Projection, rows: readonly Row[]): Promise<void> {
-  if (rows.length === 0) return;
+export function upsertFragment(p: Projection, rows: readonly EventRow[], applied: IdentifierSqlToken): FragmentSqlToken | undefined {
+  if (rows.length === 0) return undefined;
   const names = namesOf(p);
   const key = id(p.key.name);
   const combined = sql.join([key, ...p.columns.map((c) => (c.combine === 'sum' ? sql.fragment`sum(${id(c.name)})` : sql.fragment`max(${id(c.name)})`))], sql.fragment`, `);
@@ -69,12 +79,13 @@ export async function addRows(conn: CommonQueryMethods, p: Projection, rows: rea
     ),
     sql.fragment`, `,
   );
-  await conn.query(sql.typeAlias('void')`
+  return sql.fragment`
     INSERT INTO ${id(p.table)} AS v (${list(names)})
     SELECT ${combined}
-      FROM ${sql.unnest(rows.map((r) => names.map((n) => r[n]!)), typesOf(p))} AS d (${list(names)})
+      FROM ${sql.unnest(rows.map((r) => [r.eventId, ...names.map((n) => r.row[n]!)]), ['text', ...typesOf(p)])} AS d (delta_event_id, ${list(names)})
+     WHERE d.delta_event_id IN (SELECT event_id FROM ${applied})
      GROUP BY ${key} ORDER BY ${key}
-    ON CONFLICT (${key}) DO UPDATE SET ${updates}`);
+    ON CONFLICT (${key}) DO UPDATE SET ${updates}`;
 }
 
 /** key → values as canonical text (trailing zeros of NUMERIC trimmed, so 1.50 = 1.5 and 0.00 = 0). */
