@@ -1,6 +1,7 @@
 import { createPool, createSqlTag, SchemaValidationError, type DatabasePool, type Interceptor, type QueryResultRow } from 'slonik';
 import { createPgDriverFactory } from '@slonik/pg-driver';
 import { z } from 'zod';
+import pg from 'pg';
 import client from 'prom-client';
 import type { Logger } from '../lib/logger.js';
 
@@ -32,12 +33,20 @@ const TYPE_PARSERS = [
   { name: 'date', parse: (v: string) => v },
 ];
 
-/** Every row of a query typed with sql.type(schema) is checked against it; a mismatch is a SchemaValidationError. */
+/**
+ * Every row of a query typed with sql.type(schema) is checked against it; a
+ * mismatch is a SchemaValidationError. Synchronously (our schemas are plain
+ * zod objects): slonik runs an async row transform through a queue of its
+ * own and yields to the event loop every 100 rows. Measured (p50 of one
+ * query, async → sync): 20 rows 0.19 → 0.10 ms, 168 rows 0.58 → 0.32 ms,
+ * 500 rows 1.19 → 0.48 ms.
+ */
 const resultParser: Interceptor = {
   name: 'result-parser',
-  transformRowAsync: async (context, query, row) => {
+  transformRow: (context, query, row) => {
     if (!context.resultParser) return row;
-    const result = await context.resultParser['~standard'].validate(row);
+    const result = context.resultParser['~standard'].validate(row);
+    if (result instanceof Promise) throw new TypeError('result schemas must validate synchronously (no async refinements)');
     if (result.issues) throw new SchemaValidationError(query, row, result.issues);
     return result.value as QueryResultRow;
   },
@@ -77,6 +86,27 @@ function queryMetrics(histogram: client.Histogram<'pool'>, name: string): Interc
 }
 
 export type Db = DatabasePool;
+
+/**
+ * A pg client nobody listens to must not take the process down.
+ * @slonik/pg-driver connects a bare pg.Client to look up type ids whenever a
+ * pool is created, and takes its 'error' listener off a pool client whose
+ * connect failed; when the server ends such a session (a fast shutdown sends
+ * 57P01 to every backend) pg emits 'error' on it, and an 'error' event nobody
+ * listens to is an uncaught exception: the process exited 70 when PostgreSQL
+ * stopped while a worker was creating its pool (found by the chaos test). The
+ * query that used the client fails on its own and is retried like any other,
+ * so here the event is only logged. Clients with a listener are untouched.
+ */
+let orphanLog: Logger | undefined;
+const emit = pg.Client.prototype.emit;
+pg.Client.prototype.emit = function (this: pg.Client, event: string | symbol, ...args: unknown[]): boolean {
+  if (event === 'error' && this.listenerCount('error') === 0) {
+    orphanLog?.warn({ err: (args[0] as Error | undefined)?.message, code: pgCode(args[0]) }, 'postgres connection without a listener ended; its query fails and is retried');
+    return false;
+  }
+  return emit.call(this, event, ...args);
+};
 
 export interface DbOptions {
   /** application_name, and the name in logs. */
@@ -120,6 +150,7 @@ export class PoolBusyError extends Error {
  * database refuses, and the first one after it is back creates the pool.
  */
 export function createDb(url: string, opts: DbOptions): Db {
+  orphanLog ??= opts.log;
   let pool: Promise<DatabasePool> | undefined;
   let ended = false;
   const get = (): Promise<DatabasePool> => {
