@@ -7,18 +7,18 @@ export function checkBasicAuth(header: string | undefined, password: string): bo
   const m = /^basic +([A-Za-z0-9+/=]+)$/i.exec(header ?? '');
   if (!m) return false;
   const decoded = Buffer.from(m[1]!, 'base64').toString('utf8');
-  const given = decoded.slice(decoded.indexOf(':') + 1);
-  // Hash both sides so the comparison takes the same time whatever the lengths.
-  const a = createHash('sha256').update(given).digest();
-  const b = createHash('sha256').update(password).digest();
-  return decoded.includes(':') && timingSafeEqual(a, b);
+  return decoded.includes(':') && sameSecret(decoded.slice(decoded.indexOf(':') + 1), password);
 }
 
 /** Constant-time comparison of a bearer token. */
 export function checkBearer(header: string | undefined, token: string): boolean {
   const m = /^bearer +(\S+)$/i.exec(header ?? '');
-  if (!m) return false;
-  return timingSafeEqual(createHash('sha256').update(m[1]!).digest(), createHash('sha256').update(token).digest());
+  return m !== null && sameSecret(m[1]!, token);
+}
+
+/** Both sides hashed, so the comparison takes the same time whatever the lengths. */
+function sameSecret(given: string, secret: string): boolean {
+  return timingSafeEqual(createHash('sha256').update(given).digest(), createHash('sha256').update(secret).digest());
 }
 
 /**
@@ -29,6 +29,8 @@ export function checkBearer(header: string | undefined, token: string): boolean 
  */
 const WINDOW_MS = 60_000;
 const FAILURES_ALLOWED = 10;
+
+const addressOf = (req: IncomingMessage) => req.socket.remoteAddress ?? '?';
 
 export class AuthThrottle {
   private failures = new Map<string, { count: number; since: number }>();
@@ -45,20 +47,19 @@ export class AuthThrottle {
   }
 
   failed(req: IncomingMessage): void {
-    const key = req.socket.remoteAddress ?? '?';
     const entry = this.entry(req) ?? { count: 0, since: this.now() };
     entry.count++;
-    this.failures.set(key, entry);
+    this.failures.set(addressOf(req), entry);
     // Bounded memory under a flood of addresses: forget the oldest.
     if (this.failures.size > 10_000) this.failures.delete(this.failures.keys().next().value!);
   }
 
   succeeded(req: IncomingMessage): void {
-    this.failures.delete(req.socket.remoteAddress ?? '?');
+    this.failures.delete(addressOf(req));
   }
 
   private entry(req: IncomingMessage): { count: number; since: number } | undefined {
-    const key = req.socket.remoteAddress ?? '?';
+    const key = addressOf(req);
     const entry = this.failures.get(key);
     if (entry && this.now() - entry.since > WINDOW_MS) {
       this.failures.delete(key);

@@ -19,7 +19,7 @@ import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
 import { ConsistencyWaiter } from './consistency.js';
 import { createQueue } from '../lib/queue.js';
-import { createDb, createQueryMetrics, isUnavailable, PoolBusyError } from '../db/pool.js';
+import { createDb, processPoolOptions, isUnavailable, PoolBusyError } from '../db/pool.js';
 import client from 'prom-client';
 import { createRedis } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
@@ -144,7 +144,7 @@ function answerClientError(err: Error & { code?: string }, socket: Duplex): void
 
 export function buildDeps(config: Config, log: Logger): Deps {
   const registry = new client.Registry();
-  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
+  const limits = processPoolOptions(config, log, registry);
   const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'web-write', max: config.WRITE_POOL_SIZE, maxWaiting: config.WEB_POOL_QUEUE });
   const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'web-read', max: config.READ_POOL_SIZE, maxWaiting: config.WEB_POOL_QUEUE });
   const redis = createRedis(config, 'producer', log, 'web');

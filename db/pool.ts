@@ -4,6 +4,7 @@ import { z } from 'zod';
 import pg from 'pg';
 import client from 'prom-client';
 import type { Logger } from '../lib/logger.js';
+import type { Config } from '../lib/config.js';
 
 /**
  * The SQL layer: slonik over pg, for every pool of the system (migrations and
@@ -52,12 +53,15 @@ const resultParser: Interceptor = {
   },
 };
 
+/** Seconds since a query was handed to slonik (its context's queryInputTime, hrtime nanoseconds). */
+const secondsSince = (queryInputTime: bigint | number) => Number(process.hrtime.bigint() - BigInt(queryInputTime)) / 1e9;
+
 /** Slow statements are logged with their text (never their values), so a regression shows in the logs. */
 function slowQueryLog(log: Logger, name: string, slowMs: number): Interceptor {
   return {
     name: 'slow-query-log',
     afterQueryExecution: (context, query) => {
-      const ms = Number(process.hrtime.bigint() - BigInt(context.queryInputTime)) / 1e6;
+      const ms = secondsSince(context.queryInputTime) * 1000;
       if (ms >= slowMs) log.warn({ pool: name, ms: Math.round(ms), sql: query.sql.replace(/\s+/g, ' ').slice(0, 300) }, 'slow query');
       return null;
     },
@@ -65,7 +69,7 @@ function slowQueryLog(log: Logger, name: string, slowMs: number): Interceptor {
 }
 
 /** Query durations by pool, observed by every pool given it (an interceptor). */
-export function createQueryMetrics(registry: client.Registry): client.Histogram<'pool'> {
+function createQueryMetrics(registry: client.Registry): client.Histogram<'pool'> {
   return new client.Histogram({
     name: 'db_query_duration_seconds',
     help: 'PostgreSQL statement durations, by pool (web-write, web-read, relay, worker, …)',
@@ -75,11 +79,20 @@ export function createQueryMetrics(registry: client.Registry): client.Histogram<
   });
 }
 
+/**
+ * The options every pool of a Procfile process shares: its logger, the
+ * pipeline's timeouts, and query durations in the process's registry (call
+ * once per registry).
+ */
+export function processPoolOptions(config: Pick<Config, 'PG_STATEMENT_TIMEOUT_MS' | 'PG_IDLE_IN_TRANSACTION_TIMEOUT_MS'>, log: Logger, registry: client.Registry) {
+  return { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
+}
+
 function queryMetrics(histogram: client.Histogram<'pool'>, name: string): Interceptor {
   return {
     name: 'query-metrics',
     afterQueryExecution: (context) => {
-      histogram.observe({ pool: name }, Number(process.hrtime.bigint() - BigInt(context.queryInputTime)) / 1e9);
+      histogram.observe({ pool: name }, secondsSince(context.queryInputTime));
       return null;
     },
   };
@@ -124,7 +137,7 @@ export interface DbOptions {
   /** How long to wait for a connection, ms. */
   connectionTimeoutMs?: number;
   slowQueryMs?: number;
-  /** Where to observe query durations (createQueryMetrics). */
+  /** Where to observe query durations (processPoolOptions makes one per process). */
   queryMetrics?: client.Histogram<'pool'>;
   /**
    * Calls that may wait for a connection beyond `max`; past that a call fails

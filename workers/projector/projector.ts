@@ -4,7 +4,7 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import { jobIdFor, type EventJobData } from '../../lib/queue.js';
 import { createRedis } from '../../lib/redis.js';
-import { createDb, createQueryMetrics, describeError, isBusy, pgCode } from '../../db/pool.js';
+import { createDb, processPoolOptions, describeError, isBusy, pgCode } from '../../db/pool.js';
 import { recordDeadLetter } from '../../db/dead-letters.js';
 import { applyIsolating, type Outcome, type ProjectionEvent } from './apply.js';
 import { Batcher } from '../../lib/batcher.js';
@@ -50,14 +50,7 @@ class StoppingError extends Error {
  */
 export async function startProjector(config: Config, log: Logger): Promise<ProjectorHandle> {
   const metrics = createProjectorMetrics();
-  const db = createDb(config.READ_DATABASE_URL, {
-    queryMetrics: createQueryMetrics(metrics.registry),
-    name: 'worker',
-    max: config.WORKER_POOL_SIZE,
-    log,
-    statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
-    idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,
-  });
+  const db = createDb(config.READ_DATABASE_URL, { ...processPoolOptions(config, log, metrics.registry), name: 'worker', max: config.WORKER_POOL_SIZE });
   const sleeper = new Sleeper();
 
   const applyWithRetry = async (events: ProjectionEvent[]): Promise<Outcome[]> => {

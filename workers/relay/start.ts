@@ -3,7 +3,7 @@ import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
 import { createQueue } from '../../lib/queue.js';
 import { checkEvictionPolicy, createRedis } from '../../lib/redis.js';
-import { createDb, createQueryMetrics } from '../../db/pool.js';
+import { createDb, processPoolOptions } from '../../db/pool.js';
 import { Relay } from './relay.js';
 import { Reconciler } from './reconciler.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
@@ -19,7 +19,7 @@ export interface RelayHandle extends Handle {
 /** Procfile `relay`: outbox → BullMQ, plus the reconciler (and pruning, when configured). Any number may run. */
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
   const registry = new client.Registry();
-  const limits = { log, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, idleInTransactionMs: config.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, queryMetrics: createQueryMetrics(registry) };
+  const limits = processPoolOptions(config, log, registry);
   const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: config.RELAY_POOL_SIZE });
   const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: config.RECONCILER_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'relay');
