@@ -25,7 +25,8 @@ export function commandLine<T extends NonNullable<ParseArgsConfig['options']>>(n
 /** One line naming the problem, the synopsis, exit 2. */
 export function fail(name: string, message: string): never {
   console.error(`${name}: ${message}`);
-  if (synopsis) console.error(`${synopsis}  (npm run ${name} -- --help for more)`);
+  // How the command is run, as its usage says ("npm start", "npm run verify").
+  if (synopsis) console.error(`${synopsis}  (${/^usage: (npm (?:run )?[\w:-]+)/.exec(synopsis)?.[1] ?? `npm run ${name}`} -- --help for more)`);
   process.exit(2);
 }
 

@@ -2,9 +2,9 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { concurrently } from 'concurrently';
 import { projectRoot } from '../lib/paths.js';
+import { commandLine, fail } from '../lib/cli.js';
 import { getConfig, ConfigError, type Config } from '../lib/config.js';
 import { createDb } from '../db/pool.js';
 import { createLogger } from '../lib/logger.js';
@@ -34,30 +34,16 @@ The environment is read as by every process (README, Configuration).`;
 const say = (line: string) => console.log(process.stdout.isTTY ? `\x1b[1mstart\x1b[0m  ${line}` : `start  ${line}`);
 
 class StartError extends Error {}
-/** A command line we cannot run: answered with the synopsis, exit 2. */
-class UsageError extends StartError {}
 
 function parseCommandLine(): { scale: string[]; own: boolean; seed: boolean } {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      allowPositionals: true,
-      options: { scale: { type: 'string', multiple: true, default: [] }, own: { type: 'boolean', default: false }, 'no-seed': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
-    });
-  } catch (err) {
-    throw new UsageError((err as Error).message.split('\n')[0]!);
-  }
-  if (parsed.values.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
-  const [extra] = parsed.positionals;
+  const { values, positionals } = commandLine('start', USAGE, { scale: { type: 'string', multiple: true }, own: { type: 'boolean' }, 'no-seed': { type: 'boolean' } }, true);
+  const [extra] = positionals;
   if (extra !== undefined) {
     // `npm start --scale worker=2` (without --) gives npm the option and us the value.
     const hint = /^[a-z]+=\d+$/.test(extra) ? `; did you mean npm start -- --scale ${extra}? (npm keeps the options before --)` : '';
-    throw new UsageError(`unexpected argument "${extra}"${hint}`);
+    fail('start', `unexpected argument "${extra}"${hint}`);
   }
-  return { scale: parsed.values.scale, own: parsed.values.own, seed: !parsed.values['no-seed'] };
+  return { scale: values.scale ?? [], own: values.own ?? false, seed: !values['no-seed'] };
 }
 
 function parseProcfile(): Map<string, string> {
@@ -73,7 +59,7 @@ function parseScale(specs: string[], procs: Map<string, string>): Map<string, nu
   const scale = new Map([...procs.keys()].filter((k) => k !== 'release').map((k) => [k, 1]));
   for (const spec of specs.flatMap((s) => s.split(','))) {
     const m = /^([a-z]+)=(\d+)$/.exec(spec);
-    if (!m || !scale.has(m[1]!)) throw new UsageError(`--scale takes name=count with name one of ${[...scale.keys()].join(', ')} (got "${spec}")`);
+    if (!m || !scale.has(m[1]!)) fail('start', `--scale takes name=count with name one of ${[...scale.keys()].join(', ')} (got "${spec}")`);
     scale.set(m[1]!, Number(m[2]));
   }
   return scale;
@@ -219,7 +205,6 @@ main().then(
   (err: unknown) => {
     const message = err instanceof ConfigError ? `bad configuration: ${err.message}` : (err as Error).message;
     console.error(`start: ${message}`);
-    if (err instanceof UsageError) console.error(`${USAGE.split('\n')[0]}  (npm start -- --help for more)`);
-    process.exit(err instanceof UsageError ? 2 : 1);
+    process.exit(1);
   },
 );
