@@ -6,6 +6,7 @@ import { requireAdmin, requireSameOrigin } from './auth.js';
 import { parseBody, parseId, storableText } from './validate.js';
 import { listDeadLetters, type DeadLetterState } from '../db/dead-letters.js';
 import { parkEvent, replayDeadLetter } from '../workers/dead-letters.js';
+import { projectionStatuses } from '../db/status.js';
 
 /**
  * Dead letters over HTTP, behind the same password as Bull Board (404 when
@@ -14,7 +15,7 @@ import { parkEvent, replayDeadLetter } from '../workers/dead-letters.js';
  * otherwise) and refuse a foreign Origin, so a page elsewhere cannot send
  * them with a browser's remembered credentials.
  */
-function admin(ctx: Ctx, changes = false): void {
+export function admin(ctx: Ctx, changes = false): void {
   const password = ctx.deps.config.ADMIN_PASSWORD;
   if (!password) throw new ApiError('not_found', 'The admin API is off (ADMIN_PASSWORD is unset)');
   requireAdmin(ctx.req, password, ctx.deps.authThrottle, 'admin');
@@ -29,6 +30,14 @@ function ops(ctx: Ctx) {
 }
 
 export const adminRoutes: Route[] = [
+  {
+    method: 'GET',
+    path: '/admin/projections',
+    async handler(ctx) {
+      admin(ctx);
+      sendJson(ctx.res, 200, await projectionStatuses(ctx.deps.writeDb, ctx.deps.readDb), { 'Cache-Control': 'no-store' });
+    },
+  },
   {
     method: 'GET',
     path: '/admin/events',

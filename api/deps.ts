@@ -8,6 +8,7 @@ import type { ConsistencyWaiter } from './consistency.js';
 import type { EventJobData } from '../lib/queue.js';
 import type { OrderIntake } from '../db/orders.js';
 import type { AuthThrottle } from './auth.js';
+import type { AdminJobs } from './admin-jobs.js';
 
 /** Everything a request handler may use, built once by the web process. */
 export interface Deps {
@@ -27,6 +28,8 @@ export interface Deps {
   consistency: ConsistencyWaiter;
   /** Failed admin logins per client address (Bull Board and /admin/events). */
   authThrottle: AuthThrottle;
+  /** verify and rebuild started from the admin view (child processes). */
+  jobs: AdminJobs;
   /** One connection to each database for /readyz, apart from the request pools: a busy pool is not an outage. */
   probes: { writeDb: Db; readDb: Db };
 }

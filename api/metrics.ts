@@ -10,6 +10,7 @@ import { within } from '../lib/timeout.js';
 import { z } from 'zod';
 import { sql } from '../db/pool.js';
 import { PROJECTIONS } from '../workers/projector/projections/index.js';
+import { IDLE, isRebuilding, projectionStatuses, type ProjectionStatus, type StatusReport } from '../db/status.js';
 
 export interface ApiMetrics {
   registry: client.Registry;
@@ -90,6 +91,7 @@ export function createApiMetrics(sources?: ScrapeSources, registry = new client.
         }
       },
     });
+    projectionGauges(sources, registry);
   }
   return {
     registry,
@@ -143,4 +145,43 @@ export async function renderMetrics(metrics: ApiMetrics, redis: RedisClient, pre
   // Redis down: relays' and workers' series are missing until it is back.
   const pushed = redis.status === 'ready' ? ((await within(readPushedMetrics(redis, prefix), SCRAPE_TIMEOUT_MS)) ?? []) : [];
   return client.AggregatorRegistry.aggregate([local, ...pushed]).metrics();
+}
+
+/**
+ * Every projection's status (db/status.ts), labelled by projection. The
+ * gauges of one scrape share one read (each gauge's collect runs before its
+ * values are read, all at once). Position and lag are the pipeline's, alike
+ * for every projection (one transaction applies an event to all); a series
+ * is left out while what it needs is unavailable.
+ */
+function projectionGauges(sources: ScrapeSources, registry: client.Registry): void {
+  let shared: { at: number; report: Promise<StatusReport | undefined> } | undefined;
+  const read = () => {
+    if (!shared || Date.now() - shared.at > 500) shared = { at: Date.now(), report: within(projectionStatuses(sources.writeDb, sources.readDb), SCRAPE_TIMEOUT_MS) };
+    return shared.report;
+  };
+  const gauge = (name: string, help: string, value: (p: ProjectionStatus) => number | null) =>
+    new client.Gauge({
+      name,
+      help,
+      labelNames: ['projection'],
+      registers: [registry],
+      async collect() {
+        this.reset();
+        for (const p of (await read())?.projections ?? []) {
+          const v = value(p);
+          if (v !== null) this.set({ projection: p.projection }, v);
+        }
+      },
+    });
+  const time = (iso: string | null | undefined) => (iso ? Date.parse(iso) / 1000 : null);
+  gauge('projection_rows', "Rows in the projection's view (a count; PostgreSQL's estimate past a million)", (p) => p.rows);
+  gauge('projection_last_applied_event_id', 'Highest event id applied to the projection', (p) => (p.last_applied_event_id === null ? null : Number(p.last_applied_event_id)));
+  gauge('projection_last_applied_timestamp_seconds', 'When that event was applied (Unix time)', (p) => time(p.last_applied_at));
+  gauge('projection_behind_events', 'Outbox events above the last applied one', (p) => p.events_behind);
+  gauge('projection_behind_seconds', 'Age of the oldest outbox event above the last applied one (0 when none)', (p) => p.seconds_behind);
+  gauge('projection_verify_ok', 'The last npm run verify: 1 when it found everything equal, else 0', (p) => (p.last_verify ? Number(p.last_verify.ok) : null));
+  gauge('projection_verify_mismatches', "Differences the last verify found in the projection's view", (p) => p.last_verify?.mismatches ?? null);
+  gauge('projection_verify_timestamp_seconds', 'When the last verify finished (Unix time)', (p) => time(p.last_verify?.at));
+  gauge('projection_rebuilding', '1 while a rebuild of the projection runs', (p) => Number(isRebuilding({ ...IDLE, ...p.rebuild })));
 }

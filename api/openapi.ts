@@ -7,6 +7,7 @@ import { createOrderBody, createProductBody, patchProductBody } from './validate
 import { parkBody, replayBody } from './admin.js';
 import { product } from '../db/products.js';
 import { deadLetter } from '../db/dead-letters.js';
+import { statusReport } from '../db/status.js';
 import { namedSalesRow } from '../workers/projector/projections/product-sales.js';
 import { categoryRow } from '../workers/projector/projections/category-metrics.js';
 import { customerRow } from '../workers/projector/projections/customer-ltv.js';
@@ -24,6 +25,8 @@ const problem = (codes: string) => `problem: ${codes}`;
 const json = (schema: string) => `json: ${schema}`;
 const COMMON = { '500': problem('internal_error'), '503': problem('service_unavailable, shutting_down') };
 const BAD_ID = { '400': problem('validation_failed') };
+const ADMIN = { '401': problem('unauthorized'), '404': problem('not_found (admin API off)'), '429': problem('too_many_requests') };
+const FORM = { ...ADMIN, '303': 'redirect', '403': problem('forbidden (no Origin, or a foreign one)'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type (not a form)') };
 const ANALYTICS = { '400': problem('validation_failed'), '504': problem('consistency_timeout') };
 
 export const OPERATIONS: Record<string, Op> = {
@@ -55,6 +58,12 @@ export const OPERATIONS: Record<string, Op> = {
   'GET /admin/events': { summary: 'Events that failed for good (dead letters); admin password', query: ['state'], responses: { '200': json('DeadLetterPage'), '400': problem('validation_failed'), '401': problem('unauthorized'), '404': problem('not_found (admin API off)') } },
   'POST /admin/events/{id}/replay': { summary: 'Send a dead letter back to the workers (unparks it); admin password; body {}', body: 'Empty', responses: { '202': json('EventAction'), ...BAD_ID, '401': problem('unauthorized'), '404': problem('not_found'), '409': problem('event_conflict'), '415': problem('unsupported_media_type') } },
   'POST /admin/events/{id}/park': { summary: 'Never apply this dead letter; verify reports it by id; admin password', body: 'Park', responses: { '200': json('EventAction'), '400': problem('validation_failed, malformed_json'), '401': problem('unauthorized'), '404': problem('not_found'), '409': problem('event_conflict'), '415': problem('unsupported_media_type') } },
+  'GET /admin/projections': { summary: "Every projection's status: last applied event, lag behind the outbox, rows, last verify, rebuild state; admin password", responses: { '200': json('ProjectionStatusReport'), ...ADMIN } },
+  'GET /admin': { summary: 'Admin view (HTML): outbox, relays and workers, projections, dead letters, verify, rebuild; admin password', responses: { '200': 'text/html', ...ADMIN } },
+  'POST /admin/actions/events/{id}/replay': { summary: "The admin view's replay (HTML form); 303 back to /admin", responses: { ...FORM, ...BAD_ID } },
+  'POST /admin/actions/events/{id}/park': { summary: "The admin view's park (HTML form with reason); 303 back to /admin", responses: { ...FORM, ...BAD_ID } },
+  'POST /admin/actions/verify': { summary: 'Start npm run verify from the admin view (HTML form); 303 back to /admin', responses: FORM },
+  'POST /admin/actions/rebuild': { summary: 'Start npm run rebuild from the admin view (HTML form; refused while one runs); 303 back to /admin', responses: FORM },
   'GET /analytics/hourly': { summary: 'Orders and revenue per UTC hour; buckets starting within [from, to]', query: ['from', 'to'], headers: ['X-Consistency-Token'], responses: { '200': json('HourlyPage'), ...ANALYTICS } },
 };
 
@@ -101,6 +110,7 @@ const SCHEMAS: Record<string, unknown> = {
   DeadLetterPage: list('DeadLetter', { state: { enum: ['failed', 'parked', 'all'] } }),
   Empty: request(replayBody),
   Park: request(parkBody),
+  ProjectionStatusReport: answer(statusReport),
   EventAction: { type: 'object', properties: { event_id: { type: 'string' }, result: { type: 'string' } } },
 };
 
@@ -119,6 +129,7 @@ const PARAMS: Record<string, { in: 'query' | 'header'; schema: unknown; descript
 
 function response(status: string, what: string): unknown {
   if (what.startsWith('problem:')) return { description: what.slice(9), content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } } };
+  if (what === 'redirect') return { description: 'See Other: back to the page (Location), with a notice', headers: { Location: { schema: { type: 'string' } } } };
   if (what.startsWith('json:')) return { description: status, content: { 'application/json': { schema: { $ref: `#/components/schemas/${what.slice(6)}` } } } };
   return { description: status, content: { [what]: {} } };
 }

@@ -14,6 +14,8 @@ import { OrderIntake } from '../db/orders.js';
 import { createApiMetrics, metricsSnapshot } from './metrics.js';
 import { analyticsRoutes } from './analytics.js';
 import { adminRoutes } from './admin.js';
+import { adminViewRoutes } from './admin-view.js';
+import { AdminJobs } from './admin-jobs.js';
 import { openapiRoutes } from './openapi.js';
 import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
@@ -26,7 +28,7 @@ import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import { once, type Handle } from '../lib/lifecycle.js';
 
-export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...adminRoutes, ...openapiRoutes, ...dashboardRoutes];
+export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...adminRoutes, ...adminViewRoutes, ...openapiRoutes, ...dashboardRoutes];
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
@@ -167,6 +169,7 @@ export function buildDeps(config: Config, log: Logger): Deps {
     }),
     consistency: new ConsistencyWaiter(writeDb, readDb, config, log),
     authThrottle: new AuthThrottle(),
+    jobs: new AdminJobs(config, log),
     probes: {
       writeDb: createDb(config.DATABASE_URL, { log, name: 'web-probe', max: 1, statementTimeoutMs: 2000 }),
       readDb: createDb(config.READ_DATABASE_URL, { log, name: 'web-probe', max: 1, statementTimeoutMs: 2000 }),
@@ -207,6 +210,7 @@ export async function startWeb(config: Config, log: Logger, deps = buildDeps(con
     await closed;
     // Handlers of requests whose client went away may still be queued for group commit.
     await deps.orders.drain();
+    await deps.jobs.stop();
     await deps.consistency.stop();
     await deps.queue.close().catch(() => undefined);
     await Promise.allSettled([deps.writeDb.end(), deps.readDb.end(), deps.probes.writeDb.end(), deps.probes.readDb.end(), deps.redis.quit()]);

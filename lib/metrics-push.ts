@@ -51,3 +51,30 @@ export async function readPushedMetrics(redis: RedisClient, prefix: string): Pro
   if (stale.length > 0) await redis.hdel(metricsKey(prefix), ...stale);
   return out;
 }
+
+/** A relay or worker as its last push shows it: the push is its heartbeat. */
+export interface Heartbeat {
+  proc: string;
+  host: string;
+  pid: number;
+  /** When it last pushed (ms since the epoch). */
+  at: number;
+  /** Pushed within STALE_MS: it is alive. */
+  alive: boolean;
+}
+
+/** Every process with an entry in the metrics hash, the stale ones included until readPushedMetrics removes them. */
+export async function readHeartbeats(redis: RedisClient, prefix: string): Promise<Heartbeat[]> {
+  const out: Heartbeat[] = [];
+  for (const [field, text] of Object.entries(await redis.hgetall(metricsKey(prefix)))) {
+    const [proc = '?', host = '?', pid = '0'] = field.split(':');
+    let at = 0;
+    try {
+      at = Number((JSON.parse(text) as { at?: unknown }).at) || 0;
+    } catch {
+      // unreadable: shown as never heard from
+    }
+    out.push({ proc, host, pid: Number(pid), at, alive: Date.now() - at <= STALE_MS });
+  }
+  return out.sort((a, b) => a.proc.localeCompare(b.proc) || a.host.localeCompare(b.host) || a.pid - b.pid);
+}

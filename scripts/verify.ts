@@ -4,6 +4,8 @@ import { createLogger } from '../lib/logger.js';
 import { configOrExit } from '../lib/lifecycle.js';
 import { commandLine, numberOption } from '../lib/cli.js';
 import { compareEventIds, compareViews, type Difference, type EventIdComparison } from '../db/recompute.js';
+import { recordVerifyRun, type VerifyRun } from '../db/verify-runs.js';
+import { PROJECTIONS } from '../workers/projector/projections/index.js';
 
 const USAGE = `usage: npm run verify [-- --wait SECONDS]
 
@@ -13,6 +15,7 @@ databases agree on which events exist: a REPEATABLE READ snapshot of
 write_db, then one of read_db, retried until the pipeline has caught up with
 that snapshot, or until --wait (60) runs out. Reports dead letters: failed
 ones (exit 1) and parked ones (counted as decided). Safe on a live system.
+Each result is recorded in read_db (verify_runs), for the admin view.
 
 exit 0 equal · 1 different, not caught up, or failed events · 2 could not run`;
 
@@ -25,9 +28,10 @@ async function main(): Promise<number> {
   const writeDb = createDb(config.DATABASE_URL, { name: 'verify', max: 1, log });
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'verify', max: 1, log });
   const deadline = Date.now() + waitSeconds * 1000;
+  const started = new Date().toISOString();
   try {
-    return await readDb.connect((read) =>
-      writeDb.connect(async (write) => {
+    const { code, run } = await readDb.connect((read) =>
+      writeDb.connect(async (write): Promise<{ code: number; run: Omit<VerifyRun, 'finished_at' | 'started_at'> }> => {
         for (let attempt = 1; ; attempt++) {
           await write.query(sql.typeAlias('void')`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`);
           await write.query(sql.typeAlias('void')`SELECT`); // take the write_db snapshot first
@@ -37,13 +41,17 @@ async function main(): Promise<number> {
             if (ids.unprocessed.length === 0 && ids.unknown.length === 0) {
               const diffs = await compareViews(write, read, ids.parked.flatMap((p) => p.event ?? []));
               const events = await write.oneFirst(sql.type(z.object({ n: z.number() }))`SELECT count(*)::int AS n FROM outbox`);
-              return report(diffs, events, ids);
+              const code = report(diffs, events, ids);
+              const mismatches = Object.fromEntries(PROJECTIONS.map((p) => [p.table, diffs.filter((d) => d.view === p.table).length]));
+              const outcome = diffs.length > 0 ? 'different' : ids.failed.length > 0 ? 'failed_events' : 'equal';
+              return { code, run: { ok: code === 0, outcome, events, unapplied: 0, failed: ids.failed.length, parked: ids.parked.length, mismatches } };
             }
             if (Date.now() > deadline) {
               say(`verify: the read model did not catch up within ${waitSeconds} s`);
               console.log(`  events not yet applied: ${ids.unprocessed.length} (first ids: ${ids.unprocessed.slice(0, 10).join(', ')})`);
               if (ids.unknown.length > 0) console.log(`  processed ids that are not in the outbox: ${ids.unknown.slice(0, 10).join(', ')}`);
-              return 1;
+              const run = { ok: false, outcome: 'not_caught_up', events: null, unapplied: ids.unprocessed.length, failed: ids.failed.length, parked: ids.parked.length, mismatches: {} } as const;
+              return { code: 1, run };
             }
             progressOpen = true;
             if (attempt === 1) {
@@ -61,6 +69,9 @@ async function main(): Promise<number> {
         }
       }),
     );
+    // Outside the snapshot transactions (read only); a result that cannot be recorded is still the result.
+    await recordVerifyRun(readDb, { started_at: started, ...run }).catch((err: unknown) => console.error(`verify: could not record the result in read_db: ${(err as Error).message}`));
+    return code;
   } finally {
     await Promise.allSettled([writeDb.end(), readDb.end()]);
   }
