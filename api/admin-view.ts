@@ -109,7 +109,7 @@ function verifySection(last: VerifyRun | null | undefined, run: JobRun | undefin
   let result = UNAVAILABLE;
   if (last === null) result = '<p class="empty" id="verify-last">Never run.</p>';
   else if (last) {
-    const per = Object.entries(last.mismatches).map(([view, n]) => `${esc(view)} ${n}`).join(', ');
+    const per = Object.entries(last.mismatches).filter(([, n]) => n > 0).map(([view, n]) => `${esc(view)} ${n}`).join(', ');
     const what = last.outcome === 'equal' ? 'every view equals its recomputation' : last.outcome === 'different' ? 'differences found' : last.outcome === 'failed_events' ? `${last.failed} failed event(s) wait for a decision` : `the read model did not catch up (${last.unapplied} event(s) not applied)`;
     result = `<p id="verify-last" class="${last.ok ? 'good' : 'bad'}"><b class="outcome">${last.ok ? 'OK' : esc(last.outcome)}</b> — ${esc(what)}; ${esc(last.events ?? '?')} events, ${esc(last.parked)} parked; finished ${esc(last.finished_at)}${per ? `; differences per view: ${per}` : ''}</p>`;
   }
