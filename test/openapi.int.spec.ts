@@ -44,6 +44,7 @@ describe('OpenAPI document (integration): /openapi.json stays true to the server
       ['POST', `/orders/${o.id}/ship`], ['POST', `/orders/${o.id}/pay`], ['POST', `/orders/${o.id}/ship`], ['POST', `/orders/${o.id}/cancel`], ['POST', '/orders/999999/pay'],
       ['GET', '/analytics/products/top'], ['GET', '/analytics/products/top?by=x'], ['GET', `/analytics/products/${p}`], ['GET', '/analytics/categories'],
       ['GET', '/analytics/customers/top'], ['GET', '/analytics/customers/1'], ['GET', '/analytics/hourly?from=x'], ['GET', '/analytics/hourly'],
+      ['GET', '/admin'], ['GET', '/admin/projections'], ['POST', '/admin/actions/verify', 'a=1', { 'content-type': 'application/x-www-form-urlencoded' }],
     ];
     for (const [method, path, body, headers] of battery) {
       const r = await call(f.base, method, path, body, headers);
