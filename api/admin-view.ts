@@ -3,6 +3,7 @@ import { ApiError } from './errors.js';
 import type { Ctx, Route } from './router.js';
 import type { Deps } from './deps.js';
 import { admin, parkBody } from './admin.js';
+import { requireSameOrigin } from './auth.js';
 import { parseId } from './validate.js';
 import { MAX_BODY_BYTES } from './http.js';
 import { listDeadLetters, type DeadLetter } from '../db/dead-letters.js';
@@ -187,7 +188,7 @@ ${noticeHtml}
 function action(ctx: Ctx): void {
   admin(ctx);
   if (ctx.req.headers.origin === undefined) throw new ApiError('forbidden', 'Actions of the admin view come from its page (no Origin); scripts use /admin/events');
-  admin(ctx, true);
+  requireSameOrigin(ctx.req);
 }
 
 const FORM_MAX_BYTES = Math.min(MAX_BODY_BYTES, 16 * 1024);
