@@ -143,7 +143,7 @@ async function render(deps: Deps, url: URL): Promise<string> {
     within(listDeadLetters(deps.readDb, 'failed', 200), SOURCE_TIMEOUT_MS),
     within(listDeadLetters(deps.readDb, 'parked', 200), SOURCE_TIMEOUT_MS),
     within(lastVerifyRun(deps.readDb), SOURCE_TIMEOUT_MS),
-    redisUp ? within(deps.queue.getJobCounts('waiting', 'active', 'delayed', 'failed'), SOURCE_TIMEOUT_MS) : undefined,
+    redisUp ? within(deps.queues.counts('waiting', 'active', 'delayed', 'failed'), SOURCE_TIMEOUT_MS) : undefined,
     within(rebuildRunning(deps), SOURCE_TIMEOUT_MS),
   ]);
   const busy = deps.jobs.running('verify') || rebuilding === true;
@@ -211,7 +211,7 @@ function back(ctx: Ctx, notice: string, eventId?: string): void {
   ctx.res.end();
 }
 
-const ops = (deps: Deps) => ({ readDb: deps.readDb, queue: deps.queue, config: deps.config });
+const ops = (deps: Deps) => ({ readDb: deps.readDb, queues: deps.queues, config: deps.config });
 
 async function startJob(ctx: Ctx, kind: JobKind): Promise<void> {
   action(ctx);

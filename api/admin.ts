@@ -26,7 +26,7 @@ export const parkBody = z.strictObject({ reason: storableText.trim().min(1, 'mus
 export const replayBody = z.strictObject({});
 
 function ops(ctx: Ctx) {
-  return { readDb: ctx.deps.readDb, queue: ctx.deps.queue, config: ctx.deps.config };
+  return { readDb: ctx.deps.readDb, queues: ctx.deps.queues, config: ctx.deps.config };
 }
 
 export const adminRoutes: Route[] = [

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import express from 'express';
-import type { Queue } from 'bullmq';
+import type { EventQueues } from '../lib/queue.js';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
@@ -21,10 +21,10 @@ export const BOARD_PATH = '/admin/queues';
  * Express adapter is mounted under /admin/queues only; the API itself stays
  * on plain node:http.
  */
-export function createBoardHandler(queue: Queue, redis: RedisClient, opts: { password: string; writable: boolean; throttle: AuthThrottle }): (req: IncomingMessage, res: ServerResponse) => void {
+export function createBoardHandler(queues: EventQueues, redis: RedisClient, opts: { password: string; writable: boolean; throttle: AuthThrottle }): (req: IncomingMessage, res: ServerResponse) => void {
   const adapter = new ExpressAdapter();
   adapter.setBasePath(BOARD_PATH);
-  createBullBoard({ queues: [new BullMQAdapter(queue, { readOnlyMode: !opts.writable })], serverAdapter: adapter });
+  createBullBoard({ queues: queues.all.map((q) => new BullMQAdapter(q, { readOnlyMode: !opts.writable })), serverAdapter: adapter });
   const app = express();
   app.disable('x-powered-by');
   app.use(BOARD_PATH, adapter.getRouter() as express.Router);

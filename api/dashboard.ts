@@ -86,7 +86,7 @@ async function render(deps: Deps): Promise<string> {
   let lag = '–';
   // BullMQ waits for a connection that is not ready: ask only when it is.
   if (deps.redis.status === 'ready') {
-    const counts = await within(deps.queue.getJobCounts('waiting'), SOURCE_TIMEOUT_MS);
+    const counts = await within(deps.queues.counts('waiting'), SOURCE_TIMEOUT_MS);
     if (counts) waiting = String(counts.waiting ?? 0);
     const ms = await within(projectionLagMs(deps), SOURCE_TIMEOUT_MS);
     if (ms !== undefined) lag = `${ms.toFixed(0)} ms`;

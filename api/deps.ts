@@ -2,10 +2,9 @@ import type { RedisClient } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import type { Db } from '../db/pool.js';
-import type { Queue } from 'bullmq';
 import type { ApiMetrics } from './metrics.js';
 import type { ConsistencyWaiter } from './consistency.js';
-import type { EventJobData } from '../lib/queue.js';
+import type { EventQueues } from '../lib/queue.js';
 import type { OrderIntake } from '../db/orders.js';
 import type { AuthThrottle } from './auth.js';
 import type { AdminJobs } from './admin-jobs.js';
@@ -24,7 +23,7 @@ export interface Deps {
   /** The /metrics text, shared by concurrent scrapes (metricsSnapshot). */
   metricsText: () => Promise<string>;
   /** For queue counts on /metrics and Bull Board. */
-  queue: Queue<EventJobData>;
+  queues: EventQueues;
   consistency: ConsistencyWaiter;
   /** Failed admin logins per client address (Bull Board and /admin/events). */
   authThrottle: AuthThrottle;

@@ -1,8 +1,7 @@
 import client from 'prom-client';
-import type { Queue } from 'bullmq';
 import type { RedisClient } from '../lib/redis.js';
 import type { Db } from '../db/pool.js';
-import type { EventJobData } from '../lib/queue.js';
+import type { EventQueues } from '../lib/queue.js';
 import { readPushedMetrics } from '../lib/metrics-push.js';
 import { outboxBacklog } from '../db/outbox.js';
 import { countDeadLetters } from '../db/dead-letters.js';
@@ -22,7 +21,7 @@ export interface ApiMetrics {
 export interface ScrapeSources {
   writeDb: Db;
   readDb: Db;
-  queue: Queue<EventJobData>;
+  queues: EventQueues;
   redis: RedisClient;
 }
 
@@ -59,7 +58,7 @@ export function createApiMetrics(sources?: ScrapeSources, registry = new client.
       async collect() {
         // BullMQ waits for a connection that is not ready: ask only when it is.
         if (sources.redis.status !== 'ready') return;
-        const counts = await within(sources.queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed', 'prioritized'), SCRAPE_TIMEOUT_MS);
+        const counts = await within(sources.queues.counts('waiting', 'active', 'delayed', 'failed', 'completed', 'prioritized'), SCRAPE_TIMEOUT_MS);
         for (const [state, n] of Object.entries(counts ?? {})) this.set({ state }, n);
       },
     });

@@ -20,7 +20,7 @@ import { openapiRoutes } from './openapi.js';
 import { dashboardRoutes } from './dashboard.js';
 import { BOARD_PATH, createBoardHandler } from './board.js';
 import { ConsistencyWaiter } from './consistency.js';
-import { createQueue } from '../lib/queue.js';
+import { createQueues } from '../lib/queue.js';
 import { createDb, processPoolOptions, isUnavailable, PoolBusyError } from '../db/pool.js';
 import client from 'prom-client';
 import { createRedis } from '../lib/redis.js';
@@ -60,7 +60,7 @@ const CLIENT_CLOSED = 499;
 
 export function createRequestListener(deps: Deps, state: ServerState = { draining: false, inFlight: new Set() }): http.RequestListener {
   const table = compile(routes);
-  const board = deps.config.ADMIN_PASSWORD ? createBoardHandler(deps.queue, deps.redis, { password: deps.config.ADMIN_PASSWORD, writable: deps.config.BOARD_WRITABLE, throttle: deps.authThrottle }) : undefined;
+  const board = deps.config.ADMIN_PASSWORD ? createBoardHandler(deps.queues, deps.redis, { password: deps.config.ADMIN_PASSWORD, writable: deps.config.BOARD_WRITABLE, throttle: deps.authThrottle }) : undefined;
   return (req, res) => {
     for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
     // A body nobody reads is not drained (an endless one would be read until the request timeout): once the answer is out, the connection closes.
@@ -150,16 +150,16 @@ export function buildDeps(config: Config, log: Logger): Deps {
   const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'web-write', max: config.WRITE_POOL_SIZE, maxWaiting: config.WEB_POOL_QUEUE });
   const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'web-read', max: config.READ_POOL_SIZE, maxWaiting: config.WEB_POOL_QUEUE });
   const redis = createRedis(config, 'producer', log, 'web');
-  const queue = createQueue(config, redis);
-  const metrics = createApiMetrics({ writeDb, readDb, queue, redis }, registry);
-  queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
+  const queues = createQueues(config, redis);
+  const metrics = createApiMetrics({ writeDb, readDb, queues, redis }, registry);
+  queues.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   return {
     config,
     log,
     writeDb,
     readDb,
     redis,
-    queue,
+    queues,
     metrics,
     metricsText: metricsSnapshot(metrics, redis, config.QUEUE_PREFIX),
     orders: new OrderIntake(writeDb, {
@@ -212,7 +212,7 @@ export async function startWeb(config: Config, log: Logger, deps = buildDeps(con
     await deps.orders.drain();
     await deps.jobs.stop();
     await deps.consistency.stop();
-    await deps.queue.close().catch(() => undefined);
+    await deps.queues.close().catch(() => undefined);
     await Promise.allSettled([deps.writeDb.end(), deps.readDb.end(), deps.probes.writeDb.end(), deps.probes.readDb.end(), deps.redis.quit()]);
   });
   return { server, port, stop };

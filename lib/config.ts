@@ -55,6 +55,14 @@ const schema = z.object({
   /** Prefix of every Redis key this system writes (BullMQ prefix). */
   QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_{}-]+$/, 'letters, digits, _ - { } only').default('op'),
   QUEUE_NAME: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ - only').default('order-events'),
+  /** Queues the event stream is split over (by event id); each has a hash tag of its own, so a Redis Cluster spreads them over its masters. 1: one queue named QUEUE_NAME. */
+  QUEUE_PARTITIONS: int(1, 256).default(1),
+  /** The partitions this worker consumes, e.g. "0,2" (unset: all). */
+  WORKER_PARTITIONS: z
+    .string()
+    .regex(/^\d+(,\d+)*$/, 'partition numbers separated by commas, e.g. 0,2')
+    .transform((s) => [...new Set(s.split(',').map(Number))].sort((a, b) => a - b))
+    .optional(),
   WRITE_POOL_SIZE: int(1, 500).default(10),
   /** Queries that may wait for a connection of a web pool beyond its size; past that the web sheds load: 503 overloaded with Retry-After. */
   WEB_POOL_QUEUE: int(0, 100000).default(200),
@@ -73,6 +81,8 @@ const schema = z.object({
   /** How often each LISTEN connection is checked with a trivial query (a dead or half-open socket is noticed). */
   LISTEN_CHECK_MS: int(100, 600000).default(5000),
   RELAY_BATCH_SIZE: int(1, 10000).default(500),
+  /** Events per BullMQ job: the relay splits each batch into jobs of up to this many (1: a job per event). */
+  RELAY_JOB_EVENTS: int(1, 1000).default(50),
   RELAY_POLL_MS: int(10, 600000).default(500),
   RECONCILE_INTERVAL_MS: int(100, 3600000).default(5000),
   RECONCILE_GRACE_MS: int(0, 3600000).default(10000),
@@ -86,6 +96,8 @@ const schema = z.object({
   WORKER_CONCURRENCY: int(1, 5000).default(500),
   PROJECTOR_BATCH_SIZE: int(1, 10000).default(500),
   PROJECTOR_BATCH_WAIT_MS: int(0, 10000).default(5),
+  /** Batches one worker process applies at once: while one commits, the next is already running (hot rows are locked last, see workers/projector/apply.ts). */
+  PROJECTOR_BATCHES_IN_FLIGHT: int(1, 16).default(2),
   JOB_ATTEMPTS: int(1, 1000).default(8),
   JOB_BACKOFF_MS: int(1, 3600000).default(1000),
   STALLED_INTERVAL_MS: int(100, 3600000).default(30000),
@@ -121,8 +133,14 @@ export function getConfig(env: NodeJS.ProcessEnv = process.env): Config {
     config.DATABASE_URL = withSslMode(config.DATABASE_URL, config.PG_SSLMODE);
     config.READ_DATABASE_URL = withSslMode(config.READ_DATABASE_URL, config.PG_SSLMODE);
   }
-  // In a cluster, every key of a queue must hash to one slot: wrap the prefix in a hash tag.
-  if (config.REDIS_CLUSTER_NODES && !config.QUEUE_PREFIX.includes('{')) config.QUEUE_PREFIX = `{${config.QUEUE_PREFIX}}`;
+  const beyond = config.WORKER_PARTITIONS?.find((p) => p >= config.QUEUE_PARTITIONS);
+  if (beyond !== undefined) throw new ConfigError('WORKER_PARTITIONS', `partition ${beyond} does not exist: QUEUE_PARTITIONS is ${config.QUEUE_PARTITIONS} (partitions 0 to ${config.QUEUE_PARTITIONS - 1})`);
+  if (config.QUEUE_PARTITIONS > 1 && config.QUEUE_PREFIX.includes('{')) {
+    throw new ConfigError('QUEUE_PREFIX', `with QUEUE_PARTITIONS > 1 each partition's queue name carries its own hash tag; a hash tag in the prefix would put every partition in one slot (got ${JSON.stringify(config.QUEUE_PREFIX)})`);
+  }
+  // In a cluster, every key of a queue must hash to one slot: one queue gets a hash tag in the
+  // prefix (today's layout); partitions get theirs in their names (lib/queue.ts queueNames).
+  if (config.REDIS_CLUSTER_NODES && config.QUEUE_PARTITIONS === 1 && !config.QUEUE_PREFIX.includes('{')) config.QUEUE_PREFIX = `{${config.QUEUE_PREFIX}}`;
   return config;
 }
 

@@ -82,12 +82,48 @@ export const orderDocument = z.object({
 export type OrderItem = z.infer<typeof orderItem>;
 export type Order = z.infer<typeof orderDocument>;
 
-/** What a job carries: one outbox row (the payload is an order document for the order.* topics). */
+/** One outbox row as jobs carry it (the payload is an order document for the order.* topics). */
 export interface EventJobData {
   event_id: string;
   topic: string;
   payload: unknown;
   created_at: string;
+}
+
+/**
+ * What a job carries: one event (job id jobIdFor(event_id)), or several
+ * events of one relay batch (job id jobIdForEvents(ids)). The relay sends
+ * several per job so the queue's per-job cost is shared; one-event jobs are
+ * what the reconciler re-enqueues, what a replay sends and where a failed
+ * event ends up (the failed set holds single events, so each has its error).
+ */
+export type JobData = EventJobData | EventsJobData;
+
+export interface EventsJobData {
+  events: EventJobData[];
+}
+
+export function isMultiEvent(data: JobData): data is EventsJobData {
+  return Array.isArray((data as EventsJobData).events);
+}
+
+/**
+ * BullMQ job id of a job carrying several events (ids ascending): the first
+ * and last id, the count and a hash of all of them, so a relay that dies
+ * after enqueueing and a later relay claiming the same rows differently do
+ * not collide. Nothing relies on it being unique: exactly-once rests on
+ * processed_events, and the reconciler re-enqueues an event whose job has
+ * finished without resolving it.
+ */
+export function jobIdForEvents(ids: readonly string[]): string {
+  if (ids.length === 0 || !ids.every((id) => /^\d+$/.test(id))) throw new Error('event ids must be digits');
+  if (ids.length === 1) return jobIdFor(ids[0]!);
+  let h = 0x811c9dc5; // FNV-1a, 32 bits
+  for (const id of ids) {
+    for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
+    h = Math.imul(h ^ 44, 0x01000193);
+  }
+  return `evts-${ids[0]}-${ids[ids.length - 1]}-${ids.length}-${(h >>> 0).toString(16).padStart(8, '0')}`;
 }
 
 /** The names above as the migrations' {{TOKENS}}. */

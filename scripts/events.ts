@@ -1,6 +1,6 @@
 import { configOrExit } from '../lib/lifecycle.js';
 import { commandLine, fail } from '../lib/cli.js';
-import { createQueue } from '../lib/queue.js';
+import { createQueues } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createLogger } from '../lib/logger.js';
 import { createDb } from '../db/pool.js';
@@ -32,9 +32,9 @@ async function main(): Promise<number> {
   const log = createLogger('warn', 'events');
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'events', max: 2, log });
   const redis = createRedis(config, 'worker', log, 'events');
-  const queue = createQueue(config, redis);
-  queue.on('error', () => undefined);
-  const ops = { readDb, queue, config };
+  const queues = createQueues(config, redis);
+  queues.on('error', () => undefined);
+  const ops = { readDb, queues, config };
   try {
     if (command === 'list') {
       const state: DeadLetterState = values.all ? 'all' : values.parked ? 'parked' : 'failed';
@@ -70,7 +70,7 @@ async function main(): Promise<number> {
     console.log(`${ids[0]}: ${r.replaceAll('_', ' ')}`);
     return r === 'parked' || r === 'already_parked' ? 0 : 1;
   } finally {
-    await queue.close().catch(() => undefined);
+    await queues.close().catch(() => undefined);
     redis.disconnect();
     await readDb.end();
   }

@@ -1,6 +1,6 @@
 import { configOrExit } from '../lib/lifecycle.js';
 import { commandLine } from '../lib/cli.js';
-import { createQueue } from '../lib/queue.js';
+import { createQueues } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createLogger } from '../lib/logger.js';
 import { createDb } from '../db/pool.js';
@@ -23,12 +23,12 @@ async function main(): Promise<void> {
   const log = createLogger('warn', 'replay-failed');
   const readDb = createDb(config.READ_DATABASE_URL, { name: 'replay-failed', max: 2, log });
   const redis = createRedis(config, 'worker', log, 'replay-failed');
-  const queue = createQueue(config, redis);
-  queue.on('error', () => undefined);
+  const queues = createQueues(config, redis);
+  queues.on('error', () => undefined);
   try {
-    console.log(`replayed ${await replayAllFailed({ readDb, queue, config })} failed job(s)`);
+    console.log(`replayed ${await replayAllFailed({ readDb, queues, config })} failed job(s)`);
   } finally {
-    await queue.close();
+    await queues.close();
     redis.disconnect();
     await readDb.end();
   }

@@ -6,13 +6,12 @@ import { Proc } from './support/processes.js';
 import { testLog, PG_ADMIN_URL } from './support/env.js';
 import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
-import { createQueue, jobIdFor, type EventJobData } from '../lib/queue.js';
+import { createQueues, jobIdFor, type EventQueue, type EventQueues } from '../lib/queue.js';
 import { createRedis, type RedisClient } from '../lib/redis.js';
 import { parkEvent, replayDeadLetter } from '../workers/dead-letters.js';
 import { parkDeadLetter, recordDeadLetter } from '../db/dead-letters.js';
 import { prune } from '../db/retention.js';
 import { rebuild } from '../db/rebuild.js';
-import type { Queue } from 'bullmq';
 
 /**
  * Dead letters against retention, rebuild, replay and the projector's own
@@ -26,13 +25,15 @@ describe('dead letters, retention and rebuild together (integration)', function 
   let relay: RelayHandle | undefined;
   let worker: ProjectorHandle | undefined;
   let redis: RedisClient;
-  let queue: Queue<EventJobData>;
-  const ops = () => ({ readDb: f.readDb, queue, config: f.env.config });
+  let queues: EventQueues;
+  let queue: EventQueue;
+  const ops = () => ({ readDb: f.readDb, queues, config: f.env.config });
 
   beforeEach(async () => {
     f = await startTestWeb({ RECONCILE_INTERVAL_MS: '200', RECONCILE_GRACE_MS: '500', JOB_BACKOFF_MS: '50', CONSISTENCY_WAIT_MS: '1000' });
     redis = createRedis(f.env.config, 'producer', testLog, 'test');
-    queue = createQueue(f.env.config, redis);
+    queues = createQueues(f.env.config, redis);
+    queue = queues.all[0]!;
     relay = await startRelay(f.env.config, testLog);
     worker = await startProjector(f.env.config, testLog);
   });

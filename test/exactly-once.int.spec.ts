@@ -8,10 +8,9 @@ import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { Reconciler } from '../workers/relay/reconciler.js';
 import { relayBatch } from '../workers/relay/relay.js';
-import { createQueue, jobIdFor, type EventJobData } from '../lib/queue.js';
+import { createQueue, createQueues, findEventJob, jobIdFor, type EventQueue, type EventQueues } from '../lib/queue.js';
 import { createRedis, type RedisClient } from '../lib/redis.js';
 import { createDb, type Db } from '../db/pool.js';
-import type { Queue } from 'bullmq';
 
 /** Regression tests for the holes of issue "Exactly-once under every fault"; each failed on the code before the fix. */
 describe('exactly once under faults (integration)', function () {
@@ -24,7 +23,8 @@ describe('exactly once under faults (integration)', function () {
     let writeDb: Db;
     let readDb: Db;
     let redis: RedisClient;
-    let queue: Queue<EventJobData>;
+    let queues: EventQueues;
+    let queue: EventQueue;
 
     beforeEach(async () => {
       env = await createTestEnv({ RECONCILE_GRACE_MS: '0' });
@@ -33,7 +33,8 @@ describe('exactly once under faults (integration)', function () {
       writeDb = createDb(env.config.DATABASE_URL, { name: 'test', max: 4, log: testLog });
       readDb = createDb(env.config.READ_DATABASE_URL, { name: 'test', max: 4, log: testLog });
       redis = createRedis(env.config, 'producer', testLog, 'test');
-      queue = createQueue(env.config, redis);
+      queues = createQueues(env.config, redis);
+      queue = queues.all[0]!;
       await queue.waitUntilReady();
     });
     afterEach(async () => {
@@ -43,12 +44,12 @@ describe('exactly once under faults (integration)', function () {
     });
 
     const drainRelay = async () => {
-      while ((await relayBatch(writeDb, queue, env.config)) > 0);
+      while ((await relayBatch(writeDb, queues, redis, env.config)) > 0);
     };
     const watermark = async () => Number((await read.query<{ w: string }>('SELECT last_event_id::text AS w FROM reconciler_watermark')).rows[0]!.w);
 
     it('never passes an outbox id whose transaction is still open, and re-enqueues it once it commits and Redis loses it', async () => {
-      const reconciler = new Reconciler(writeDb, readDb, queue, redis, env.config, testLog);
+      const reconciler = new Reconciler(writeDb, readDb, queues, redis, env.config, testLog);
       // A settled event below, so that the watermark has somewhere to go.
       await write.query(`INSERT INTO outbox (topic, payload) VALUES ('order.paid', '{}')`);
       await drainRelay();
@@ -70,7 +71,7 @@ describe('exactly once under faults (integration)', function () {
         await slow.end();
       }
       await drainRelay();
-      await (await queue.getJob(jobIdFor(id)))!.remove(); // Redis loses the job
+      await (await findEventJob(queue, redis, id))!.remove(); // Redis loses the job
       let requeued = 0;
       for (let i = 0; i < 5 && requeued === 0; i++) requeued += (await reconciler.tick()).requeued;
       assert.equal(requeued, 1);
@@ -78,21 +79,21 @@ describe('exactly once under faults (integration)', function () {
     });
 
     it('finds a loss 20,000 ids beyond an event that stays unresolved', async () => {
-      const reconciler = new Reconciler(writeDb, readDb, queue, redis, env.config, testLog);
+      const reconciler = new Reconciler(writeDb, readDb, queues, redis, env.config, testLog);
       await write.query(`INSERT INTO outbox (topic, payload) SELECT 'order.paid', '{}' FROM generate_series(1, 20600)`);
       await drainRelay();
       // Event 1 stays in the queue unapplied (no worker runs); everything else but 20502 was applied,
       // and Redis lost the job of 20502.
       await read.query(`INSERT INTO processed_events (event_id) SELECT g::text FROM generate_series(2, 20600) g WHERE g <> 20502`);
-      await (await queue.getJob(jobIdFor(20502)))!.remove();
+      await (await findEventJob(queue, redis, 20502))!.remove();
       let requeued = 0;
       for (let i = 0; i < 5 && requeued === 0; i++) requeued += (await reconciler.tick()).requeued;
       assert.equal(requeued, 1);
-      assert.ok(await queue.getJob(jobIdFor(20502)));
+      assert.ok(await findEventJob(queue, redis, 20502));
       assert.equal(await watermark(), 0, 'event 1 still holds the watermark');
       // A restarted reconciler starts again from the watermark and gets there too.
-      await (await queue.getJob(jobIdFor(20502)))!.remove();
-      const fresh = new Reconciler(writeDb, readDb, queue, redis, env.config, testLog);
+      await (await findEventJob(queue, redis, 20502))!.remove();
+      const fresh = new Reconciler(writeDb, readDb, queues, redis, env.config, testLog);
       requeued = 0;
       for (let i = 0; i < 5 && requeued === 0; i++) requeued += (await fresh.tick()).requeued;
       assert.equal(requeued, 1);

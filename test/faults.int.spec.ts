@@ -11,7 +11,7 @@ import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { applyEvents } from '../workers/projector/apply.js';
 import { orderEvent } from '../workers/projector/events.js';
-import { createQueue, jobIdFor, toJob } from '../lib/queue.js';
+import { createQueues, jobIdFor, toJob } from '../lib/queue.js';
 import { createRedis } from '../lib/redis.js';
 import { createDb, sql } from '../db/pool.js';
 import { relayBatch } from '../workers/relay/relay.js';
@@ -333,16 +333,17 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
       const pool = new pg.Pool({ connectionString: env.config.DATABASE_URL, max: 1, application_name: 'test-relay' }); // one backend: its statistics are ours
       const db = createDb(env.config.DATABASE_URL, { name: 'test-relay', max: 1, log: testLog });
       const redis = createRedis(env.config, 'producer', testLog, 'test-relay');
-      const queue = createQueue(env.config, redis);
+      const queues = createQueues(env.config, redis);
+      const queue = queues.all[0]!;
       try {
         // Events trickle in and are relayed a few at a time, as under steady load.
         let relayed = 0;
         for (let i = 0; i < 100; i++) {
           await pool.query(`INSERT INTO outbox (topic, payload) SELECT 'test', '{}'::jsonb FROM generate_series(1, 50)`);
-          relayed += await relayBatch(db, queue, env.config);
+          relayed += await relayBatch(db, queues, redis, env.config);
         }
         assert.equal(relayed, 5000);
-        assert.equal(await queue.count(), 5000);
+        assert.equal(await queue.count(), 5000 / env.config.RELAY_JOB_EVENTS, `jobs of ${env.config.RELAY_JOB_EVENTS} events`);
         // Every published row left a dead entry in outbox_unpublished_idx and a dead row version (no
         // VACUUM here). A bitmap scan of that index, or a plan cached while the table was small (a
         // sequential scan), visits the heap pages of all 5,000 on every claim; an index scan in id order
@@ -358,7 +359,7 @@ describe('pipeline under faults (integration, real PostgreSQL and Redis)', funct
         const before = await heapPages();
         for (let i = 0; i < 5; i++) {
           await pool.query(`INSERT INTO outbox (topic, payload) VALUES ('test', '{}')`);
-          assert.equal(await relayBatch(db, queue, env.config), 1);
+          assert.equal(await relayBatch(db, queues, redis, env.config), 1);
         }
         const visited = (await heapPages()) - before;
         assert.ok(visited <= 100, `5 events relayed one by one visited ${visited} heap pages of the outbox`);

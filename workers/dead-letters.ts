@@ -1,5 +1,4 @@
-import type { Queue } from 'bullmq';
-import { jobIdFor, toJob, type EventJobData } from '../lib/queue.js';
+import { jobIdFor, toJob, type EventQueues } from '../lib/queue.js';
 import { listDeadLetters, parkDeadLetter, prepareReplay, type ParkResult } from '../db/dead-letters.js';
 import type { Db } from '../db/pool.js';
 import type { Config } from '../lib/config.js';
@@ -12,7 +11,7 @@ import type { Config } from '../lib/config.js';
 
 export interface Ops {
   readDb: Db;
-  queue: Queue<EventJobData>;
+  queues: EventQueues;
   config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>;
 }
 
@@ -23,7 +22,8 @@ export type ReplayResult = 'retried' | 'requeued' | 'in_queue' | 'not_found' | '
  * in the failed set, or enqueue it again if Redis no longer has it. It stays a
  * dead letter until a worker applies it (or it fails again).
  */
-export async function replayDeadLetter({ readDb, queue, config }: Ops, eventId: string): Promise<ReplayResult> {
+export async function replayDeadLetter({ readDb, queues, config }: Ops, eventId: string): Promise<ReplayResult> {
+  const queue = queues.of(eventId);
   const job = await queue.getJob(jobIdFor(eventId));
   const check = await prepareReplay(readDb, eventId);
   if (!check.ok) {
@@ -49,22 +49,26 @@ export async function replayDeadLetter({ readDb, queue, config }: Ops, eventId: 
 
 /** Every dead letter waiting for a decision, plus any job in BullMQ's failed set. */
 export async function replayAllFailed(ops: Ops): Promise<number> {
-  const { readDb, queue } = ops;
+  const { readDb, queues } = ops;
   let n = 0;
   for (const dl of await listDeadLetters(readDb, 'failed', 100_000)) {
     const r = await replayDeadLetter(ops, dl.event_id);
     if (r === 'retried' || r === 'requeued') n++;
   }
-  const { failed = 0 } = await queue.getJobCounts('failed');
-  if (failed > 0) await queue.retryJobs({ state: 'failed', count: 1000 });
+  let failed = 0;
+  for (const queue of queues.all) {
+    const { failed: f = 0 } = await queue.getJobCounts('failed');
+    if (f > 0) await queue.retryJobs({ state: 'failed', count: 1000 });
+    failed += f;
+  }
   return n + failed;
 }
 
 /** Park an event: recorded with its reason in read_db, and its job leaves the failed set (a worker would skip it anyway). */
-export async function parkEvent({ readDb, queue }: Ops, eventId: string, reason: string): Promise<ParkResult> {
+export async function parkEvent({ readDb, queues }: Ops, eventId: string, reason: string): Promise<ParkResult> {
   const r = await parkDeadLetter(readDb, eventId, reason);
   if (r === 'parked') {
-    const job = await queue.getJob(jobIdFor(eventId));
+    const job = await queues.of(eventId).getJob(jobIdFor(eventId));
     if (job && (await job.isFailed())) await job.remove();
   }
   return r;

@@ -3,7 +3,11 @@ import type pg from 'pg';
 import { createDb, type Db } from '../../db/pool.js';
 import { testLog } from '../support/env.js';
 import { compareEventIds, compareViews } from '../../db/recompute.js';
-import { jobIdFor } from '../../lib/queue.js';
+import { Redis } from 'ioredis';
+import { findEventJob, type EventQueue, type JobData } from '../../lib/queue.js';
+import type { Job } from 'bullmq';
+
+type JobOf = (eventId: string) => Promise<Job<JobData> | undefined>;
 import { sleep } from '../support/pipeline.js';
 import { resolvePending } from './traffic.js';
 import { QUEUE_NAME, type ChaosSystem } from './system.js';
@@ -36,18 +40,21 @@ export async function finishRun(sys: ChaosSystem): Promise<EndState> {
 
   const write = sys.pool('write');
   const read = sys.pool('read');
-  const queue = new Queue(QUEUE_NAME, { connection: { host: '127.0.0.1', port: sys.infra.redis.port, maxRetriesPerRequest: 1 }, prefix: sys.prefix });
+  const redis = new Redis({ host: '127.0.0.1', port: sys.infra.redis.port, maxRetriesPerRequest: 1 });
+  redis.on('error', () => undefined);
+  const queue: EventQueue = new Queue(QUEUE_NAME, { connection: redis, prefix: sys.prefix });
   queue.on('error', () => undefined);
+  const jobOf: JobOf = (id) => findEventJob(queue, redis, id);
   try {
     const t0 = Date.now();
-    const drained = await drain(sys, write, read, queue);
+    const drained = await drain(sys, write, read, queue, jobOf);
     const drainedMs = Date.now() - t0;
     sys.journal.note(drained ? `drained in ${drainedMs} ms` : `not drained after ${drainedMs} ms`);
     // The system's own comparisons (db/recompute.ts), through its SQL layer.
     const writeDb = createDb(sys.writeUrl, { name: 'chaos-harness', max: 2, log: testLog });
     const readDb = createDb(sys.readUrl, { name: 'chaos-harness', max: 2, log: testLog });
     try {
-      await checkEvents(sys, writeDb, readDb, read, queue);
+      await checkEvents(sys, writeDb, readDb, read, queue, jobOf);
       await checkViews(sys, writeDb, readDb);
     } finally {
       await Promise.allSettled([writeDb.end(), readDb.end()]);
@@ -58,6 +65,7 @@ export async function finishRun(sys: ChaosSystem): Promise<EndState> {
     return { events: rows[0]!.n, orders: m.orders.length, drainedMs, drained };
   } finally {
     await queue.close().catch(() => undefined);
+    redis.disconnect();
   }
 }
 
@@ -107,7 +115,7 @@ async function snapshot(write: pg.Pool, read: pg.Pool, queue: Queue): Promise<Sn
  * settled (failed set or dead_letters). Stops early when all that is left
  * are non-poison events sitting in the failed set: nothing brings those back.
  */
-async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Queue): Promise<boolean> {
+async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Queue, jobOf: JobOf): Promise<boolean> {
   const poison = new Set(sys.model.poison.map((p) => String(p.eventId)));
   const deadline = Date.now() + DRAIN_MS;
   let stuckSince: number | undefined;
@@ -127,7 +135,7 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
     const left = s.outbox.map(String).filter((id) => !s.processed.has(id) && !poison.has(id));
     const unsettled = [...poison].filter((id) => !s.failed.has(id) && !s.deadLetters?.has(id) && !s.processed.has(id));
     if (left.length === 0 && unsettled.length === 0) return true;
-    const stuck = unsettled.length === 0 && (await allHopeless(left, s, write, read, queue));
+    const stuck = unsettled.length === 0 && (await allHopeless(left, s, write, read, jobOf));
     stuckSince = stuck ? (stuckSince ?? Date.now()) : undefined;
     if (Date.now() - lastNote > 5000) {
       lastNote = Date.now();
@@ -152,7 +160,7 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
  * replay would), or was published, has no job in Redis and lies at or below
  * the reconciler's watermark (the reconciler only looks above it).
  */
-async function allHopeless(left: string[], s: Snapshot, write: pg.Pool, read: pg.Pool, queue: Queue): Promise<boolean> {
+async function allHopeless(left: string[], s: Snapshot, write: pg.Pool, read: pg.Pool, jobOf: JobOf): Promise<boolean> {
   if (left.length === 0 || left.length > 200) return false;
   const rest = left.filter((id) => !s.failed.has(id));
   if (rest.length === 0) return true;
@@ -163,7 +171,7 @@ async function allHopeless(left: string[], s: Snapshot, write: pg.Pool, read: pg
     const published = new Set(rows.map((r) => String(r.id)));
     for (const id of rest) {
       if (Number(id) > w || !published.has(id)) return false;
-      if (await queue.getJob(jobIdFor(id))) return false;
+      if (await jobOf(id)) return false;
     }
     return true;
   } catch {
@@ -172,7 +180,7 @@ async function allHopeless(left: string[], s: Snapshot, write: pg.Pool, read: pg
 }
 
 /** (1) none lost, (2) none applied twice, (5) failed/parked = exactly the poison. */
-async function checkEvents(sys: ChaosSystem, writeDb: Db, readDb: Db, read: pg.Pool, queue: Queue): Promise<void> {
+async function checkEvents(sys: ChaosSystem, writeDb: Db, readDb: Db, read: pg.Pool, queue: Queue, jobOf: JobOf): Promise<void> {
   const poison = new Map(sys.model.poison.map((p) => [String(p.eventId), p.kind]));
   const ids = await compareEventIds(writeDb, readDb);
   const write = sys.pool('write');
@@ -182,7 +190,7 @@ async function checkEvents(sys: ChaosSystem, writeDb: Db, readDb: Db, read: pg.P
   if (lost.length > 0) {
     const states = await Promise.all(
       lost.slice(0, 20).map(async (id) => {
-        const job = await queue.getJob(jobIdFor(id)).catch(() => undefined);
+        const job = await jobOf(id).catch(() => undefined);
         const state = job ? await job.getState().catch(() => '?') : 'no job in Redis';
         return `${id}: ${state}${job?.failedReason ? ` (${job.failedReason}, ${job.attemptsMade} attempts)` : ''}`;
       }),
@@ -203,7 +211,7 @@ async function checkEvents(sys: ChaosSystem, writeDb: Db, readDb: Db, read: pg.P
   if (nowhere.length > 0) {
     const states = await Promise.all(
       nowhere.map(async ([id, kind]) => {
-        const job = await queue.getJob(jobIdFor(id)).catch(() => undefined);
+        const job = await jobOf(id).catch(() => undefined);
         return `${id} (${kind}): ${job ? await job.getState().catch(() => '?') : 'no job in Redis'}${job ? `, ${job.attemptsMade} attempts` : ''}`;
       }),
     );

@@ -45,8 +45,10 @@ const recorded = z.object({ event_id: z.string().nullable(), parked: z.boolean()
  *     and parked ids are never recorded;
  *  2. add the rows of those new events to every projection's view, one
  *     set-based upsert per view (a data-modifying CTE reading the ids step 1
- *     returned), rows in key order: concurrent batches wait on each other
- *     instead of deadlocking (and a deadlock is retried, as a busy database);
+ *     returned), rows in key order and views in one fixed order, hot views
+ *     last: concurrent batches wait on each other instead of deadlocking (a
+ *     deadlock would be retried, as a busy database), and on the rows every
+ *     batch shares only for the end of the statement and its commit;
  *  3. wake read-your-writes waiters in the web processes (NOTIFY, delivered
  *     at commit) when anything was applied.
  */
@@ -55,7 +57,12 @@ export async function applyEvents(db: Db, events: ProjectionEvent[], projections
   for (const e of events) if (!byId.has(e.event_id)) byId.set(e.event_id, e);
   const ids = [...byId.keys()].sort();
   const inserted = sql.identifier(['inserted']);
-  const upserts = projections.flatMap((p, i) => {
+  // PostgreSQL runs the data-modifying CTEs nobody reads after the main
+  // query, in reverse order of listing: hot views are listed first so their
+  // rows are locked last, the others in registry order before them. One
+  // order for every batch, so concurrent batches never lock in crossed order.
+  const ordered = [...projections.filter((p) => p.hot), ...projections.filter((p) => !p.hot).reverse()];
+  const upserts = ordered.flatMap((p, i) => {
     const rows = [...byId.values()].flatMap((e) => (e.event ? p.evolve(e.event).map((row) => ({ eventId: e.event_id, row })) : []));
     const upsert = upsertFragment(p, rows, inserted);
     return upsert ? [sql.fragment`, ${sql.identifier([`view_${i}`])} AS (${upsert})`] : [];

@@ -44,6 +44,13 @@ export interface Projection<R extends Row = Row> {
   evolve(event: OrderEvent): R[];
   /** SPEC §3: the view recomputed from write_db alone. Selects `key`, then the value columns by name, one row per key. */
   readonly recompute: FragmentSqlToken;
+  /**
+   * Few rows that nearly every batch changes (an hour, a category). The
+   * projector changes them last, just before its commit, so that batches
+   * running at once wait on each other only for that moment, not for their
+   * whole statement (workers/projector/apply.ts).
+   */
+  readonly hot?: boolean;
   /** Its part of the dashboard (read from read_db; write_db only for names). */
   panel?(dbs: { read: CommonQueryMethods; write: CommonQueryMethods }): Promise<Panel>;
 }

@@ -1,8 +1,7 @@
-import type { Queue } from 'bullmq';
 import type { RedisClient } from '../../lib/redis.js';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
-import { toJob, jobIdFor, type EventJobData } from '../../lib/queue.js';
+import { toJob, jobIdFor, eventIndexKey, isMultiEvent, type EventQueue, type EventQueues } from '../../lib/queue.js';
 import { z } from 'zod';
 import { sql, type Db } from '../../db/pool.js';
 import { recordDeadLetter, resolvedIds } from '../../db/dead-letters.js';
@@ -42,10 +41,14 @@ type JobState = 'missing' | 'failed' | 'present';
  * found, however large the backlog; a larger backlog only takes more ticks.
  *
  * For each unresolved event published more than RECONCILE_GRACE_MS ago, one
- * pipelined look in Redis tells whether its job is still there. Gone: enqueued
- * again (same job id, so a job that exists after all is not doubled). In the
+ * pipelined look in Redis tells whether a job still carries it: its own
+ * job (one event), or the several-event job the relay's index names (see
+ * lib/queue.ts eventIndexKey), while that job is unfinished. Gone (or the job
+ * finished without resolving it): enqueued again as a job of its own (under
+ * its own job id, so a job that exists after all is not doubled). In the
  * failed set: recorded as a dead letter if the worker could not. Dead letters
  * whose job Redis lost are enqueued again too, so the failed set shows them.
+ * Index entries of resolved events are deleted as the cursor passes them.
  *
  * Any number of reconcilers may run (one per relay): re-enqueueing is
  * idempotent and W only moves up (GREATEST). A restarted reconciler starts
@@ -67,7 +70,7 @@ export class Reconciler {
   constructor(
     private readonly writeDb: Db,
     private readonly readDb: Db,
-    private readonly queue: Queue<EventJobData>,
+    private readonly queues: EventQueues,
     /** The connection the queue uses, for cheap EXISTS checks on job keys. */
     private readonly redis: RedisClient,
     private readonly config: Config,
@@ -136,6 +139,10 @@ export class Reconciler {
     const resolved = await resolvedIds(this.readDb, ids);
     const unresolved = ids.filter((id) => !resolved.has(id));
     for (const id of resolved) this.pending.delete(id);
+    // Best effort: a stale entry is only ever read for an unresolved event.
+    if (resolved.size > 0) {
+      await Promise.all(this.queues.split([...resolved], (id) => id).map(([queue, part]) => this.redis.hdel(eventIndexKey(queue), ...part.map(String)))).catch(() => undefined);
+    }
     if (unresolved.length === 0) return;
     const rows = await this.writeDb.any(sql.type(z.object({ id: z.number(), due: z.boolean() }))`
       SELECT id, (published_at IS NOT NULL AND published_at < (now() AT TIME ZONE 'UTC') - ${this.config.RECONCILE_GRACE_MS} * interval '1 millisecond') AS due
@@ -153,34 +160,62 @@ export class Reconciler {
     for (const id of failed) if (await this.recordFailed(id)) result.deadLettered++;
   }
 
-  /** For each event id: is its job gone from Redis, in the failed set, or still there (waiting, active, delayed, completed)? */
+  /**
+   * For each event id: is its own job in the failed set, or still there
+   * (waiting, active, delayed, completed), or is it in an unfinished job of
+   * several events ('present'), or gone from Redis ('missing')?
+   */
   private async jobStates(ids: number[]): Promise<JobState[]> {
+    // One pipeline per partition: in a cluster, a pipeline's keys must share a slot's master.
+    const states = new Map<number, JobState>();
+    await Promise.all(
+      this.queues.split(ids, (id) => id).map(async ([queue, part]) => {
+        const got = await this.partitionStates(queue, part);
+        part.forEach((id, i) => states.set(id, got[i]!));
+      }),
+    );
+    return ids.map((id) => states.get(id)!);
+  }
+
+  private async partitionStates(queue: EventQueue, ids: number[]): Promise<JobState[]> {
     const pipeline = this.redis.pipeline();
     for (const id of ids) {
-      pipeline.exists(this.queue.toKey(jobIdFor(id)));
-      pipeline.zscore(this.queue.keys.failed!, jobIdFor(id));
+      pipeline.exists(queue.toKey(jobIdFor(id)));
+      pipeline.zscore(queue.keys.failed!, jobIdFor(id));
     }
+    pipeline.hmget(eventIndexKey(queue), ...ids.map(String));
     const replies = (await pipeline.exec()) ?? [];
-    return ids.map((_, i) => {
-      const [e1, exists] = replies[2 * i] ?? [null, 0];
-      const [e2, score] = replies[2 * i + 1] ?? [null, null];
-      if (e1) throw e1;
-      if (e2) throw e2;
-      return exists === 0 ? 'missing' : score !== null ? 'failed' : 'present';
-    });
+    for (const [err] of replies) if (err) throw err;
+    const carriers = (replies[2 * ids.length]?.[1] ?? []) as (string | null)[];
+    const states = ids.map((_, i): JobState | undefined => (replies[2 * i]?.[1] === 0 ? undefined : replies[2 * i + 1]?.[1] !== null ? 'failed' : 'present'));
+    // Events without a job of their own: does the job the index names still hold them, unfinished?
+    const groups = [...new Set(ids.flatMap((_, i) => (states[i] === undefined && carriers[i] ? [carriers[i]] : [])))];
+    const unfinished = new Set<string>();
+    if (groups.length > 0) {
+      const look = this.redis.pipeline();
+      for (const g of groups) look.hmget(queue.toKey(g), 'name', 'finishedOn');
+      const found = (await look.exec()) ?? [];
+      groups.forEach((g, i) => {
+        const [err, fields] = found[i] ?? [null, null];
+        if (err) throw err;
+        const [name, finishedOn] = (fields ?? [null, null]) as (string | null)[];
+        if (name !== null && finishedOn === null) unfinished.add(g);
+      });
+    }
+    return ids.map((_, i) => states[i] ?? (carriers[i] && unfinished.has(carriers[i]) ? 'present' : 'missing'));
   }
 
   private async requeue(ids: readonly number[]): Promise<number> {
     const rows = await this.writeDb.any(sql.type(z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() }))`
       SELECT id, topic, payload, created_at FROM outbox WHERE id = ANY (${sql.array(ids, 'int4')}) ORDER BY id`);
-    if (rows.length > 0) await this.queue.addBulk(rows.map((r) => toJob(this.config, r)));
+    await Promise.all(this.queues.split(rows, (r) => r.id).map(([queue, part]) => queue.addBulk(part.map((r) => toJob(this.config, r)))));
     return rows.length;
   }
 
   /** A job in the failed set whose event has no dead letter (the worker died, or read_db was away, as it failed). */
   private async recordFailed(id: number): Promise<boolean> {
-    const job = await this.queue.getJob(jobIdFor(id));
-    if (!job) return false;
+    const job = await this.queues.of(id).getJob(jobIdFor(id));
+    if (!job || isMultiEvent(job.data)) return false;
     await recordDeadLetter(this.readDb, {
       event_id: String(id),
       topic: job.data.topic,

@@ -1,12 +1,12 @@
 import { listen, type Listener } from '../../lib/listen.js';
-import type { Queue } from 'bullmq';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
-import { toJob, type EventJobData } from '../../lib/queue.js';
+import { eventIndexKey, toJobs, isMultiEvent, type EventQueues } from '../../lib/queue.js';
 import { CHANNELS } from '../../lib/contract.js';
 import { z } from 'zod';
 import { sql, type Db } from '../../db/pool.js';
 import { Loop } from '../../lib/loop.js';
+import type { RedisClient } from '../../lib/redis.js';
 
 
 const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() });
@@ -16,18 +16,28 @@ const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unkno
  * locks the oldest rows no other relay holds (SKIP LOCKED) and marks them
  * published, in a transaction that commits only once the jobs are in Redis:
  * if Redis refuses, the rollback unmarks them, and if we die after addBulk
- * but before COMMIT they are enqueued again under the same job ids, which
- * BullMQ and then processed_events deduplicate.
+ * but before COMMIT they are enqueued again (under the same job ids, or in
+ * jobs grouped differently), which BullMQ and then processed_events
+ * deduplicate. Each row goes to its partition's queue (lib/queue.ts
+ * partitionOf), RELAY_JOB_EVENTS to a job (toJobs).
  *
  * No cursor is kept: each claim looks for published_at IS NULL from the
  * lowest id, so a row whose transaction commits late is never skipped.
  */
-export async function relayBatch(db: Db, queue: Queue<EventJobData>, config: Config): Promise<number> {
+export async function relayBatch(db: Db, queues: EventQueues, redis: RedisClient, config: Config): Promise<number> {
   return db.transaction(async (tx) => {
     const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
     if (rows.length === 0) return 0;
     const sorted = [...rows].sort((x, y) => x.id - y.id); // UPDATE … RETURNING has no order; enqueue oldest first
-    await queue.addBulk(sorted.map((r) => toJob(config, r)));
+    await Promise.all(
+      queues.split(sorted, (r) => r.id).map(([queue, part]) => {
+        const jobs = toJobs(config, part);
+        // Where each event of a several-event job is, for the reconciler: written
+        // with the jobs (one round trip: ioredis pipelines both), before COMMIT.
+        const index = jobs.flatMap((j) => (isMultiEvent(j.data) ? j.data.events.flatMap((e) => [e.event_id, j.opts.jobId!]) : []));
+        return Promise.all([index.length > 0 ? redis.hset(eventIndexKey(queue), ...index) : undefined, queue.addBulk(jobs)]);
+      }),
+    );
     return rows.length;
   });
 }
@@ -44,7 +54,9 @@ export class Relay {
 
   constructor(
     private readonly db: Db,
-    private readonly queue: Queue<EventJobData>,
+    private readonly queues: EventQueues,
+    /** The connection the queue uses. */
+    private readonly redis: RedisClient,
     private readonly config: Config,
     private readonly log: Logger,
     private readonly onBatch: (n: number) => void = () => undefined,
@@ -54,7 +66,7 @@ export class Relay {
       log,
       intervalMs: config.RELAY_POLL_MS,
       work: async () => {
-        const n = await relayBatch(this.db, this.queue, this.config);
+        const n = await relayBatch(this.db, this.queues, this.redis, this.config);
         if (n > 0) this.onBatch(n);
         return n === this.config.RELAY_BATCH_SIZE; // more waiting: no sleep
       },

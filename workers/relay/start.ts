@@ -1,7 +1,7 @@
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { once, type Handle } from '../../lib/lifecycle.js';
-import { createQueue } from '../../lib/queue.js';
+import { createQueues } from '../../lib/queue.js';
 import { checkEvictionPolicy, createRedis } from '../../lib/redis.js';
 import { createDb, processPoolOptions } from '../../db/pool.js';
 import { Relay } from './relay.js';
@@ -23,9 +23,9 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: config.RELAY_POOL_SIZE });
   const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: config.RECONCILER_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'relay');
-  const queue = createQueue(config, redis);
+  const queues = createQueues(config, redis);
   // Connection errors are already logged once per outage by createRedis.
-  queue.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
+  queues.on('error', (err) => log.debug({ err: err.message }, 'queue error'));
   await checkEvictionPolicy(redis, log).catch(() => undefined);
 
   const relayed = new client.Counter({ name: 'relay_events_relayed_total', help: 'Outbox events enqueued and marked published', registers: [registry] });
@@ -34,11 +34,11 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   const pending = new client.Gauge({ name: 'reconciler_pending_events', help: 'Events above the watermark the reconciler has seen unresolved (in flight, or lost)', registers: [registry] });
   const batchSize = new client.Histogram({ name: 'relay_batch_size', help: 'Events per relay batch (one addBulk, one write_db transaction)', buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000], registers: [registry] });
 
-  const relay = new Relay(writeDb, queue, config, log, (n) => {
+  const relay = new Relay(writeDb, queues, redis, config, log, (n) => {
     relayed.inc(n);
     batchSize.observe(n);
   });
-  const reconciler = new Reconciler(writeDb, readDb, queue, redis, config, log);
+  const reconciler = new Reconciler(writeDb, readDb, queues, redis, config, log);
   relay.start();
   const stopPush = startMetricsPush(redis, config.QUEUE_PREFIX, 'relay', registry, log);
 
@@ -72,7 +72,7 @@ export async function startRelay(config: Config, log: Logger): Promise<RelayHand
   const stop = once(async () => {
     await stopPush();
     await Promise.all([relay.stop(), reconciling.stop(), pruning?.stop()]);
-    await queue.close().catch(() => undefined);
+    await queues.close().catch(() => undefined);
     redis.disconnect();
     await Promise.allSettled([writeDb.end(), readDb.end()]);
   });

@@ -19,6 +19,7 @@ export interface CategoryRow {
 
 export const categoryMetrics: Projection<CategoryRow> = {
   table: 'category_metrics_view',
+  hot: true,
   key: { name: 'category_name', type: 'text' },
   columns: [
     { name: 'total_revenue', type: 'numeric', combine: 'sum' },

@@ -14,6 +14,7 @@ export interface HourlyRow {
 
 export const hourlySales: Projection<HourlyRow> = {
   table: 'hourly_sales_view',
+  hot: true,
   key: { name: 'hour_timestamp', type: 'timestamp' },
   columns: [
     { name: 'total_orders', type: 'int4', combine: 'sum' },
