@@ -154,7 +154,8 @@ class Meter {
 export async function rebuild(
   writeUrl: string,
   readUrl: string,
-  onProgress: (p: RebuildProgress) => void = () => undefined,
+  /** Told of progress; when it returns a promise, the rebuild waits for it (tests act between phases). */
+  onProgress: (p: RebuildProgress) => unknown = () => undefined,
   registry: readonly Projection[] = PROJECTIONS,
   options: RebuildOptions = {},
 ): Promise<RebuildResult> {
@@ -261,13 +262,14 @@ interface RunOptions {
   started: number;
   dryRun: boolean;
   lockTimeoutMs: number;
-  onProgress: (p: RebuildProgress) => void;
+  onProgress: (p: RebuildProgress) => unknown;
 }
 
 async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): Promise<RebuildResult> {
-  const report = (p: RebuildProgress) => {
-    o.onProgress(p);
+  const report = async (p: RebuildProgress) => {
     void state.progress(p).catch(() => undefined);
+    const waited = o.onProgress(p);
+    if (waited instanceof Promise) await waited;
   };
   await state.begin(randomBytes(6).toString('hex'), o.targets.map((p) => p.table), o.dryRun);
 
@@ -282,8 +284,9 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
 
   return writeDb.connect(async (lead) => {
     // The snapshot: read the floor before it, so that every id the snapshot misses above the floor is a gap (docs/rebuild.md).
-    report({ phase: 'snapshot', rows: 0 });
-    const floor = await readDb.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
+    await report({ phase: 'snapshot', rows: 0 });
+    const { floor, watermark } = await readDb.one(sql.type(z.object({ floor: z.number(), watermark: z.number() }))`
+      SELECT (SELECT event_id FROM processed_floor) AS floor, (SELECT last_event_id FROM reconciler_watermark) AS watermark`);
     await lead.query(void_`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`);
     try {
       const exported = await lead.oneFirst(sql.type(z.object({ s: z.string() }))`SELECT pg_export_snapshot() AS s`);
@@ -313,16 +316,17 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
             }
           }
         });
-      await Promise.all([...Array.from({ length: o.parallel }, copyWorker), gatherPending(readDb, snap, report)]);
+      await Promise.all(Array.from({ length: o.parallel }, copyWorker));
+      await gatherPending(readDb, snap, watermark, report);
 
-      report({ phase: 'index', rows: 0, total: shadows.length });
+      await report({ phase: 'index', rows: 0, total: shadows.length });
       for (const [i, s] of shadows.entries()) {
         await readDb.query(void_`SELECT FROM rebuild_copy_indexes(${live.get(s.table)!.table}, ${s.table})`);
         await readDb.query(void_`ANALYZE ${id(s.table)}`);
-        report({ phase: 'index', table: live.get(s.table)!.table, rows: i + 1, total: shadows.length });
+        await report({ phase: 'index', table: live.get(s.table)!.table, rows: i + 1, total: shadows.length });
       }
 
-      report({ phase: 'compare', rows: 0, total: shadows.length });
+      await report({ phase: 'compare', rows: 0, total: shadows.length });
       for (const s of shadows) {
         const p = live.get(s.table)!;
         const got = await readDb.one(sql.type(z.object({ n: z.number(), sum: z.string() }))`
@@ -340,7 +344,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
       for (let round = 0; round < 20; round++) {
         const n = await readDb.connect((r) => catchUp(r, writeDb, snap, shadows));
         caught += n;
-        report({ phase: 'catchup', rows: caught });
+        await report({ phase: 'catchup', rows: caught });
         if (n < TAIL) break;
       }
       await state.set({ phase: 'catchup', caught });
@@ -350,12 +354,12 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
         await readDb.query(void_`TRUNCATE rebuild_caught, rebuild_pending`);
         const seconds = (performance.now() - o.started) / 1000;
         await state.set({ phase: 'dry_run_done', caught, finished: true });
-        report({ phase: 'dry_run_done', rows: caught });
+        await report({ phase: 'dry_run_done', rows: caught });
         return { events: 0, caughtUp: caught, deadLettersResolved: 0, rows, checksums, swapped: false, swapMs: 0, seconds };
       }
 
       // 3. The swap.
-      report({ phase: 'swap', rows: 0 });
+      await report({ phase: 'swap', rows: 0 });
       await state.set({ phase: 'swap' });
       let swap: SwapResult | undefined;
       for (let attempt = 1; !swap; attempt++) {
@@ -372,7 +376,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
       await readDb.query(void_`TRUNCATE rebuild_caught, rebuild_pending`);
       const seconds = (performance.now() - o.started) / 1000;
       await state.set({ phase: 'done', caught, marked: swap.marked, swapMs: swap.ms, finished: true });
-      report({ phase: 'done', rows: caught });
+      await report({ phase: 'done', rows: caught });
       return { events: swap.marked, caughtUp: caught, deadLettersResolved: swap.resolved, rows, checksums, swapped: true, swapMs: swap.ms, seconds };
     } finally {
       await lead.query(void_`COMMIT`).catch(() => undefined);
@@ -381,7 +385,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
 }
 
 /** One projection's recomputation from the snapshot into its shadow, 20,000 rows at a time; returns the rows and their checksum. */
-async function copy(w: DatabaseConnection, readDb: Db, shadow: Projection, p: Projection, report: (p: RebuildProgress) => void): Promise<{ rows: number; sum: bigint }> {
+async function copy(w: DatabaseConnection, readDb: Db, shadow: Projection, p: Projection, report: (p: RebuildProgress) => Promise<void>): Promise<{ rows: number; sum: bigint }> {
   const total = await readDb.oneFirst(sql.type(z.object({ n: z.number() }))`SELECT count(*)::int AS n FROM ${id(p.table)}`);
   const meter = new Meter('copy', total, p.table);
   const names = ['key', ...p.columns.map((c) => c.name)];
@@ -397,24 +401,30 @@ async function copy(w: DatabaseConnection, readDb: Db, shadow: Projection, p: Pr
     for (const r of batch) sum += BigInt(r.h!);
     await insertRows(readDb, shadow, batch.map((r) => names.map((c) => r[c] ?? null)));
     n += batch.length;
-    report(meter.at(n));
+    await report(meter.at(n));
   }
   await w.query(void_`CLOSE ${cursor}`);
   return { rows: n, sum };
 }
 
-/** rebuild_pending := the ids of S in [low, high] not in processed_events, set-based in read_db, in ranges. */
-async function gatherPending(readDb: Db, s: Snapshot, report: (p: RebuildProgress) => void): Promise<void> {
-  if (s.low === 0) return;
-  const meter = new Meter('copy', s.high - s.low + 1, 'rebuild_pending');
-  for (let from = s.low; from <= s.high; from += PENDING_CHUNK) {
+/**
+ * rebuild_pending := the ids of S in [low, high] not in processed_events,
+ * set-based in read_db, in ranges. Ids at or below the reconciler's
+ * watermark are skipped: each is processed, a dead letter (the swap takes
+ * those from dead_letters) or was never written (docs/rebuild.md).
+ */
+async function gatherPending(readDb: Db, s: Snapshot, watermark: number, report: (p: RebuildProgress) => Promise<void>): Promise<void> {
+  const first = Math.max(s.low, watermark + 1);
+  if (s.low === 0 || first > s.high) return;
+  const meter = new Meter('copy', s.high - first + 1, 'rebuild_pending');
+  for (let from = first; from <= s.high; from += PENDING_CHUNK) {
     const to = Math.min(s.high, from + PENDING_CHUNK - 1);
     await readDb.query(void_`
       INSERT INTO rebuild_pending (event_id)
       SELECT g::text FROM generate_series(${from}::bigint, ${to}::bigint) g
        WHERE ${inS(s, sql.fragment`g`)} AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = g::text)
       ON CONFLICT DO NOTHING`);
-    report(meter.at(to - s.low + 1));
+    await report(meter.at(to - first + 1));
   }
 }
 
