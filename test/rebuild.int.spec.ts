@@ -179,7 +179,7 @@ describe('blue/green rebuild (integration)', function () {
       await sleep(delay);
       const { code } = await p.signal('SIGKILL');
       seen.push(`${phase}+${delay}ms${code === null ? '' : ` (exited ${code})`}`);
-      if (process.env.TEST_SHOW_KILLS) console.log(`killed at ${seen.at(-1)}; last output: ${p.output.trim().split('\n').at(-1)}`);
+      if (process.env.TEST_SHOW_KILLS) console.error(`killed at ${seen.at(-1)}; last output: ${p.output.trim().split('\n').at(-1)}`);
       // Never half swapped: every view is there, with every one of its indexes.
       const { rows } = await f.read.query<{ t: string; n: number }>(
         `SELECT c.relname AS t, (SELECT count(*)::int FROM pg_index x WHERE x.indrelid = c.oid) AS n FROM pg_class c WHERE c.relname = ANY ($1) AND c.relkind = 'r'`,
