@@ -371,7 +371,8 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
         try {
           swap = await readDb.connect((r) => swapIn(r, writeDb, lead, snap, shadows, o));
         } catch (err) {
-          if (pgCode(err) !== '55P03' || attempt >= SWAP_TRIES) throw err;
+          // Lock timeout, or a deadlock with a statement that locked a view before processed_events (none does today).
+          if (!['55P03', '40P01'].includes(pgCode(err) ?? '') || attempt >= SWAP_TRIES) throw err;
           // Readers or a long batch held a view: let them through, catch up a little more, try again.
           caught += await readDb.connect((r) => catchUp(r, writeDb, snap, shadows));
           await new Promise((r) => setTimeout(r, Math.min(50 * attempt, 500)));
