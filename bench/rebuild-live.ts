@@ -1,8 +1,11 @@
+import { spawn } from 'node:child_process';
 import http from 'node:http';
+import path from 'node:path';
 import process from 'node:process';
 import { pathToFileURL } from 'node:url';
 import { rebuild, type RebuildResult } from '../db/rebuild.js';
 import { freePort } from '../scripts/local-services.js';
+import { projectRoot } from '../lib/paths.js';
 import { seedOrders } from './readside.js';
 import { benchEnv, percentile, postJson, randomOrder, seedProducts, sleep, startProc, stopProc, waitForHttp, type BenchEnv } from './lib.js';
 
@@ -34,6 +37,8 @@ export interface RebuildLiveOptions {
   /** Orders per second offered (200). */
   rate?: number;
   products?: number;
+  /** --parallel of the rebuilds run during the freshness measurement: one measurement each ([2, 1]). */
+  parallel?: number[];
   say?: (line: string) => void;
 }
 
@@ -51,7 +56,7 @@ export interface RebuildLiveResult {
   warm: RebuildResult & { secondsPerMillionOrders: number };
   rssMiB: number;
   baseline: Freshness;
-  duringRebuild: Freshness & { rebuilds: number; swapMs: number[] };
+  duringRebuild: (Freshness & { parallel: number; rebuilds: number; swapMs: number[] })[];
 }
 
 /** Freshness of orders offered at `rate`/s for `seconds` (the method of bench/run.ts's freshness section). */
@@ -96,10 +101,22 @@ export async function measureFreshness(env: BenchEnv, base: string, products: nu
   return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length };
 }
 
+/** `npm run rebuild` in a child process; resolves with its output. */
+function runRebuild(env: BenchEnv, parallel: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'scripts', 'rebuild.js'), '--parallel', String(parallel)], { env: { ...process.env, ...env.env }, stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`rebuild exited ${code}: ${out}`))));
+  });
+}
+
 export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows: BenchRow[]; result: RebuildLiveResult }> {
   const orders = opts.orders ?? 1_000_000;
   const seconds = opts.seconds ?? 15;
   const rate = opts.rate ?? 200;
+  const parallels = opts.parallel ?? [2, 1];
   const say = opts.say ?? ((l: string) => process.stderr.write(`${l}\n`));
   const perMillion = (r: RebuildResult) => (r.seconds * 1_000_000) / orders;
   const env = await benchEnv('rebuild');
@@ -132,23 +149,31 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
       await measureFreshness(env, base, products, 50, 2); // warm-up
       const baseline = await measureFreshness(env, base, products, rate, seconds);
       say(`bench: freshness at ${rate}/s without a rebuild: p50 ${baseline.p50.toFixed(1)} ms, p99 ${baseline.p99.toFixed(1)} ms`);
-      let rebuilding = true;
-      const swaps: number[] = [];
-      const loop = (async () => {
-        while (rebuilding) swaps.push((await rebuild(env.writeUrl, env.readUrl)).swapMs);
-      })();
-      const during = await measureFreshness(env, base, products, rate, seconds);
-      rebuilding = false;
-      await loop;
-      say(`bench: freshness at ${rate}/s during ${swaps.length} rebuild(s): p50 ${during.p50.toFixed(1)} ms, p99 ${during.p99.toFixed(1)} ms; swaps ${swaps.map((s) => s.toFixed(0)).join(', ')} ms`);
       rows.push({ section: 'rebuild', measure: `freshness at ${rate}/s, no rebuild (p50 / p99)`, value: `${baseline.p50.toFixed(1)} / ${baseline.p99.toFixed(1)} ms`, reference: `${baseline.answered.toFixed(0)}/s answered` });
-      rows.push({
-        section: 'rebuild',
-        measure: `freshness at ${rate}/s, rebuilding ${orders} orders (p50 / p99)`,
-        value: `${during.p50.toFixed(1)} / ${during.p99.toFixed(1)} ms`,
-        reference: `${swaps.length} rebuilds back to back; swap max ${Math.max(...swaps).toFixed(0)} ms`,
-        ratio: `${(during.p99 / baseline.p99).toFixed(2)}×`,
-      });
+      // Rebuilds as an operator runs them: `npm run rebuild`, its own process, back to back, at each --parallel.
+      const duringRebuild: RebuildLiveResult['duringRebuild'] = [];
+      for (const parallel of parallels) {
+        let rebuilding = true;
+        const swaps: number[] = [];
+        const loop = (async () => {
+          while (rebuilding) {
+            const out = await runRebuild(env, parallel);
+            swaps.push(Number(/swap (\d+) ms/.exec(out)?.[1] ?? NaN));
+          }
+        })();
+        const during = await measureFreshness(env, base, products, rate, seconds);
+        rebuilding = false;
+        await loop;
+        say(`bench: freshness at ${rate}/s during ${swaps.length} rebuild(s) --parallel ${parallel}: p50 ${during.p50.toFixed(1)} ms, p99 ${during.p99.toFixed(1)} ms; swaps ${swaps.join(', ')} ms`);
+        rows.push({
+          section: 'rebuild',
+          measure: `freshness at ${rate}/s, rebuilding ${orders} orders, --parallel ${parallel} (p50 / p99)`,
+          value: `${during.p50.toFixed(1)} / ${during.p99.toFixed(1)} ms`,
+          reference: `${swaps.length} rebuilds back to back; swap max ${Math.max(...swaps).toFixed(0)} ms`,
+          ratio: `${(during.p99 / baseline.p99).toFixed(2)}×`,
+        });
+        duringRebuild.push({ ...during, parallel, rebuilds: swaps.length, swapMs: swaps });
+      }
       return {
         rows,
         result: {
@@ -157,7 +182,7 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
           warm: { ...warm, secondsPerMillionOrders: perMillion(warm) },
           rssMiB: Math.round(rss / 2 ** 20),
           baseline,
-          duringRebuild: { ...during, rebuilds: swaps.length, swapMs: swaps },
+          duringRebuild,
         },
       };
     } finally {
@@ -174,7 +199,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     const i = process.argv.indexOf(`--${name}`);
     return i > 0 ? Number(process.argv[i + 1]) : fallback;
   };
-  rebuildLive({ orders: arg('orders', 1_000_000), seconds: arg('seconds', 15), rate: arg('rate', 200) })
+  rebuildLive({ orders: arg('orders', 1_000_000), seconds: arg('seconds', 15), rate: arg('rate', 200), parallel: process.argv.includes('--parallel') ? [arg('parallel', 2)] : undefined })
     .then(({ rows, result }) => {
       for (const r of rows) console.log(`${r.measure.padEnd(60)} ${r.value.padEnd(20)} ${r.reference ?? ''} ${r.ratio ?? ''}`);
       console.log(JSON.stringify({ ...result, cold: { ...result.cold }, warm: { ...result.warm } }, null, 1));

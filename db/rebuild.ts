@@ -516,7 +516,7 @@ async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConne
     // An event above the floor is deduplicated by its processed_events row. Had prune moved the floor past an id
     // not in S, that event's row (and outbox payload) could be gone before it was caught up: refuse, and rerun.
     const floor = await tx.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
-    const firstNotInS = Math.min(s.high + 1, ...s.gapLo);
+    const firstNotInS = s.gapLo.reduce((a, b) => Math.min(a, b), s.high + 1);
     if (floor > s.floor && floor >= firstNotInS) throw new RebuildError(`prune moved the retention floor to ${floor} during the rebuild, past events after its snapshot: run it again`);
 
     const caught = await catchUp(tx, writeDb, s, shadows);
@@ -526,9 +526,10 @@ async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConne
     if (o.others.length === 0) {
       // Everything rebuilt: S's dead letters are covered by the recomputation (it reads orders, not events), as are those at or below the floor.
       resolved += (await tx.query(void_`DELETE FROM dead_letters WHERE event_id::bigint <= ${floor}`)).rowCount;
-      resolved += (await tx.query(void_`
-        WITH d AS (DELETE FROM dead_letters WHERE ${inSnapshot(sql.fragment`event_id`)} RETURNING event_id)
-        INSERT INTO rebuild_pending (event_id) SELECT event_id FROM d ON CONFLICT DO NOTHING`)).rowCount;
+      resolved += await tx.oneFirst(sql.type(z.object({ n: z.number() }))`
+        WITH d AS (DELETE FROM dead_letters WHERE ${inSnapshot(sql.fragment`event_id`)} RETURNING event_id),
+             i AS (INSERT INTO rebuild_pending (event_id) SELECT event_id FROM d ON CONFLICT DO NOTHING)
+        SELECT count(*)::int AS n FROM d`);
       marked = (await tx.query(void_`
         INSERT INTO processed_events (event_id, processed_at)
         SELECT event_id, now() AT TIME ZONE 'UTC' FROM rebuild_pending WHERE event_id::bigint > ${floor} ORDER BY event_id

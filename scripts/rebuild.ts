@@ -1,9 +1,9 @@
 import { configOrExit } from '../lib/lifecycle.js';
-import { commandLine, fail } from '../lib/cli.js';
+import { commandLine, fail, numberOption } from '../lib/cli.js';
 import { rebuild, type RebuildProgress } from '../db/rebuild.js';
 import { PROJECTIONS } from '../workers/projector/projections/index.js';
 
-const USAGE = `usage: npm run rebuild [-- --dry-run] [-- --projection TABLE ...]
+const USAGE = `usage: npm run rebuild [-- --dry-run] [-- --projection TABLE ...] [-- --parallel N]
 
 Recomputes the read model from a snapshot of write_db into shadow tables
 while the projectors keep applying live events, catches the shadows up with
@@ -13,7 +13,9 @@ a partial table, projectors pause only for the swap. See docs/rebuild.md.
 Safe to interrupt (even kill -9) and run again.
 
   --dry-run           build and compare, then drop the shadows; nothing live changes
-  --projection TABLE  rebuild this view only (repeatable): ${PROJECTIONS.map((p) => p.table).join(', ')}`;
+  --projection TABLE  rebuild this view only (repeatable): ${PROJECTIONS.map((p) => p.table).join(', ')}
+  --parallel N        recomputations at once, each a write_db connection on the same snapshot (2);
+                      1 leaves more CPU to a busy database server, at the cost of a longer run`;
 
 const num = (n: number) => Math.round(n).toLocaleString('en-US');
 
@@ -26,7 +28,8 @@ function line(p: RebuildProgress): string {
 
 /** npm run rebuild: blue/green rebuild of the read model (db/rebuild.ts); safe while orders flow. */
 async function main(): Promise<void> {
-  const { values } = commandLine('rebuild', USAGE, { 'dry-run': { type: 'boolean' }, projection: { type: 'string', multiple: true } });
+  const { values } = commandLine('rebuild', USAGE, { 'dry-run': { type: 'boolean' }, projection: { type: 'string', multiple: true }, parallel: { type: 'string' } });
+  const parallel = Math.floor(numberOption('rebuild', 'parallel', values.parallel, 2, 1, 8));
   const only = values.projection ?? [];
   const unknown = only.find((t) => !PROJECTIONS.some((p) => p.table === t));
   if (unknown !== undefined) fail('rebuild', `--projection takes one of ${PROJECTIONS.map((p) => p.table).join(', ')} (got "${unknown}")`);
@@ -47,7 +50,7 @@ async function main(): Promise<void> {
       else process.stderr.write(`${line(p)}\n`);
     },
     PROJECTIONS,
-    { only, dryRun: values['dry-run'] ?? false },
+    { only, dryRun: values['dry-run'] ?? false, parallel },
   );
   if (tty) process.stderr.write('\r\x1b[K');
   for (const [table, c] of Object.entries(result.checksums)) {

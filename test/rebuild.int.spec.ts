@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { startTestWeb, call, type WebFixture } from './support/web.js';
+import { startTestWeb, call, createProduct, type WebFixture } from './support/web.js';
+import { parkDeadLetter } from '../db/dead-letters.js';
 import { waitForDrain, assertConsistent, sleep } from './support/pipeline.js';
 import { testLog } from './support/env.js';
 import { Proc } from './support/processes.js';
@@ -207,5 +208,28 @@ describe('blue/green rebuild (integration)', function () {
       await assert.rejects(second, /another rebuild is running/);
     });
     assert.ok(second);
+  });
+
+  it('one projection rebuilt beside a parked dead letter leaves the parked order out, as the other views do; a full rebuild then resolves it', async () => {
+    await waitForDrain(f.writeDb, f.readDb);
+    const x = await createProduct(f.base, { price: '9.99', stock: 10 });
+    await f.read.query(`ALTER TABLE product_sales_view ADD CONSTRAINT test_no_x CHECK (product_id <> ${x})`);
+    const r = await call(f.base, 'POST', '/orders', { customer_id: 95_000, items: [{ product_id: x, quantity: 2 }, { product_id: products[2]!, quantity: 1 }] });
+    const e = r.headers.get('x-consistency-token')!;
+    for (let i = 0; (await f.read.query('SELECT 1 FROM dead_letters WHERE event_id = $1', [e])).rowCount === 0; i++) {
+      assert.ok(i < 300, 'no dead letter recorded in 15 s');
+      await sleep(50);
+    }
+    assert.equal(await parkDeadLetter(f.readDb, e, 'operator decision'), 'parked');
+    await f.read.query('ALTER TABLE product_sales_view DROP CONSTRAINT test_no_x');
+    await waitForDrain(f.writeDb, f.readDb);
+    await assertConsistent(f.writeDb, f.readDb, [Number(e)]);
+    await tamper();
+    await f.read.query(`UPDATE customer_ltv_view SET order_count = order_count - 5 WHERE customer_id IN (SELECT customer_id FROM customer_ltv_view ORDER BY customer_id LIMIT 50)`);
+    assert.match(await new Proc('scripts/rebuild.js', f.env.env, ['--projection', 'product_sales_view']).run(60_000), /rebuild: done/);
+    await assertConsistent(f.writeDb, f.readDb, [Number(e)]);
+    const full = await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL);
+    assert.equal(full.deadLettersResolved, 1);
+    await assertConsistent(f.writeDb, f.readDb);
   });
 });
