@@ -37,8 +37,8 @@ export interface RebuildLiveOptions {
   /** Orders per second offered (200). */
   rate?: number;
   products?: number;
-  /** --parallel of the rebuilds run during the freshness measurement: one measurement each ([2, 1]). */
-  parallel?: number[];
+  /** --parallel of the rebuilds run during the freshness measurement, one measurement each; undefined: the command's default ([undefined]). */
+  parallel?: (number | undefined)[];
   say?: (line: string) => void;
 }
 
@@ -56,7 +56,7 @@ export interface RebuildLiveResult {
   warm: RebuildResult & { secondsPerMillionOrders: number };
   rssMiB: number;
   baseline: Freshness;
-  duringRebuild: (Freshness & { parallel: number; rebuilds: number; swapMs: number[] })[];
+  duringRebuild: (Freshness & { parallel: number | undefined; rebuilds: number; swapMs: number[] })[];
 }
 
 /** Freshness of orders offered at `rate`/s for `seconds` (the method of bench/run.ts's freshness section). */
@@ -102,9 +102,9 @@ export async function measureFreshness(env: BenchEnv, base: string, products: nu
 }
 
 /** `npm run rebuild` in a child process; resolves with its output. */
-function runRebuild(env: BenchEnv, parallel: number): Promise<string> {
+function runRebuild(env: BenchEnv, parallel: number | undefined): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'scripts', 'rebuild.js'), '--parallel', String(parallel)], { env: { ...process.env, ...env.env }, stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'scripts', 'rebuild.js'), ...(parallel === undefined ? [] : ['--parallel', String(parallel)])], { env: { ...process.env, ...env.env }, stdio: ['ignore', 'pipe', 'ignore'] });
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     child.on('error', reject);
@@ -116,7 +116,7 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
   const orders = opts.orders ?? 1_000_000;
   const seconds = opts.seconds ?? 15;
   const rate = opts.rate ?? 200;
-  const parallels = opts.parallel ?? [2, 1];
+  const parallels = opts.parallel ?? [undefined];
   const say = opts.say ?? ((l: string) => process.stderr.write(`${l}\n`));
   const perMillion = (r: RebuildResult) => (r.seconds * 1_000_000) / orders;
   const env = await benchEnv('rebuild');
@@ -164,10 +164,10 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
         const during = await measureFreshness(env, base, products, rate, seconds);
         rebuilding = false;
         await loop;
-        say(`bench: freshness at ${rate}/s during ${swaps.length} rebuild(s) --parallel ${parallel}: p50 ${during.p50.toFixed(1)} ms, p99 ${during.p99.toFixed(1)} ms; swaps ${swaps.join(', ')} ms`);
+        say(`bench: freshness at ${rate}/s during ${swaps.length} rebuild(s) --parallel ${parallel ?? 'default'}: p50 ${during.p50.toFixed(1)} ms, p99 ${during.p99.toFixed(1)} ms; swaps ${swaps.join(', ')} ms`);
         rows.push({
           section: 'rebuild',
-          measure: `freshness at ${rate}/s, rebuilding ${orders} orders, --parallel ${parallel} (p50 / p99)`,
+          measure: `freshness at ${rate}/s, rebuilding ${orders} orders${parallel === undefined ? '' : `, --parallel ${parallel}`} (p50 / p99)`,
           value: `${during.p50.toFixed(1)} / ${during.p99.toFixed(1)} ms`,
           reference: `${swaps.length} rebuilds back to back; swap max ${Math.max(...swaps).toFixed(0)} ms`,
           ratio: `${(during.p99 / baseline.p99).toFixed(2)}×`,
@@ -199,7 +199,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     const i = process.argv.indexOf(`--${name}`);
     return i > 0 ? Number(process.argv[i + 1]) : fallback;
   };
-  rebuildLive({ orders: arg('orders', 1_000_000), seconds: arg('seconds', 15), rate: arg('rate', 200), parallel: process.argv.includes('--parallel') ? [arg('parallel', 2)] : undefined })
+  rebuildLive({ orders: arg('orders', 1_000_000), seconds: arg('seconds', 15), rate: arg('rate', 200), parallel: process.argv.includes('--parallel') ? process.argv.flatMap((a, i) => (process.argv[i - 1] === '--parallel' ? [a === 'default' ? undefined : Number(a)] : [])) : undefined })
     .then(({ rows, result }) => {
       for (const r of rows) console.log(`${r.measure.padEnd(60)} ${r.value.padEnd(20)} ${r.reference ?? ''} ${r.ratio ?? ''}`);
       console.log(JSON.stringify({ ...result, cold: { ...result.cold }, warm: { ...result.warm } }, null, 1));

@@ -87,7 +87,12 @@ export interface RebuildOptions {
   only?: readonly string[];
   /** Build and compare, then drop the shadows: nothing live changes. */
   dryRun?: boolean;
-  /** Recomputations run at once, each on its own write_db connection sharing the snapshot (2). */
+  /**
+   * Recomputations run at once, each on its own write_db connection sharing
+   * the snapshot. Unset: 1 while orders flow (events written in the last 10 s:
+   * a core stays with the pipeline, whose freshness would otherwise suffer),
+   * else 2.
+   */
   parallel?: number;
   /** How long the swap waits for its locks before it lets go and tries again (1000 ms). */
   lockTimeoutMs?: number;
@@ -167,10 +172,10 @@ export async function rebuild(
   if (unknown?.length) throw new RebuildError(`no projection named ${unknown.join(', ')} (known: ${registry.map((p) => p.table).join(', ')})`);
   const targets = only ? registry.filter((p) => only.includes(p.table)) : registry;
   const others = registry.filter((p) => !targets.includes(p));
-  const parallel = Math.max(1, Math.min(options.parallel ?? 2, targets.length));
+  const parallel = options.parallel === undefined ? undefined : Math.max(1, Math.floor(options.parallel));
   const log = createLogger('warn', 'rebuild');
-  const writeDb = createDb(writeUrl, { name: 'rebuild', max: parallel + 2, log });
-  const readDb = createDb(readUrl, { name: 'rebuild', max: parallel + 3, log });
+  const writeDb = createDb(writeUrl, { name: 'rebuild', max: (parallel ?? 2) + 2, log });
+  const readDb = createDb(readUrl, { name: 'rebuild', max: (parallel ?? 2) + 3, log });
   try {
     return await readDb.connect(async (control) => {
       const locked = await control.oneFirst(sql.type(z.object({ ok: z.boolean() }))`SELECT pg_try_advisory_lock(${LOCKS.rebuild}) AS ok`);
@@ -260,7 +265,7 @@ interface RunOptions {
   targets: readonly Projection[];
   others: readonly Projection[];
   registry: readonly Projection[];
-  parallel: number;
+  parallel: number | undefined;
   started: number;
   dryRun: boolean;
   lockTimeoutMs: number;
@@ -321,7 +326,10 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
             }
           }
         });
-      await Promise.all(Array.from({ length: o.parallel }, copyWorker));
+      const flowing = await lead.exists(sql.typeAlias('void')`
+        SELECT FROM outbox WHERE id > ${snap.high - 1000} AND created_at > (now() AT TIME ZONE 'UTC') - interval '10 seconds'`);
+      const parallel = Math.min(o.parallel ?? (flowing ? 1 : 2), shadows.length);
+      await Promise.all(Array.from({ length: parallel }, copyWorker));
       await gatherPending(readDb, snap, watermark, report);
 
       await report({ phase: 'index', rows: 0, total: shadows.length });

@@ -14,8 +14,8 @@ Safe to interrupt (even kill -9) and run again.
 
   --dry-run           build and compare, then drop the shadows; nothing live changes
   --projection TABLE  rebuild this view only (repeatable): ${PROJECTIONS.map((p) => p.table).join(', ')}
-  --parallel N        recomputations at once, each a write_db connection on the same snapshot (2);
-                      1 leaves more CPU to a busy database server, at the cost of a longer run`;
+  --parallel N        recomputations at once, each a write_db connection on the same snapshot
+                      (default: 1 while orders flow, leaving a core to the pipeline; else 2)`;
 
 const num = (n: number) => Math.round(n).toLocaleString('en-US');
 
@@ -29,7 +29,7 @@ function line(p: RebuildProgress): string {
 /** npm run rebuild: blue/green rebuild of the read model (db/rebuild.ts); safe while orders flow. */
 async function main(): Promise<void> {
   const { values } = commandLine('rebuild', USAGE, { 'dry-run': { type: 'boolean' }, projection: { type: 'string', multiple: true }, parallel: { type: 'string' } });
-  const parallel = Math.floor(numberOption('rebuild', 'parallel', values.parallel, 2, 1, 8));
+  const parallel = values.parallel === undefined ? undefined : Math.floor(numberOption('rebuild', 'parallel', values.parallel, 2, 1, 8));
   const only = values.projection ?? [];
   const unknown = only.find((t) => !PROJECTIONS.some((p) => p.table === t));
   if (unknown !== undefined) fail('rebuild', `--projection takes one of ${PROJECTIONS.map((p) => p.table).join(', ')} (got "${unknown}")`);
