@@ -91,7 +91,8 @@ export async function compareEventIds(write: CommonQueryMethods, read: CommonQue
  * by a bug (no order behind it, or a second copy of an order's event) changes
  * no recomputation.
  */
-async function realEvents(write: CommonQueryMethods, events: readonly { event_id: string; topic: string; payload: unknown }[], applied: Set<string>): Promise<Set<string>> {
+export async function realEvents(write: CommonQueryMethods, events: readonly { event_id: string; topic: string; payload: unknown }[], applied: ReadonlySet<string> | ((id: string) => boolean)): Promise<Set<string>> {
+  const isApplied = typeof applied === 'function' ? applied : (id: string) => applied.has(id);
   const orderId = (p: unknown) => (typeof p === 'object' && p !== null && Number.isInteger((p as { id?: unknown }).id) ? (p as { id: number }).id : undefined);
   const wanted = events.map((e) => orderId(e.payload)).filter((id): id is number => id !== undefined && id > 0 && id <= 2_147_483_647);
   if (wanted.length === 0) return new Set();
@@ -107,13 +108,13 @@ async function realEvents(write: CommonQueryMethods, events: readonly { event_id
         const order = orderId(e.payload) ?? 0;
         const s = status.get(order);
         if (s === undefined || (e.topic === 'order.cancelled' && s !== 'cancelled')) return false;
-        return !twins.some((t) => t.order_id === order && t.topic === e.topic && String(t.id) !== e.event_id && applied.has(String(t.id)));
+        return !twins.some((t) => t.order_id === order && t.topic === e.topic && String(t.id) !== e.event_id && isApplied(String(t.id)));
       })
       .map((e) => e.event_id),
   );
 }
 
-function eventOrUndefined(topic: string, payload: unknown): OrderEvent | undefined {
+export function eventOrUndefined(topic: string, payload: unknown): OrderEvent | undefined {
   try {
     return orderEvent(topic, payload);
   } catch {

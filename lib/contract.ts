@@ -34,6 +34,8 @@ export const LOCKS = {
   idempotencyKey: 74110,
   /** Migration runners. */
   migrations: 741100,
+  /** The blue/green rebuild (db/rebuild.ts): one at a time per read_db. */
+  rebuild: 741101,
 } as const;
 
 /**

@@ -137,21 +137,10 @@ export function actualRows(read: CommonQueryMethods, p: Projection, plus: readon
   return canonical(read, p, sql.fragment`SELECT key, ${sql.join(combined, sql.fragment`, `)} FROM (${stored} UNION ALL ${added}) u GROUP BY key`);
 }
 
-/** Replace the view's rows with these (rebuild): columns in the projection's order, values as text. */
+/** Add these rows to the table (rebuild's shadow): columns in the projection's order, values as text. */
 export async function insertRows(read: CommonQueryMethods, p: Projection, rows: readonly (string | null)[][]): Promise<void> {
   if (rows.length === 0) return;
   await read.query(sql.typeAlias('void')`
     INSERT INTO ${id(p.table)} (${list(namesOf(p))})
     SELECT * FROM ${sql.unnest(rows, typesOf(p))}`);
-}
-
-/** The recomputation as rows of text in the projection's column order, for rebuild to copy. */
-export function recomputedText(p: Projection): FragmentSqlToken {
-  const cols = p.columns.map((c) => sql.fragment`${id(c.name)}::text`);
-  return sql.fragment`SELECT key::text, ${sql.join(cols, sql.fragment`, `)} FROM (${p.recompute}) t`;
-}
-
-/** Delete every row of the view (rebuild, inside its transaction). */
-export async function clear(read: CommonQueryMethods, p: Projection): Promise<void> {
-  await read.query(sql.typeAlias('void')`DELETE FROM ${id(p.table)}`);
 }
