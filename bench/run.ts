@@ -9,6 +9,7 @@ import { commandLine, fail, numberOption } from '../lib/cli.js';
 import { rebuild } from '../db/rebuild.js';
 import { seedOrders, ON_THE_FLY, timeIt } from './readside.js';
 import { freePort } from '../scripts/local-services.js';
+import { applyReference, bullmqNoop, clusterDrain, drainOnce } from './drain.js';
 import {
   benchEnv,
   cpuCores,
@@ -33,19 +34,19 @@ goes to bench/results/ (kept out of git). Each section measures the machine's
 own limit in the same run (pgbench on the same transaction, BullMQ alone),
 because ratios are what survive a noisy machine. See docs/performance.md.
 
-  --only SECTIONS   comma-separated, of intake,freshness,drain,readside,profile (all)
+  --only SECTIONS   comma-separated, of intake,freshness,drain,cluster,readside,profile (all)
   --seconds N       length of each timed load (15)
-  --backlog N       events in the drain section's standing backlog (50000)
+  --backlog N       events in the drain section's standing backlog (100000)
   --orders N        orders in the read-side section's history (1000000)`;
 
-const SECTIONS = ['intake', 'freshness', 'drain', 'readside', 'profile'];
+const SECTIONS = ['intake', 'freshness', 'drain', 'cluster', 'readside', 'profile'];
 const { values } = commandLine('bench', USAGE, { only: { type: 'string' }, seconds: { type: 'string' }, backlog: { type: 'string' }, orders: { type: 'string' } });
 const only = new Set((values.only ?? SECTIONS.join(',')).split(','));
 const unknownSection = [...only].find((x) => !SECTIONS.includes(x));
 if (unknownSection !== undefined) fail('bench', `--only takes sections among ${SECTIONS.join(', ')} (got "${unknownSection}")`);
 const ORDERS = Math.floor(numberOption('bench', 'orders', values.orders, 1_000_000, 1000, 100_000_000));
 const SECONDS = numberOption('bench', 'seconds', values.seconds, 15, 1, 3600);
-const BACKLOG = Math.floor(numberOption('bench', 'backlog', values.backlog, 50_000, 500, 10_000_000));
+const BACKLOG = Math.floor(numberOption('bench', 'backlog', values.backlog, 100_000, 500, 10_000_000));
 const PRODUCTS = 1000;
 
 type Row = { section: string; measure: string; value: string; reference?: string; ratio?: string };
@@ -223,50 +224,34 @@ async function freshnessSection(): Promise<void> {
   }
 }
 
-/** A standing backlog of BACKLOG events: events/s the relay publishes it at, then events/s `workers` apply it at (process start-up included in both). */
-async function drainOnce(workers: number): Promise<{ published: number; applied: number }> {
-  const env = await benchEnv(`drain${workers}`);
-  try {
-    await seedProducts(env.write, PRODUCTS);
-    // A standing backlog: orders written straight through place_order, all published before any worker starts.
-    // (500 per transaction: one huge transaction re-updating the same product rows gets slow.)
-    for (let from = 1; from <= BACKLOG; from += 500) {
-      await env.write.query(
-        `SELECT place_order(1 + (g % 5000), ARRAY[1 + (g % ${PRODUCTS}), 1 + ((g * 7) % ${PRODUCTS})], ARRAY[1 + (g % 3), 1], NULL, NULL)
-           FROM generate_series($1::int, $2::int) g`,
-        [from, Math.min(BACKLOG, from + 499)],
-      );
-    }
-    const tRelay = performance.now();
-    const relay = startProc('workers/relay/main.js', env.env);
-    for (;;) {
-      const { rows: r } = await env.write.query<{ n: string }>('SELECT count(*)::text AS n FROM outbox WHERE published_at IS NULL');
-      if (r[0]!.n === '0') break;
-      await sleep(50);
-    }
-    const published = BACKLOG / ((performance.now() - tRelay) / 1000);
-    const t0 = performance.now();
-    const procs = Array.from({ length: workers }, () => startProc('workers/projector/main.js', env.env));
-    for (;;) {
-      const { rows: r } = await env.read.query<{ n: string }>('SELECT count(*)::text AS n FROM processed_events');
-      if (Number(r[0]!.n) >= BACKLOG) break;
-      await sleep(50);
-    }
-    const seconds = (performance.now() - t0) / 1000;
-    await Promise.all([relay, ...procs].map(stopProc));
-    return { published, applied: BACKLOG / seconds };
-  } finally {
-    await env.drop();
-  }
+async function drain(): Promise<void> {
+  const perJob = Number(process.env.RELAY_JOB_EVENTS ?? 50);
+  const concurrency = Number(process.env.WORKER_CONCURRENCY ?? 500);
+  const one = await drainOnce('drain1', BACKLOG, 1);
+  const two = await drainOnce('drain2', BACKLOG, 2);
+  const noopSingle = await bullmqNoop(Math.min(BACKLOG, 50_000), 1, concurrency);
+  const noopGrouped = await bullmqNoop(BACKLOG, perJob, concurrency);
+  const apply = await applyReference(Math.min(BACKLOG, 50_000), 500);
+  results.drain = { backlog: BACKLOG, one, two, references: { bullmqNoopOneEventPerJob: noopSingle, bullmqNoopGrouped: { perJob, ...noopGrouped }, applyBatchesOf500: apply } };
+  rows.push({ section: 'drain', measure: `${BACKLOG} events, 1 worker process (incl. start-up)`, value: `${one.applied.toFixed(0)} events/s`, reference: `BullMQ no-op, ${perJob} events/job: ${noopGrouped.eventsPerSec.toFixed(0)} events/s`, ratio: (one.applied / noopGrouped.eventsPerSec).toFixed(2) });
+  rows.push({ section: 'drain', measure: '  same, from the first event applied', value: `${one.steady.toFixed(0)} events/s`, reference: `projector SQL alone, 500/statement: ${apply.eventsPerSec.toFixed(0)} events/s`, ratio: (one.steady / apply.eventsPerSec).toFixed(2) });
+  if (one.cores) rows.push(cpuRow('drain', one.cores));
+  rows.push({ section: 'drain', measure: `${BACKLOG} events, 2 worker processes`, value: `${two.applied.toFixed(0)} events/s`, reference: `1 worker: ${one.applied.toFixed(0)} events/s`, ratio: (two.applied / one.applied).toFixed(2) });
+  rows.push({ section: 'drain', measure: '  same, from the first event applied', value: `${two.steady.toFixed(0)} events/s` });
+  if (two.cores) rows.push(cpuRow('drain', two.cores));
+  rows.push({ section: 'drain', measure: `relay: the same backlog into BullMQ (1 relay process, incl. start-up)`, value: `${one.published.toFixed(0)} / ${two.published.toFixed(0)} events/s`, reference: `BullMQ no-op, 1 event/job: ${noopSingle.jobsPerSec.toFixed(0)} jobs/s` });
 }
 
-async function drain(): Promise<void> {
-  const one = await drainOnce(1);
-  const two = await drainOnce(2);
-  results.drain = { backlog: BACKLOG, oneWorker: one.applied, twoWorkers: two.applied, relayPublished: [one.published, two.published] };
-  rows.push({ section: 'drain', measure: `${BACKLOG} events, 1 worker process (incl. start-up)`, value: `${one.applied.toFixed(0)} events/s` });
-  rows.push({ section: 'drain', measure: `${BACKLOG} events, 2 worker processes`, value: `${two.applied.toFixed(0)} events/s` });
-  rows.push({ section: 'drain', measure: `relay: the same backlog into BullMQ (1 relay process, incl. start-up)`, value: `${one.published.toFixed(0)} / ${two.published.toFixed(0)} events/s`, reference: `RELAY_BATCH_SIZE=${process.env.RELAY_BATCH_SIZE ?? '(default)'}` });
+/** The drain on a private 3-master Redis Cluster: one queue (one master does the work) against three partitions. */
+async function clusterSection(): Promise<void> {
+  const backlog = Math.min(BACKLOG, 50_000);
+  const one = await clusterDrain(backlog, 1, 2);
+  const three = await clusterDrain(backlog, 3, 2);
+  results.cluster = { backlog, one, three };
+  for (const r of [one, three]) {
+    rows.push({ section: 'cluster', measure: `${backlog} events, QUEUE_PARTITIONS=${r.partitions}, 2 workers`, value: `${r.applied.toFixed(0)} events/s`, reference: `relay ${r.published.toFixed(0)} events/s` });
+    rows.push({ section: 'cluster', measure: '  per master: queue keys · commands/event · ops/s', value: '', reference: r.masters.map((m) => `${m.keys}·${m.commandsPerEvent.toFixed(2)}·${m.opsPerSec.toFixed(0)}`).join('  ') });
+  }
 }
 
 /** Read side at ORDERS orders: each endpoint from the read model beside the same answer by GROUP BY on write_db; and rebuild time. */
@@ -359,6 +344,7 @@ async function main(): Promise<void> {
   if (only.has('intake')) await intake();
   if (only.has('freshness')) await freshnessSection();
   if (only.has('drain')) await drain();
+  if (only.has('cluster')) await clusterSection();
   if (only.has('readside')) await readside();
   if (only.has('profile')) await profile();
   const widths = [10, 48, 22, 32, 6];
@@ -370,7 +356,7 @@ async function main(): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   // Settings given in the environment reach every process the bench starts: keep them with the figures.
-  const settings = Object.fromEntries(Object.entries(process.env).filter(([k]) => /^(ORDER|RELAY|PROJECTOR|WORKER|WRITE_POOL|READ_POOL|STALLED|RECONCILE)_/.test(k)));
+  const settings = Object.fromEntries(Object.entries(process.env).filter(([k]) => /^(ORDER|RELAY|PROJECTOR|WORKER|WRITE_POOL|READ_POOL|STALLED|RECONCILE|QUEUE)_/.test(k)));
   fs.writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds: SECONDS, args: process.argv.slice(2), settings, results, table: rows }, null, 2));
   console.log(`\nwritten ${path.relative(projectRoot, file)}`);
 }

@@ -41,7 +41,7 @@ export interface RebuildState {
 }
 
 export const IDLE: RebuildState = { projection: null, state: 'idle', phase: null, rows_done: null, rows_total: null, started_at: null, updated_at: null, finished_at: null, error: null };
-const SETTLED = new Set(['idle', 'done', 'failed']);
+const SETTLED = new Set(['idle', 'done', 'failed', 'crashed']);
 export const isRebuilding = (s: RebuildState) => !SETTLED.has(s.state);
 
 const text = z.union([z.string(), z.number()]).nullish().transform((v) => (v == null ? null : String(v)));
@@ -58,13 +58,27 @@ const rebuildRow = z.object({
   error: text,
 });
 
-/** Every row of rebuild_state, or none when the table is not there (no blue/green rebuild deployed). */
+/** A run that has not written its progress for this long is taken for dead (kill -9): the next run cleans up after it. */
+const STALE_MS = 30_000;
+
+/**
+ * The blue/green rebuild's row of rebuild_state (migration read/0003, see
+ * db/rebuild.ts), one state per projection it rebuilds: running while it
+ * has not finished and wrote progress lately; done (a dry run too; its
+ * phase says dry_run_done) or failed once finished; crashed when it stopped writing without
+ * finishing.
+ */
 export async function rebuildStates(read: CommonQueryMethods): Promise<RebuildState[]> {
   const exists = await read.oneFirst(sql.type(z.object({ exists: z.boolean() }))`SELECT to_regclass('rebuild_state') IS NOT NULL AS exists`);
   if (!exists) return [];
   // As JSON: whatever columns the table has, missing ones read as null.
   const rows = await read.anyFirst(sql.type(z.object({ row: z.record(z.string(), z.unknown()) }))`SELECT to_jsonb(r) AS row FROM rebuild_state r`);
-  return rows.map((r) => rebuildRow.parse(r));
+  return rows.flatMap((r) => {
+    const finished = r.finished_at != null;
+    const fresh = r.updated_at != null && Date.now() - Date.parse(`${String(r.updated_at)}Z`) < STALE_MS;
+    const state = finished ? (r.phase === 'failed' ? 'failed' : 'done') : fresh ? 'running' : 'crashed';
+    return (r.projections as unknown[]).map((projection) => rebuildRow.parse({ ...r, projection, state }));
+  });
 }
 
 /**

@@ -8,7 +8,7 @@ import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { Reconciler } from '../workers/relay/reconciler.js';
 import { relayBatch } from '../workers/relay/relay.js';
-import { createQueue, createQueues, findEventJob, jobIdFor, type EventQueue, type EventQueues } from '../lib/queue.js';
+import { createQueue, createQueues, eventIndexKey, findEventJob, jobIdFor, type EventQueue, type EventQueues } from '../lib/queue.js';
 import { createRedis, type RedisClient } from '../lib/redis.js';
 import { createDb, type Db } from '../db/pool.js';
 
@@ -76,6 +76,24 @@ describe('exactly once under faults (integration)', function () {
       for (let i = 0; i < 5 && requeued === 0; i++) requeued += (await reconciler.tick()).requeued;
       assert.equal(requeued, 1);
       assert.ok(await queue.getJob(jobIdFor(id)), 'the lost job is back in Redis');
+    });
+
+    it('keeps the event → job index of several-event jobs only while their events are unresolved', async () => {
+      const reconciler = new Reconciler(writeDb, readDb, queues, redis, env.config, testLog);
+      await write.query(`INSERT INTO outbox (topic, payload) SELECT 'order.paid', '{}' FROM generate_series(1, 120)`);
+      await drainRelay();
+      const index = eventIndexKey(queue);
+      assert.equal(await redis.hlen(index), 120, 'the relay indexed every event of its several-event jobs');
+      assert.match((await redis.hget(index, '7'))!, /^evts-1-50-50-/);
+      await read.query(`INSERT INTO processed_events (event_id) SELECT g::text FROM generate_series(1, 120) g WHERE g <> 99`);
+      await reconciler.tick();
+      assert.deepEqual(await redis.hkeys(index), ['99'], 'entries of resolved events are deleted as the reconciler passes them');
+      // An entry written again after the reconciler passed (a relay that died before COMMIT re-enqueued its rows) is swept.
+      await redis.hset(index, '7', 'evts-1-50-50-00000000');
+      await read.query(`INSERT INTO processed_events (event_id) VALUES ('99')`);
+      for (let i = 0; i < 3; i++) await reconciler.tick();
+      assert.equal(await watermark(), 120);
+      assert.equal(await redis.hlen(index), 0);
     });
 
     it('finds a loss 20,000 ids beyond an event that stays unresolved', async () => {

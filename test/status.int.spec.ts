@@ -116,17 +116,28 @@ describe('projection status (integration)', function () {
     assert.ok(Date.parse(bad.projections[0]!.last_verify!.at) >= Date.parse(ok.projections[0]!.last_verify!.at));
   });
 
-  it("reads rebuild_state when it exists: a projection's own row, else the read model's, else idle", async () => {
+  it('reads rebuild_state: running, crashed (no progress written lately) or done for the projections the run rebuilds, idle for the others', async () => {
     assert.ok((await status()).projections.every((p) => p.rebuild.state === 'idle'));
-    await f.read.query(`CREATE TABLE rebuild_state (projection TEXT, state TEXT NOT NULL, phase TEXT, rows_done BIGINT, rows_total BIGINT, updated_at TIMESTAMP)`);
-    await f.read.query(`INSERT INTO rebuild_state VALUES ('product_sales_view', 'copying', 'green table', 40, 100, now()), (NULL, 'done', NULL, NULL, NULL, now())`);
+    // The blue/green rebuild's row (db/rebuild.ts): one run, of the projections it names.
+    const write = (phase: string, age: string, finished: boolean) =>
+      f.read.query(
+        `INSERT INTO rebuild_state (run_id, pid, projections, dry_run, phase, rows_done, rows_total, started_at, updated_at, finished_at)
+         VALUES ('r1', 1, ARRAY['product_sales_view'], false, $1, 40, 100, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC' - $2::interval, CASE WHEN $3 THEN now() AT TIME ZONE 'UTC' END)
+         ON CONFLICT (singleton) DO UPDATE SET phase = EXCLUDED.phase, updated_at = EXCLUDED.updated_at, finished_at = EXCLUDED.finished_at`,
+        [phase, age, finished],
+      );
+    await write('copy', '1 second', false);
     const r = await status();
-    assert.deepEqual(byName(r, 'product_sales_view').rebuild, { state: 'copying', phase: 'green table', rows_done: 40, rows_total: 100, updated_at: byName(r, 'product_sales_view').rebuild.updated_at, error: null });
+    assert.deepEqual(byName(r, 'product_sales_view').rebuild, { state: 'running', phase: 'copy', rows_done: 40, rows_total: 100, updated_at: byName(r, 'product_sales_view').rebuild.updated_at, error: null });
     assert.ok(byName(r, 'product_sales_view').rebuild.updated_at);
-    assert.equal(byName(r, 'customer_ltv_view').rebuild.state, 'done');
+    assert.equal(byName(r, 'customer_ltv_view').rebuild.state, 'idle', 'a projection the run does not rebuild');
     const metrics = (await call(f.base, 'GET', '/metrics')).body as string;
     assert.match(metrics, /^projection_rebuilding\{projection="product_sales_view"\} 1$/m);
     assert.match(metrics, /^projection_rebuilding\{projection="customer_ltv_view"\} 0$/m);
+    await write('copy', '5 minutes', false);
+    assert.equal(byName(await status(), 'product_sales_view').rebuild.state, 'crashed', 'a run that stopped writing its progress (kill -9)');
+    await write('done', '0 seconds', true);
+    assert.equal(byName(await status(), 'product_sales_view').rebuild.state, 'done');
   });
 
   it('GET /admin/projections: off without ADMIN_PASSWORD, 401 without it, the status (as documented) with it; /metrics by projection', async () => {
@@ -159,8 +170,9 @@ describe('projection status (integration)', function () {
     assert.equal((await call(f.base, 'POST', '/admin/actions/verify', '', { ...form, origin: 'null' })).status, 403);
     assert.equal((await call(f.base, 'POST', '/admin/actions/verify', {}, { ...basic(), origin: `http://${host}` })).status, 415);
     assert.equal((await call(f.base, 'POST', '/admin/actions/verify', '', { 'content-type': 'application/x-www-form-urlencoded', origin: `http://${host}` })).status, 401);
-    await f.read.query(`CREATE TABLE rebuild_state (state TEXT NOT NULL, phase TEXT)`);
-    await f.read.query(`INSERT INTO rebuild_state VALUES ('running', 'copying')`);
+    await f.read.query(
+      `INSERT INTO rebuild_state (run_id, pid, projections, dry_run, phase, started_at, updated_at) VALUES ('r1', 1, ARRAY['product_sales_view', 'hourly_sales_view'], false, 'copy', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')`,
+    );
     const refused = await fetch(`${f.base}/admin/actions/rebuild`, { method: 'POST', headers: { ...form, origin: `http://${host}` }, body: '', redirect: 'manual' });
     assert.deepEqual([refused.status, refused.headers.get('location')], [303, '/admin?notice=rebuild.running']);
     const page = await call(f.base, 'GET', '/admin?notice=rebuild.running', undefined, basic());

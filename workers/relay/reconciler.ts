@@ -48,7 +48,8 @@ type JobState = 'missing' | 'failed' | 'present';
  * its own job id, so a job that exists after all is not doubled). In the
  * failed set: recorded as a dead letter if the worker could not. Dead letters
  * whose job Redis lost are enqueued again too, so the failed set shows them.
- * Index entries of resolved events are deleted as the cursor passes them.
+ * Index entries of resolved events are deleted as the cursor passes them,
+ * and any left over at or below the watermark by a sweep (sweepIndex).
  *
  * Any number of reconcilers may run (one per relay): re-enqueueing is
  * idempotent and W only moves up (GREATEST). A restarted reconciler starts
@@ -66,6 +67,8 @@ export class Reconciler {
   private recheckFrom = 0;
   /** Likewise for dead letters. */
   private deadFrom = 0;
+  /** Where each partition's index sweep goes on (an HSCAN cursor). */
+  private readonly sweepFrom = new Map<EventQueue, string>();
 
   constructor(
     private readonly writeDb: Db,
@@ -126,11 +129,30 @@ export class Reconciler {
 
     const first = this.pending.values().next();
     const watermark = first.done ? this.cursor : first.value - 1;
+    await this.sweepIndex(Math.max(watermark, start));
     if (watermark > start) {
       await this.readDb.query(sql.typeAlias('void')`UPDATE reconciler_watermark SET last_event_id = GREATEST(last_event_id, ${watermark})`);
     }
     if (result.requeued > 0) this.log.warn({ requeued: result.requeued, watermark }, 're-enqueued events that Redis lost');
     return { ...result, watermark: Math.max(watermark, start), cursor: this.cursor, pending: this.pending.size };
+  }
+
+  /**
+   * Index entries outlive their event when a deletion failed (Redis away), a
+   * relay re-enqueued rows after the cursor passed them, or the partitions
+   * changed: a page of each partition's index a tick is looked through, and
+   * entries at or below the watermark (resolved, for good) deleted.
+   */
+  private async sweepIndex(watermark: number): Promise<void> {
+    await Promise.all(
+      this.queues.all.map(async (queue) => {
+        const key = eventIndexKey(queue);
+        const [next, flat] = await this.redis.hscan(key, this.sweepFrom.get(queue) ?? '0', 'COUNT', this.config.RECONCILE_PAGE_SIZE);
+        this.sweepFrom.set(queue, next);
+        const stale = flat.filter((f, i) => i % 2 === 0 && Number(f) <= watermark);
+        if (stale.length > 0) await this.redis.hdel(key, ...stale);
+      }),
+    ).catch(() => undefined); // best effort, as the deletions in check()
   }
 
   /** Drop the resolved ids from pending; re-enqueue the lost ones among the rest. */
