@@ -10,6 +10,7 @@ import { rebuild } from '../db/rebuild.js';
 import { seedOrders, ON_THE_FLY, timeIt } from './readside.js';
 import { freePort } from '../scripts/local-services.js';
 import { applyReference, bullmqNoop, clusterDrain, drainOnce } from './drain.js';
+import { rebuildLive } from './rebuild-live.js';
 import {
   benchEnv,
   cpuCores,
@@ -34,12 +35,12 @@ goes to bench/results/ (kept out of git). Each section measures the machine's
 own limit in the same run (pgbench on the same transaction, BullMQ alone),
 because ratios are what survive a noisy machine. See docs/performance.md.
 
-  --only SECTIONS   comma-separated, of intake,freshness,drain,cluster,readside,profile (all)
+  --only SECTIONS   comma-separated, of intake,freshness,drain,cluster,readside,rebuild,profile (all)
   --seconds N       length of each timed load (15)
   --backlog N       events in the drain section's standing backlog (100000)
   --orders N        orders in the read-side section's history (1000000)`;
 
-const SECTIONS = ['intake', 'freshness', 'drain', 'cluster', 'readside', 'profile'];
+const SECTIONS = ['intake', 'freshness', 'drain', 'cluster', 'readside', 'rebuild', 'profile'];
 const { values } = commandLine('bench', USAGE, { only: { type: 'string' }, seconds: { type: 'string' }, backlog: { type: 'string' }, orders: { type: 'string' } });
 const only = new Set((values.only ?? SECTIONS.join(',')).split(','));
 const unknownSection = [...only].find((x) => !SECTIONS.includes(x));
@@ -346,6 +347,12 @@ async function main(): Promise<void> {
   if (only.has('drain')) await drain();
   if (only.has('cluster')) await clusterSection();
   if (only.has('readside')) await readside();
+  if (only.has('rebuild')) {
+    // Blue/green rebuild of ORDERS orders while orders flow: its speed, its pause, freshness beside it.
+    const r = await rebuildLive({ orders: ORDERS, seconds: Math.min(SECONDS, 15) });
+    rows.push(...r.rows);
+    results.rebuildLive = r.result;
+  }
   if (only.has('profile')) await profile();
   const widths = [10, 48, 22, 32, 6];
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ');
