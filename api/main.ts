@@ -1,4 +1,8 @@
-import { runProcess } from '../lib/lifecycle.js';
-import { startWeb } from './server.js';
+import { exitOnSignalWhileLoading } from '../lib/early-signals.js';
+
+// Stop requests while the modules below load exit 0; then runProcess takes over.
+exitOnSignalWhileLoading();
+const { runProcess } = await import('../lib/lifecycle.js');
+const { startWeb } = await import('./server.js');
 
 void runProcess('web', startWeb);

@@ -28,6 +28,18 @@ function post(agent: http.Agent, port: number, path: string, body: unknown): Pro
 describe('life cycle under load (integration)', function () {
   this.timeout(120_000);
 
+  it('SIGTERM while a process is still loading its modules: exit 0, not killed by the signal', async () => {
+    const env = await createTestEnv();
+    for (const script of ['api/main.js', 'workers/relay/main.js', 'workers/projector/main.js']) {
+      for (const delay of [150, 300]) {
+        const p = new Proc(script, { ...env.env, PORT: String(await freePort()) }).start();
+        await sleep(delay);
+        const { code } = await p.signal('SIGTERM');
+        assert.equal(code, 0, `${script} after SIGTERM at ${delay} ms: ${p.output.slice(-500)}`);
+      }
+    }
+  });
+
   it('SIGTERM to a busy web: new requests refused, those in flight answered with Connection: close, exit 0 within 10 s, nothing committed unanswered', async () => {
     const env = await createTestEnv();
     const port = await freePort();
