@@ -88,6 +88,8 @@ export interface EventJobData {
   topic: string;
   payload: unknown;
   created_at: string;
+  /** W3C traceparent of the event's publish span (tracing on): the worker continues its trace. */
+  traceparent?: string;
 }
 
 /** The names above as the migrations' {{TOKENS}}. */

@@ -1,6 +1,7 @@
 import { Queue, type ConnectionOptions, type JobsOptions } from 'bullmq';
 import type { Config } from './config.js';
 import { jobIdFor, type EventJobData } from './contract.js';
+import { bullmqTelemetry } from './tracing.js';
 
 export { jobIdFor, type EventJobData } from './contract.js';
 
@@ -18,10 +19,12 @@ export function jobOptions(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS
 }
 
 export function createQueue(config: Config, connection: ConnectionOptions): Queue<EventJobData> {
-  return new Queue<EventJobData>(config.QUEUE_NAME, { connection, prefix: config.QUEUE_PREFIX });
+  return new Queue<EventJobData>(config.QUEUE_NAME, { connection, prefix: config.QUEUE_PREFIX, telemetry: bullmqTelemetry() });
 }
 
-export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, row: { id: number | string; topic: string; payload: unknown; created_at: string }) {
+export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, row: { id: number | string; topic: string; payload: unknown; created_at: string }, traceparent?: string) {
   const data: EventJobData = { event_id: String(row.id), topic: row.topic, payload: row.payload, created_at: row.created_at };
-  return { name: row.topic, data, opts: jobOptions(config, row.id) };
+  if (traceparent === undefined) return { name: row.topic, data, opts: jobOptions(config, row.id) };
+  // Tracing: the event's context, for the worker's spans (BullMQ's telemetry metadata parents its process span).
+  return { name: row.topic, data: { ...data, traceparent }, opts: { ...jobOptions(config, row.id), telemetry: { metadata: JSON.stringify({ traceparent }) } } };
 }

@@ -12,6 +12,7 @@ import { orderEvent, InvalidEventError } from './events.js';
 import { createProjectorMetrics, type ProjectorMetrics } from './metrics.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
 import { Sleeper } from '../../lib/sleeper.js';
+import { bullmqTelemetry, inBatchSpan, traced } from '../../lib/tracing.js';
 
 export interface ProjectorHandle extends Handle {
   worker: Worker<EventJobData>;
@@ -56,7 +57,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
   const applyWithRetry = async (events: ProjectionEvent[]): Promise<Outcome[]> => {
     for (let attempt = 1; ; attempt++) {
       try {
-        const outcomes = await applyIsolating(db, events);
+        const outcomes = await inBatchSpan('projector.batch', events, () => applyIsolating(db, events), { attempt }); // tracing: no-op when off
         metrics.batchSize.observe(events.length);
         for (const o of outcomes) {
           if (o === 'applied') metrics.applied.inc();
@@ -106,7 +107,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     }
     let outcome: Outcome;
     try {
-      outcome = await batcher.submit({ event_id: job.data.event_id, event });
+      outcome = await batcher.submit(traced({ event_id: job.data.event_id, event })); // tracing: remembers this job's span for the batch's links
     } catch (err) {
       if (err instanceof StoppingError && token) {
         // Back to the queue without spending an attempt; another worker (or this one, restarted) takes it.
@@ -135,6 +136,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     lockDuration: Math.max(config.STALLED_INTERVAL_MS, 5000),
     maxStalledCount: 1000,
     autorun: true,
+    telemetry: bullmqTelemetry(),
   });
   worker.on('failed', (job, err) => {
     if (err.name !== 'UnrecoverableError') log.warn({ jobId: job?.id, attempts: job?.attemptsMade, err: err.message }, 'job attempt failed');

@@ -7,9 +7,10 @@ import { CHANNELS } from '../../lib/contract.js';
 import { z } from 'zod';
 import { sql, type Db } from '../../db/pool.js';
 import { Loop } from '../../lib/loop.js';
+import { startPublish } from '../../lib/tracing.js';
 
 
-const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() });
+const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string(), traceparent: z.string().nullable() });
 
 /**
  * Move one batch of unpublished outbox rows to the queue. claim_outbox()
@@ -24,10 +25,11 @@ const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unkno
  */
 export async function relayBatch(db: Db, queue: Queue<EventJobData>, config: Config): Promise<number> {
   return db.transaction(async (tx) => {
-    const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
+    const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at, traceparent FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
     if (rows.length === 0) return 0;
     const sorted = [...rows].sort((x, y) => x.id - y.id); // UPDATE … RETURNING has no order; enqueue oldest first
-    await queue.addBulk(sorted.map((r) => toJob(config, r)));
+    const publish = startPublish(config.QUEUE_NAME, sorted); // tracing: a batch span, one publish span per event (no-op when off)
+    await publish.run(() => queue.addBulk(sorted.map((r, i) => toJob(config, r, publish.traceparent(i)))));
     return rows.length;
   });
 }

@@ -1,0 +1,273 @@
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import type { IncomingMessage } from 'node:http';
+import type { Context, Link, Span, SpanKind, Tracer } from '@opentelemetry/api';
+import type { Telemetry } from 'bullmq';
+import type { Config } from './config.js';
+import type { Logger } from './logger.js';
+
+/**
+ * OpenTelemetry traces, off unless an OTLP endpoint is configured
+ * (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). Off,
+ * nothing of the SDK is imported: every helper below is a test of one
+ * module variable and a direct call. On (startTracing, from runProcess),
+ * spans go over OTLP/HTTP (protobuf or JSON), one service.name per process
+ * kind, and the pg, ioredis and BullMQ instrumentations are on.
+ *
+ * The shape of one order's trace (docs/operations.md, Tracing):
+ *   web     POST /orders ─▶ order.place (its traceparent goes into its outbox row)
+ *   relay   publish order-events (one per event, child of order.place)
+ *   worker  process order-events (BullMQ's span, child of publish)
+ * Work done for many items at once — a place_orders transaction, a relay
+ * batch, a projector batch — is one batch span whose parent is its first
+ * item's context and which links to every item; each item's span links
+ * back to it. A batch of one is a plain parent/child chain.
+ */
+
+type Api = typeof import('@opentelemetry/api');
+
+interface On {
+  api: Api;
+  tracer: Tracer;
+  telemetry: Telemetry;
+  shutdown: () => Promise<void>;
+}
+
+let on: On | undefined;
+
+/** The active tracing, if any (tests look at it). */
+export function tracingEnabled(): boolean {
+  return on !== undefined;
+}
+
+/** The traces endpoint the configuration names, or undefined: tracing off. */
+export function tracesEndpoint(config: Pick<Config, 'OTEL_SDK_DISABLED' | 'OTEL_TRACES_EXPORTER' | 'OTEL_EXPORTER_OTLP_ENDPOINT' | 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'>): string | undefined {
+  if (config.OTEL_SDK_DISABLED || config.OTEL_TRACES_EXPORTER === 'none') return undefined;
+  if (config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) return config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
+  if (config.OTEL_EXPORTER_OTLP_ENDPOINT) return `${config.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces`;
+  return undefined;
+}
+
+/**
+ * Start the SDK for one process kind (web, relay, worker, …), when an
+ * endpoint is configured. Call before the process opens any connection.
+ */
+export async function startTracing(proc: string, config: Config, log: Logger): Promise<void> {
+  const url = tracesEndpoint(config);
+  if (!url || on) return;
+  const protocol = config.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? config.OTEL_EXPORTER_OTLP_PROTOCOL;
+  const [api, core, hooks, resources, sdk, exporter, pgI, redisI, bullmqOtel] = await Promise.all([
+    import('@opentelemetry/api'),
+    import('@opentelemetry/core'),
+    import('@opentelemetry/context-async-hooks'),
+    import('@opentelemetry/resources'),
+    import('@opentelemetry/sdk-trace'),
+    protocol === 'http/json' ? import('@opentelemetry/exporter-trace-otlp-http') : import('@opentelemetry/exporter-trace-otlp-proto'),
+    import('@opentelemetry/instrumentation-pg'),
+    import('@opentelemetry/instrumentation-ioredis'),
+    import('bullmq-otel'),
+  ]);
+  const serviceName = config.OTEL_SERVICE_NAME ? `${config.OTEL_SERVICE_NAME}-${proc}` : proc;
+  const provider = new sdk.TracerProvider({
+    resource: resources.defaultResource().merge(resources.detectResources({ detectors: [resources.envDetector] })).merge(resources.resourceFromAttributes({ 'service.name': serviceName, 'service.namespace': 'order-pipeline' })),
+    sampler: sampler(sdk, config),
+    spanProcessors: [new sdk.BatchSpanProcessor({ exporter: new exporter.OTLPTraceExporter({ url }) })],
+  });
+  api.context.setGlobalContextManager(new hooks.AsyncLocalStorageContextManager().enable());
+  api.propagation.setGlobalPropagator(new core.W3CTraceContextPropagator());
+  api.trace.setGlobalTracerProvider(provider);
+
+  // The process's modules are loaded already (ESM imports come first), so the
+  // require hooks of the instrumentations would never fire: their patches are
+  // applied here to the loaded pg and ioredis (CommonJS: one copy, shared).
+  // Only statements and commands made inside a span get one of their own.
+  // (pg-pool is not patched: slonik pools pg.Client connections itself.)
+  const instrumentations = [new pgI.PgInstrumentation({ requireParentSpan: true, enhancedDatabaseReporting: false }), new redisI.IORedisInstrumentation({ requireParentSpan: true })];
+  for (const instrumentation of instrumentations) {
+    instrumentation.setTracerProvider(provider);
+    for (const def of instrumentation.getModuleDefinitions()) {
+      if (def.name === 'pg' || def.name === 'ioredis') def.patch?.(require(def.name), packageVersion(def.name));
+    }
+  }
+
+  const stopping = { done: false };
+  on = {
+    api,
+    tracer: api.trace.getTracer('order-pipeline'),
+    telemetry: new bullmqOtel.BullMQOtel({ tracerName: 'bullmq' }) as unknown as Telemetry,
+    shutdown: async () => {
+      if (stopping.done) return;
+      stopping.done = true;
+      await provider.shutdown().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not flush the last spans'));
+    },
+  };
+  log.info({ endpoint: url, protocol: protocol ?? 'http/protobuf', service: serviceName }, 'tracing on');
+}
+
+const require = createRequire(import.meta.url);
+
+/** The version of an installed package (its package.json, found from its entry point: not every package exports it). */
+function packageVersion(name: string): string | undefined {
+  for (let dir = path.dirname(require.resolve(name)); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    const file = path.join(dir, 'package.json');
+    if (!fs.existsSync(file)) continue;
+    const pkg = JSON.parse(fs.readFileSync(file, 'utf8')) as { name?: string; version?: string };
+    if (pkg.name === name) return pkg.version;
+  }
+  return undefined;
+}
+
+/** Export what is buffered and stop (the process is about to exit). */
+export async function stopTracing(): Promise<void> {
+  await on?.shutdown();
+}
+
+function sampler(sdk: typeof import('@opentelemetry/sdk-trace'), config: Config) {
+  const ratio = config.OTEL_TRACES_SAMPLER_ARG ?? 1;
+  const root = (name: string) => (name.endsWith('always_off') ? new sdk.AlwaysOffSampler() : name.endsWith('traceidratio') ? new sdk.TraceIdRatioBasedSampler(ratio) : new sdk.AlwaysOnSampler());
+  const name = config.OTEL_TRACES_SAMPLER;
+  return name.startsWith('parentbased_') ? new sdk.ParentBasedSampler({ root: root(name) }) : root(name);
+}
+
+/** BullMQ's `telemetry` option for a Queue or Worker: undefined when tracing is off. */
+export function bullmqTelemetry(): Telemetry | undefined {
+  return on?.telemetry;
+}
+
+/** W3C traceparent of the active span, when tracing is on and a span is active. */
+export function currentTraceparent(): string | undefined {
+  if (!on) return undefined;
+  const carrier: { traceparent?: string } = {};
+  on.api.propagation.inject(on.api.context.active(), carrier);
+  return carrier.traceparent;
+}
+
+function contextOf(o: On, traceparent: string | null | undefined): Context | undefined {
+  if (!traceparent) return undefined;
+  const ctx = o.api.propagation.extract(o.api.ROOT_CONTEXT, { traceparent });
+  return o.api.trace.getSpanContext(ctx) ? ctx : undefined;
+}
+
+/** Run fn inside a new span (a child of the active one); errors are recorded on it. */
+export async function inSpan<T>(name: string, fn: (span: Span | undefined) => Promise<T>, opts: { kind?: SpanKind; parent?: Context; links?: Link[] } = {}): Promise<T> {
+  if (!on) return fn(undefined);
+  const o = on;
+  const span = o.tracer.startSpan(name, { kind: opts.kind, links: opts.links }, opts.parent);
+  try {
+    return await o.api.context.with(o.api.trace.setSpan(opts.parent ?? o.api.context.active(), span), () => fn(span));
+  } catch (err) {
+    failed(o, span, err);
+    throw err;
+  } finally {
+    span.end();
+  }
+}
+
+function failed(o: On, span: Span, err: unknown): void {
+  span.recordException(err instanceof Error ? err : String(err));
+  span.setStatus({ code: o.api.SpanStatusCode.ERROR, message: (err as Error)?.message });
+}
+
+/** The span that was active when each batched item was handed in (see traced). */
+const itemSpans = new WeakMap<object, Span>();
+
+/** Remember the active span for `item`, which is about to join a batch (no-op when off). */
+export function traced<T extends object>(item: T): T {
+  if (on) {
+    const span = on.api.trace.getActiveSpan();
+    if (span) itemSpans.set(item, span);
+  }
+  return item;
+}
+
+/**
+ * Run one batch's work inside a batch span: its parent is the first item's
+ * span, it links to every item's span, and every item's span links back to
+ * it. `items` are what traced() was given.
+ */
+export function inBatchSpan<T>(name: string, items: readonly object[], fn: () => Promise<T>, attributes: Record<string, string | number> = {}): Promise<T> {
+  if (!on) return fn();
+  const o = on;
+  const spans = items.flatMap((item) => itemSpans.get(item) ?? []);
+  const first = spans[0];
+  return inSpan(
+    name,
+    async (span) => {
+      span?.setAttributes({ 'batch.size': items.length, ...attributes });
+      if (span) for (const s of spans) s.addLink({ context: span.spanContext() });
+      return fn();
+    },
+    { parent: first ? o.api.trace.setSpan(o.api.ROOT_CONTEXT, first) : o.api.ROOT_CONTEXT, links: spans.map((s) => ({ context: s.spanContext() })) },
+  );
+}
+
+/**
+ * The relay's spans for one batch of outbox rows: a batch span (parent: the
+ * first row's traceparent; links to every row's) and, for each row, a
+ * PRODUCER span that continues the row's own trace and links to the batch.
+ * `traceparent(i)` is what row i's job carries; `run` wraps the enqueueing.
+ */
+export interface PublishSpans {
+  traceparent(i: number): string | undefined;
+  run<T>(fn: () => Promise<T>): Promise<T>;
+}
+
+const NO_PUBLISH: PublishSpans = { traceparent: () => undefined, run: (fn) => fn() };
+
+export function startPublish(queueName: string, rows: readonly { id: number | string; traceparent?: string | null }[]): PublishSpans {
+  if (!on || rows.length === 0) return NO_PUBLISH;
+  const o = on;
+  const parents = rows.map((r) => contextOf(o, r.traceparent));
+  const linked = parents.flatMap((ctx) => (ctx ? [{ context: o.api.trace.getSpanContext(ctx)! }] : []));
+  const batch = o.tracer.startSpan('relay.batch', { links: linked, attributes: { 'batch.size': rows.length } }, parents.find((p) => p !== undefined) ?? o.api.ROOT_CONTEXT);
+  const batchCtx = o.api.trace.setSpan(o.api.ROOT_CONTEXT, batch);
+  const publish = rows.map((r, i) =>
+    o.tracer.startSpan(
+      `publish ${queueName}`,
+      { kind: o.api.SpanKind.PRODUCER, links: [{ context: batch.spanContext() }], attributes: { 'messaging.system': 'bullmq', 'messaging.destination.name': queueName, 'messaging.message.id': String(r.id) } },
+      parents[i] ?? batchCtx,
+    ),
+  );
+  const traceparents = publish.map((s) => {
+    const carrier: { traceparent?: string } = {};
+    o.api.propagation.inject(o.api.trace.setSpan(o.api.ROOT_CONTEXT, s), carrier);
+    return carrier.traceparent;
+  });
+  return {
+    traceparent: (i) => traceparents[i],
+    run: async (fn) => {
+      try {
+        return await o.api.context.with(batchCtx, fn);
+      } catch (err) {
+        for (const s of [batch, ...publish]) failed(o, s, err);
+        throw err;
+      } finally {
+        for (const s of publish) s.end();
+        batch.end();
+      }
+    },
+  };
+}
+
+/**
+ * The span of one HTTP request (SERVER), continuing a traceparent the client
+ * sent; undefined when tracing is off. `end` names it after the route.
+ */
+export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>): Promise<T>; end(route: string, status: number): void } | undefined {
+  if (!on) return undefined;
+  const o = on;
+  const parent = o.api.propagation.extract(o.api.ROOT_CONTEXT, req.headers);
+  const method = req.method ?? 'GET';
+  const span = o.tracer.startSpan(method, { kind: o.api.SpanKind.SERVER, attributes: { 'http.request.method': method } }, parent);
+  const ctx = o.api.trace.setSpan(parent, span);
+  return {
+    run: (fn) => o.api.context.with(ctx, fn),
+    end: (route, status) => {
+      span.updateName(`${method} ${route}`);
+      span.setAttributes({ 'http.route': route, 'http.response.status_code': status });
+      if (status >= 500) span.setStatus({ code: o.api.SpanStatusCode.ERROR });
+      span.end();
+    },
+  };
+}
