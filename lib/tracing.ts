@@ -99,7 +99,16 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
     shutdown: async () => {
       if (stopping.done) return;
       stopping.done = true;
-      await provider.shutdown().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not flush the last spans'));
+      // Bounded: a collector that does not answer must not push the exit past the shutdown deadline.
+      const bound = Math.min(2000, config.SHUTDOWN_TIMEOUT_MS / 4);
+      const flushed = await Promise.race([
+        provider.shutdown().then(
+          () => true,
+          (err: unknown) => (log.warn({ err: (err as Error).message }, 'could not export the last spans'), true),
+        ),
+        new Promise<false>((r) => setTimeout(() => r(false), bound).unref()),
+      ]);
+      if (!flushed) log.warn({ ms: bound }, 'the last spans were not exported in time; exiting without them');
     },
   };
   log.info({ endpoint: url, protocol: protocol ?? 'http/protobuf', service: serviceName }, 'tracing on');
@@ -169,14 +178,18 @@ function failed(o: On, span: Span, err: unknown): void {
   span.setStatus({ code: o.api.SpanStatusCode.ERROR, message: (err as Error)?.message });
 }
 
-/** The span that was active when each batched item was handed in (see traced). */
-const itemSpans = new WeakMap<object, Span>();
+/** Each batched item's span (the one active when it was handed in), or the remote context its traceparent names (see traced). */
+const itemSpans = new WeakMap<object, Span | Context>();
 
-/** Remember the active span for `item`, which is about to join a batch (no-op when off). */
-export function traced<T extends object>(item: T): T {
+/**
+ * Remember, for `item` about to join a batch, the active span — or, given a
+ * traceparent (an event carried in a job with others), that context: the
+ * batch links to it, without a link back. No-op when off.
+ */
+export function traced<T extends object>(item: T, traceparent?: string): T {
   if (on) {
-    const span = on.api.trace.getActiveSpan();
-    if (span) itemSpans.set(item, span);
+    const from = traceparent === undefined ? on.api.trace.getActiveSpan() : contextOf(on, traceparent);
+    if (from) itemSpans.set(item, from);
   }
   return item;
 }
@@ -189,16 +202,19 @@ export function traced<T extends object>(item: T): T {
 export function inBatchSpan<T>(name: string, items: readonly object[], fn: () => Promise<T>, attributes: Record<string, string | number> = {}): Promise<T> {
   if (!on) return fn();
   const o = on;
-  const spans = items.flatMap((item) => itemSpans.get(item) ?? []);
-  const first = spans[0];
+  const contexts = items.flatMap((item): { ctx: Context; span: Span | undefined }[] => {
+    const from = itemSpans.get(item);
+    if (!from) return [];
+    return 'spanContext' in from ? [{ ctx: o.api.trace.setSpan(o.api.ROOT_CONTEXT, from), span: from }] : [{ ctx: from, span: undefined }];
+  });
   return inSpan(
     name,
     async (span) => {
       span?.setAttributes({ 'batch.size': items.length, ...attributes });
-      if (span) for (const s of spans) s.addLink({ context: span.spanContext() });
+      if (span) for (const c of contexts) c.span?.addLink({ context: span.spanContext() });
       return fn();
     },
-    { parent: first ? o.api.trace.setSpan(o.api.ROOT_CONTEXT, first) : o.api.ROOT_CONTEXT, links: spans.map((s) => ({ context: s.spanContext() })) },
+    { parent: contexts[0]?.ctx ?? o.api.ROOT_CONTEXT, links: contexts.map((c) => ({ context: o.api.trace.getSpanContext(c.ctx)! })) },
   );
 }
 

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { createTestEnv, type TestEnv } from './support/env.js';
+import { createTestEnv, testLog, type TestEnv } from './support/env.js';
 import { Proc, freePort } from './support/processes.js';
 import { sleep } from './support/pipeline.js';
 import { createProduct, call } from './support/web.js';
 import { startOtlpReceiver, KIND, type ReceivedSpan } from './support/otlp.js';
+import { createDb, sql } from '../db/pool.js';
+import { placeOrder } from '../db/orders.js';
+import { z } from 'zod';
 
 /** Loaded into a process with --import: reports every tracing package it resolves, on stderr. */
 const REPORT_SDK = `data:text/javascript,${encodeURIComponent(`
@@ -32,7 +35,7 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
     env = await createTestEnv();
   });
 
-  it('with OTEL_* unset no tracing package is loaded, and with an endpoint set they are (the check can fail)', async () => {
+  it('with OTEL_* unset no tracing package is loaded, and with an endpoint set they are (the check can fail); a collector that is down costs no order and no clean exit', async () => {
     const run = async (extra: Record<string, string>) => {
       const port = await freePort();
       const web = new Proc('api/main.js', { ...env.env, PORT: String(port), LOG_LEVEL: 'warn', NODE_OPTIONS: `--import=${REPORT_SDK}`, ...extra }).start();
@@ -42,7 +45,8 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
         const product = await createProduct(base, { price: '1.00', stock: 10 });
         assert.equal((await call(base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: product, quantity: 1 }] })).status, 201);
       } finally {
-        await web.signal('SIGTERM');
+        const { code } = await web.signal('SIGTERM');
+        assert.equal(code, 0, web.output.slice(-2000));
       }
       return web.output;
     };
@@ -55,6 +59,9 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
     } finally {
       await receiver.close();
     }
+    // Nothing listens on this port: spans are lost, orders are not, and SIGTERM still exits 0 in time.
+    const down = await run({ OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await freePort()}`, SHUTDOWN_TIMEOUT_MS: '3000' });
+    assert.match(down, /TRACING-LOADED /);
     const outbox = new pg.Client({ connectionString: env.config.DATABASE_URL });
     await outbox.connect();
     try {
@@ -63,6 +70,31 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
       assert.equal(rows[0]?.traceparent, null);
     } finally {
       await outbox.end();
+    }
+  });
+
+  it('a group commit writes each order’s traceparent into that order’s own outbox row, on both paths of place_orders; the setting does not outlive its statement', async () => {
+    const db = createDb(env.config.DATABASE_URL, { name: 'test', max: 1, log: testLog });
+    try {
+      const product = await db.oneFirst(sql.type(z.object({ id: z.number() }))`INSERT INTO products (name, category, price, stock) VALUES ('p', 'c', 1, 5) RETURNING id`);
+      const tp = (n: number) => `00-${String(n).padStart(32, 'a')}-${String(n).padStart(16, 'b')}-01`;
+      const placeOrders = (orders: object[]) =>
+        db.oneFirst(sql.type(z.object({ r: z.array(z.record(z.string(), z.unknown())) }))`SELECT place_orders(${sql.jsonb(orders as never)}) AS r`);
+      const traceOf = (eventId: unknown) => db.oneFirst(sql.type(z.object({ t: z.string().nullable() }))`SELECT traceparent AS t FROM outbox WHERE id = ${Number(eventId)}`);
+      // Enough stock for all: orders_insert(), one statement; one order without a traceparent.
+      const fits = await placeOrders([1, 2, 3].map((n) => ({ customer_id: n, items: [{ product_id: product, quantity: 1 }], ...(n === 2 ? {} : { traceparent: tp(n) }) })));
+      assert.deepEqual(await Promise.all(fits.map((r) => traceOf(r.event_id))), [tp(1), null, tp(3)]);
+      // Not enough for all (2 left, 3 wanted): order by order; the refused one writes nothing.
+      const short = await placeOrders([4, 5, 6].map((n) => ({ customer_id: n, items: [{ product_id: product, quantity: n === 5 ? 3 : 1 }], ...(n === 6 ? {} : { traceparent: tp(n) }) })));
+      assert.equal(short[1]?.message, 'insufficient_stock');
+      assert.deepEqual(await Promise.all([short[0], short[2]].map((r) => traceOf(r?.event_id))), [tp(4), null]);
+      // A single order names its traceparent in its statement; the next one on the same connection has none.
+      await db.query(sql.unsafe`UPDATE products SET stock = 10`);
+      const traced = await placeOrder(db, { customer_id: 8, items: [{ product_id: product, quantity: 1 }] }, undefined, tp(8));
+      const plain = await placeOrder(db, { customer_id: 9, items: [{ product_id: product, quantity: 1 }] }, undefined, undefined);
+      assert.deepEqual([await traceOf(traced.event_id), await traceOf(plain.event_id)], [tp(8), null]);
+    } finally {
+      await db.end();
     }
   });
 
