@@ -13,12 +13,12 @@ import type { Logger } from './logger.js';
  * nothing of the SDK is imported: every helper below is a test of one
  * module variable and a direct call. On (startTracing, from runProcess),
  * spans go over OTLP/HTTP (protobuf or JSON), one service.name per process
- * kind, and the pg, ioredis and BullMQ instrumentations are on.
+ * kind, and the pg instrumentation and BullMQ's Queue telemetry are on.
  *
  * The shape of one order's trace (docs/operations.md, Tracing):
  *   web     POST /orders ─▶ order.place (its traceparent goes into its outbox row)
  *   relay   publish order-events (one per event, child of order.place)
- *   worker  process order-events (BullMQ's span, child of publish)
+ *   worker  process order-events (one per job, child of publish: traceJobs)
  * Work done for many items at once — a place_orders transaction, a relay
  * batch, a projector batch — is one batch span whose parent is its first
  * item's context and which links to every item; each item's span links
@@ -57,7 +57,7 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   const url = tracesEndpoint(config);
   if (!url || on) return;
   const protocol = config.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? config.OTEL_EXPORTER_OTLP_PROTOCOL;
-  const [api, core, hooks, resources, sdk, exporter, pgI, redisI, bullmqOtel] = await Promise.all([
+  const [api, core, hooks, resources, sdk, exporter, pgI, bullmqOtel] = await Promise.all([
     import('@opentelemetry/api'),
     import('@opentelemetry/core'),
     import('@opentelemetry/context-async-hooks'),
@@ -65,7 +65,6 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
     import('@opentelemetry/sdk-trace'),
     protocol === 'http/json' ? import('@opentelemetry/exporter-trace-otlp-http') : import('@opentelemetry/exporter-trace-otlp-proto'),
     import('@opentelemetry/instrumentation-pg'),
-    import('@opentelemetry/instrumentation-ioredis'),
     import('bullmq-otel'),
   ]);
   const serviceName = config.OTEL_SERVICE_NAME ? `${config.OTEL_SERVICE_NAME}-${proc}` : proc;
@@ -80,16 +79,14 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
 
   // The process's modules are loaded already (ESM imports come first), so the
   // require hooks of the instrumentations would never fire: their patches are
-  // applied here to the loaded pg and ioredis (CommonJS: one copy, shared).
+  // applied here to the loaded pg (CommonJS: one copy, shared).
   // Only statements and commands made inside a span get one of their own.
-  // (pg-pool is not patched: slonik pools pg.Client connections itself.)
-  const instrumentations = [new pgI.PgInstrumentation({ requireParentSpan: true, enhancedDatabaseReporting: false }), new redisI.IORedisInstrumentation({ requireParentSpan: true })];
-  for (const instrumentation of instrumentations) {
-    instrumentation.setTracerProvider(provider);
-    for (const def of instrumentation.getModuleDefinitions()) {
-      if (def.name === 'pg' || def.name === 'ioredis') def.patch?.(require(def.name), packageVersion(def.name));
-    }
-  }
+  // (pg-pool is not patched: slonik pools pg.Client connections itself.) ioredis is not instrumented:
+  // BullMQ's spans say what its Redis commands do, and a span per job per command doubled the relay's
+  // CPU per event (docs/operations.md, Tracing).
+  const pgInstrumentation = new pgI.PgInstrumentation({ requireParentSpan: true, enhancedDatabaseReporting: false });
+  pgInstrumentation.setTracerProvider(provider);
+  for (const def of pgInstrumentation.getModuleDefinitions()) if (def.name === 'pg') def.patch?.(require(def.name), packageVersion(def.name));
 
   const stopping = { done: false };
   on = {
@@ -139,7 +136,7 @@ function sampler(sdk: typeof import('@opentelemetry/sdk-trace'), config: Config)
   return name.startsWith('parentbased_') ? new sdk.ParentBasedSampler({ root: root(name) }) : root(name);
 }
 
-/** BullMQ's `telemetry` option for a Queue or Worker: undefined when tracing is off. */
+/** BullMQ's `telemetry` option for a Queue (the relay's addBulk span): undefined when tracing is off. */
 export function bullmqTelemetry(): Telemetry | undefined {
   return on?.telemetry;
 }
@@ -235,34 +232,62 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
   if (!on || rows.length === 0) return NO_PUBLISH;
   const o = on;
   const parents = rows.map((r) => contextOf(o, r.traceparent));
-  const linked = parents.flatMap((ctx) => (ctx ? [{ context: o.api.trace.getSpanContext(ctx)! }] : []));
-  const batch = o.tracer.startSpan('relay.batch', { links: linked, attributes: { 'batch.size': rows.length } }, parents.find((p) => p !== undefined) ?? o.api.ROOT_CONTEXT);
+  // Spans only for events whose trace is sampled; an unsampled traceparent is passed on as it is (the
+  // worker's spans follow it, unrecorded), an event written outside any trace gets none (cost: docs/operations.md).
+  const sampled = parents.map((ctx) => (ctx && o.api.trace.getSpanContext(ctx)!.traceFlags & o.api.TraceFlags.SAMPLED ? ctx : undefined));
+  const linked = sampled.flatMap((ctx) => (ctx ? [{ context: o.api.trace.getSpanContext(ctx)! }] : []));
+  const batch = o.tracer.startSpan('relay.batch', { links: linked, attributes: { 'batch.size': rows.length } }, sampled.find((p) => p !== undefined) ?? o.api.ROOT_CONTEXT);
   const batchCtx = o.api.trace.setSpan(o.api.ROOT_CONTEXT, batch);
-  const publish = rows.map((r, i) =>
-    o.tracer.startSpan(
-      `publish ${queueName}`,
-      { kind: o.api.SpanKind.PRODUCER, links: [{ context: batch.spanContext() }], attributes: { 'messaging.system': 'bullmq', 'messaging.destination.name': queueName, 'messaging.message.id': String(r.id) } },
-      parents[i] ?? batchCtx,
-    ),
+  const publish = sampled.map((ctx, i) =>
+    ctx
+      ? o.tracer.startSpan(
+          `publish ${queueName}`,
+          { kind: o.api.SpanKind.PRODUCER, links: [{ context: batch.spanContext() }], attributes: { 'messaging.system': 'bullmq', 'messaging.destination.name': queueName, 'messaging.message.id': String(rows[i]!.id) } },
+          ctx,
+        )
+      : undefined,
   );
-  const traceparents = publish.map((s) => {
+  const traceparents = publish.map((s, i) => {
+    if (!s) return parents[i] ? (rows[i]!.traceparent ?? undefined) : undefined;
     const carrier: { traceparent?: string } = {};
     o.api.propagation.inject(o.api.trace.setSpan(o.api.ROOT_CONTEXT, s), carrier);
     return carrier.traceparent;
   });
+  const spans = publish.filter((s) => s !== undefined);
   return {
     traceparent: (i) => traceparents[i],
     run: async (fn) => {
       try {
         return await o.api.context.with(batchCtx, fn);
       } catch (err) {
-        for (const s of [batch, ...publish]) failed(o, s, err);
+        for (const s of [batch, ...spans]) failed(o, s, err);
         throw err;
       } finally {
-        for (const s of publish) s.end();
+        for (const s of spans) s.end();
         batch.end();
       }
     },
+  };
+}
+
+/**
+ * Wrap a BullMQ processor: a job carrying a traceparent (`data.traceparent`,
+ * put there by the relay) is processed inside a CONSUMER span continuing that
+ * trace; a job without one, or whose trace is not sampled, costs nothing. Used instead of the Worker's own
+ * `telemetry` option, whose three spans and context switches per job, traced
+ * or not, cost the worker 45 % more CPU per event (docs/operations.md, Tracing).
+ */
+export function traceJobs<J extends { id?: string; data: { traceparent?: string } }, A extends unknown[], R>(queueName: string, processor: (job: J, ...rest: A) => Promise<R>): (job: J, ...rest: A) => Promise<R> {
+  if (!on) return processor;
+  const o = on;
+  return (job, ...rest) => {
+    const parent = contextOf(o, job.data?.traceparent);
+    // An unsampled trace records nothing downstream either: no span, no context to carry.
+    if (!parent || !(o.api.trace.getSpanContext(parent)!.traceFlags & o.api.TraceFlags.SAMPLED)) return processor(job, ...rest);
+    return inSpan(`process ${queueName}`, async (span) => {
+      span?.setAttributes({ 'messaging.system': 'bullmq', 'messaging.destination.name': queueName, 'messaging.operation.type': 'process', 'messaging.message.id': String(job.id) });
+      return processor(job, ...rest);
+    }, { kind: o.api.SpanKind.CONSUMER, parent });
   };
 }
 

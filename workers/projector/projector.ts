@@ -12,7 +12,7 @@ import { orderEvent, InvalidEventError } from './events.js';
 import { createProjectorMetrics, type ProjectorMetrics } from './metrics.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
 import { Sleeper } from '../../lib/sleeper.js';
-import { bullmqTelemetry, inBatchSpan, traced } from '../../lib/tracing.js';
+import { inBatchSpan, traceJobs, traced } from '../../lib/tracing.js';
 
 export interface ProjectorHandle extends Handle {
   worker: Worker<EventJobData>;
@@ -128,7 +128,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     return outcome;
   };
 
-  const worker = new Worker<EventJobData>(config.QUEUE_NAME, processor, {
+  const worker = new Worker<EventJobData>(config.QUEUE_NAME, traceJobs(config.QUEUE_NAME, processor), { // tracing: a span per job that carries a traceparent
     connection: createRedis(config, 'worker', log, 'worker'),
     prefix: config.QUEUE_PREFIX,
     concurrency: config.WORKER_CONCURRENCY,
@@ -136,7 +136,6 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     lockDuration: Math.max(config.STALLED_INTERVAL_MS, 5000),
     maxStalledCount: 1000,
     autorun: true,
-    telemetry: bullmqTelemetry(),
   });
   worker.on('failed', (job, err) => {
     if (err.name !== 'UnrecoverableError') log.warn({ jobId: job?.id, attempts: job?.attemptsMade, err: err.message }, 'job attempt failed');
