@@ -88,7 +88,7 @@ export interface EventJobData {
   topic: string;
   payload: unknown;
   created_at: string;
-  /** W3C traceparent of the event's publish span (tracing on): the worker continues its trace. */
+  /** W3C traceparent of the event's trace (tracing on: the relay's publish span, or the writer's when unsampled): the worker continues it. */
   traceparent?: string;
 }
 

@@ -24,6 +24,6 @@ export function createQueue(config: Config, connection: ConnectionOptions): Queu
 
 export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, row: { id: number | string; topic: string; payload: unknown; created_at: string }, traceparent?: string) {
   const data: EventJobData = { event_id: String(row.id), topic: row.topic, payload: row.payload, created_at: row.created_at };
-  if (traceparent === undefined) return { name: row.topic, data, opts: jobOptions(config, row.id) };
-  return { name: row.topic, data: { ...data, traceparent }, opts: jobOptions(config, row.id) }; // tracing: the worker continues the event's trace
+  if (traceparent !== undefined) data.traceparent = traceparent; // tracing: the worker continues the event's trace
+  return { name: row.topic, data, opts: jobOptions(config, row.id) };
 }

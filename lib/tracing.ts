@@ -141,9 +141,15 @@ export function bullmqTelemetry(): Telemetry | undefined {
   return on?.telemetry;
 }
 
-/** W3C traceparent of the active span, when tracing is on and a span is active. */
+/**
+ * W3C traceparent of the active span, when tracing is on and that span is
+ * sampled (an unsampled trace records nothing downstream: its outbox row and
+ * job carry none, and its statements are the plain ones).
+ */
 export function currentTraceparent(): string | undefined {
   if (!on) return undefined;
+  const active = on.api.trace.getActiveSpan();
+  if (!active || !(active.spanContext().traceFlags & on.api.TraceFlags.SAMPLED)) return undefined;
   const carrier: { traceparent?: string } = {};
   on.api.propagation.inject(on.api.context.active(), carrier);
   return carrier.traceparent;
