@@ -27,6 +27,7 @@ import { createRedis } from '../lib/redis.js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import { once, type Handle } from '../lib/lifecycle.js';
+import { requestSpan } from '../lib/tracing.js';
 
 export const routes: Route[] = [...healthRoutes, ...productRoutes, ...orderRoutes, ...analyticsRoutes, ...adminRoutes, ...adminViewRoutes, ...openapiRoutes, ...dashboardRoutes];
 
@@ -102,7 +103,8 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
       await found.route.handler({ req, res, url, params: found.params, log, deps });
     };
 
-    handle()
+    const span = requestSpan(req); // tracing: undefined when off
+    (span ? span.run(handle) : handle())
       .catch((err: unknown) => {
         if (clientGone()) return; // nobody to answer; counted apart below
         const problem = classify(err);
@@ -121,6 +123,7 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
         const status = clientGone() ? CLIENT_CLOSED : res.statusCode;
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
         deps.metrics.httpDuration.observe({ method: req.method ?? '', route: routeName, status: String(status) }, seconds);
+        span?.end(routeName, status);
         // Every request at debug; what an operator should see (errors, shed load) is logged above at warn and error.
         log.debug({ method: req.method, url: maskUrls(raw), route: routeName, status, ms: Math.round(seconds * 1e4) / 10 }, 'request');
       });

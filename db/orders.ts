@@ -2,6 +2,7 @@ import { Batcher } from '../lib/batcher.js';
 import { z } from 'zod';
 import { orderDocument, type Order } from '../lib/contract.js';
 import { pgCode, sql, type Db } from './pool.js';
+import { currentTraceparent, inBatchSpan, inSpan, traced } from '../lib/tracing.js';
 
 export type { Order, OrderItem } from '../lib/contract.js';
 
@@ -24,16 +25,29 @@ export interface NewOrder {
  * Place an order in one round trip (see place_order in the migrations): stock,
  * order, items and the outbox event commit together or not at all.
  */
-export async function placeOrder(db: Db, order: NewOrder, idempotency?: { key: string; requestHash: string }): Promise<OrderChange> {
-  const r = await db.oneFirst(sql.prepared('place_order', z.object({ r: z.union([orderChange, z.object({ problem, replayed: z.boolean().optional() })]) }))`
-    SELECT place_order(${order.customer_id}, ${sql.array(order.items.map((i) => i.product_id), 'int4')}, ${sql.array(order.items.map((i) => i.quantity), 'int4')},
-                       ${idempotency?.key ?? null}, ${idempotency?.requestHash ?? null}) AS r`);
+export async function placeOrder(db: Db, order: NewOrder, idempotency?: { key: string; requestHash: string }, traceparent = currentTraceparent()): Promise<OrderChange> {
+  const type = z.object({ r: z.union([orderChange, z.object({ problem, replayed: z.boolean().optional() })]) });
+  const call = sql.fragment`place_order(${order.customer_id}, ${sql.array(order.items.map((i) => i.product_id), 'int4')}, ${sql.array(order.items.map((i) => i.quantity), 'int4')},
+                       ${idempotency?.key ?? null}, ${idempotency?.requestHash ?? null})`;
+  const r = await db.oneFirst(traceparent === undefined ? sql.prepared('place_order', type)`SELECT ${call} AS r` : sql.prepared('place_order_traced', type)`SELECT ${call} AS r FROM ${withTraceparent(traceparent)}`);
   // A keyed order refused for lack of stock: the refusal is its stored outcome (see place_order in write/0005).
   if ('problem' in r) throw Object.assign(rejection(r.problem), { replayed: r.replayed === true });
   return r;
 }
 
+/**
+ * A one-row FROM item that names the transaction's traceparent for the outbox
+ * rows it writes (write/0002: the column's default reads it). A subquery
+ * calling a volatile function is not flattened, so it runs before the
+ * SELECT list that writes.
+ */
+function withTraceparent(traceparent: string) {
+  return sql.fragment`(SELECT set_config('op.traceparent', ${traceparent}, true)) AS trace`;
+}
+
 type Outcome = { change: OrderChange } | { error: unknown };
+/** An order handed to group commit, with the traceparent its outbox row carries (tracing on). */
+type Queued = NewOrder & { traceparent?: string };
 
 /** SQLSTATE classes of a statement PostgreSQL refused and rolled back: data exception, integrity constraint, transaction rollback, ours. */
 const STATEMENT_REJECTED = /^(22|23|40|OP)/;
@@ -58,7 +72,7 @@ function rejection(r: Problem): Error {
  * order's error, as it would be for placeOrder().
  */
 export class OrderIntake {
-  private readonly batcher: Batcher<NewOrder, Outcome>;
+  private readonly batcher: Batcher<Queued, Outcome>;
   private readonly onBatch: (size: number) => void;
 
   constructor(
@@ -70,9 +84,13 @@ export class OrderIntake {
   }
 
   async place(order: NewOrder): Promise<OrderChange> {
-    const outcome = await this.batcher.submit(order);
-    if ('error' in outcome) throw outcome.error;
-    return outcome.change;
+    // Tracing: this order's span within its group commit; its outbox row carries this span's traceparent.
+    return inSpan('order.place', async (span) => {
+      const outcome = await this.batcher.submit(traced(span ? { ...order, traceparent: currentTraceparent() } : order));
+      if ('error' in outcome) throw outcome.error;
+      span?.setAttributes({ 'order.id': outcome.change.order.id, 'outbox.event_id': outcome.change.event_id });
+      return outcome.change;
+    });
   }
 
   /** Resolves when every order handed in so far has been placed or refused (call before ending the pool). */
@@ -80,7 +98,11 @@ export class OrderIntake {
     return this.batcher.drain();
   }
 
-  private async flush(orders: NewOrder[]): Promise<Outcome[]> {
+  private flush(orders: Queued[]): Promise<Outcome[]> {
+    return inBatchSpan('place_orders', orders, () => this.placeBatch(orders));
+  }
+
+  private async placeBatch(orders: Queued[]): Promise<Outcome[]> {
     this.onBatch(orders.length);
     if (orders.length > 1) {
       try {
@@ -92,12 +114,18 @@ export class OrderIntake {
         // Nothing was written: one by one, so that only the order at fault gets the error.
       }
     }
-    return Promise.all(orders.map((o) => placeOrder(this.db, o).then((change) => ({ change }), (error: unknown) => ({ error }))));
+    return Promise.all(orders.map(({ traceparent, ...o }) => placeOrder(this.db, o, undefined, traceparent).then((change) => ({ change }), (error: unknown) => ({ error }))));
   }
 }
 
 export async function transitionOrder(db: Db, id: number, to: Transition): Promise<OrderChange> {
-  return db.oneFirst(sql.prepared('transition_order', z.object({ r: orderChange }))`SELECT transition_order(${id}, ${to}) AS r`);
+  const traceparent = currentTraceparent();
+  const type = z.object({ r: orderChange });
+  return db.oneFirst(
+    traceparent === undefined
+      ? sql.prepared('transition_order', type)`SELECT transition_order(${id}, ${to}) AS r`
+      : sql.prepared('transition_order_traced', type)`SELECT transition_order(${id}, ${to}) AS r FROM ${withTraceparent(traceparent)}`,
+  );
 }
 
 export async function getOrder(db: Db, id: number): Promise<Order | undefined> {

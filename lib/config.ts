@@ -30,6 +30,11 @@ const redisUrl = z
   .string()
   .refine((v) => /^rediss?:\/\//.test(v) && URL.canParse(v), 'must be a redis:// URL');
 
+const httpUrl = z
+  .string()
+  .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), 'must be an http:// or https:// URL');
+const otlpProtocol = z.enum(['http/protobuf', 'http/json'], { message: 'must be http/protobuf or http/json (gRPC is not supported)' });
+
 const schema = z.object({
   PORT: int(0, 65535).default(3000),
   DATABASE_URL: pgUrl.default('postgres://postgres@127.0.0.1:5432/write_db'),
@@ -109,6 +114,20 @@ const schema = z.object({
   CONSISTENCY_WAIT_MS: int(0, 60000).default(5000),
   /** While requests wait on a consistency token, the check runs at least this often (a worker's NOTIFY runs it sooner). */
   CONSISTENCY_POLL_MS: int(10, 60000).default(200),
+  /**
+   * OpenTelemetry traces (lib/tracing.ts), the standard variables: on when an
+   * OTLP endpoint is set, off (no SDK loaded) otherwise. OTLP over HTTP only.
+   */
+  OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl.optional(),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: httpUrl.optional(),
+  OTEL_EXPORTER_OTLP_PROTOCOL: otlpProtocol.optional(),
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: otlpProtocol.optional(),
+  /** Prefix of each process's service.name (`<name>-web`, …); unset: web, relay, worker. */
+  OTEL_SERVICE_NAME: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only').optional(),
+  OTEL_SDK_DISABLED: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
+  OTEL_TRACES_EXPORTER: z.enum(['otlp', 'none']).default('otlp'),
+  OTEL_TRACES_SAMPLER: z.enum(['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio']).default('parentbased_always_on'),
+  OTEL_TRACES_SAMPLER_ARG: z.string().regex(/^(0(\.\d+)?|1(\.0+)?)$/, 'must be a ratio from 0 to 1').transform(Number).optional(),
 });
 
 export type Config = z.infer<typeof schema>;

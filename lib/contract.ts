@@ -90,6 +90,8 @@ export interface EventJobData {
   topic: string;
   payload: unknown;
   created_at: string;
+  /** W3C traceparent of the event's trace (tracing on: the relay's publish span, or the writer's when unsampled): the worker continues it. */
+  traceparent?: string;
 }
 
 /**
@@ -103,6 +105,8 @@ export type JobData = EventJobData | EventsJobData;
 
 export interface EventsJobData {
   events: EventJobData[];
+  /** The first traced event's traceparent: the worker's job span continues that trace (each event keeps its own, for links). */
+  traceparent?: string;
 }
 
 export function isMultiEvent(data: JobData): data is EventsJobData {

@@ -2,6 +2,7 @@ import type { Logger } from './logger.js';
 import { getConfig, ConfigError, type Config } from './config.js';
 import { createLogger } from './logger.js';
 import { runningSystem } from './running.js';
+import { startTracing, stopTracing } from './tracing.js';
 
 /** What every long-running process returns from start(): stopping is idempotent. */
 export interface Handle {
@@ -60,7 +61,8 @@ export async function runProcess(
   // Signals are wired before start() so that a SIGTERM during start-up also
   // drains (once start has finished) instead of killing the process outright.
   let stoppingSince = 0;
-  const started = start(config, log);
+  // Tracing (when configured) is on before the process opens any connection.
+  const started = startTracing(proc, config, log).then(() => start(config, log));
   const onSignal = (signal: NodeJS.Signals) => {
     if (stoppingSince > 0) {
       // A terminal's Ctrl-C reaches every process of the group and a supervisor forwards a
@@ -78,6 +80,7 @@ export async function runProcess(
     deadline.unref();
     started
       .then((handle) => handle.stop())
+      .then(() => stopTracing())
       .then(
         () => {
           log.info('stopped');

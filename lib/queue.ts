@@ -1,6 +1,7 @@
 import { Queue, type ConnectionOptions, type Job, type JobsOptions } from 'bullmq';
 import type { Config } from './config.js';
 import { jobIdFor, jobIdForEvents, type EventJobData, type JobData } from './contract.js';
+import { bullmqTelemetry } from './tracing.js';
 
 export { jobIdFor, jobIdForEvents, isMultiEvent, type EventJobData, type EventsJobData, type JobData } from './contract.js';
 
@@ -68,7 +69,7 @@ export class EventQueues {
     private readonly config: Pick<Config, 'QUEUE_NAME' | 'QUEUE_PARTITIONS' | 'QUEUE_PREFIX'>,
     connection: ConnectionOptions,
   ) {
-    this.all = queueNames(config).map((name) => new Queue<JobData>(name, { connection, prefix: config.QUEUE_PREFIX }));
+    this.all = queueNames(config).map((name) => new Queue<JobData>(name, { connection, prefix: config.QUEUE_PREFIX, telemetry: bullmqTelemetry() }));
   }
 
   /** The queue an event goes to. */
@@ -115,7 +116,7 @@ export function createQueues(config: Config, connection: ConnectionOptions): Eve
 
 /** The first partition's queue: what tests and tools that only know one queue use when QUEUE_PARTITIONS is 1. */
 export function createQueue(config: Config, connection: ConnectionOptions): EventQueue {
-  return new Queue<JobData>(queueNames(config)[0]!, { connection, prefix: config.QUEUE_PREFIX });
+  return new Queue<JobData>(queueNames(config)[0]!, { connection, prefix: config.QUEUE_PREFIX, telemetry: bullmqTelemetry() });
 }
 
 export interface OutboxEvent {
@@ -125,13 +126,15 @@ export interface OutboxEvent {
   created_at: string;
 }
 
-function eventData(row: OutboxEvent): EventJobData {
-  return { event_id: String(row.id), topic: row.topic, payload: row.payload, created_at: row.created_at };
+function eventData(row: OutboxEvent, traceparent?: string): EventJobData {
+  const data: EventJobData = { event_id: String(row.id), topic: row.topic, payload: row.payload, created_at: row.created_at };
+  if (traceparent !== undefined) data.traceparent = traceparent; // tracing: the worker continues the event's trace
+  return data;
 }
 
 /** A job carrying one event, under the event's own job id. */
-export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, row: OutboxEvent) {
-  const data = eventData(row);
+export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, row: OutboxEvent, traceparent?: string) {
+  const data = eventData(row, traceparent);
   return { name: row.topic, data: data as JobData, opts: jobOptions(config, jobIdFor(row.id)) };
 }
 
@@ -139,17 +142,20 @@ export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, r
  * Jobs for a relay batch (rows in id order): up to RELAY_JOB_EVENTS events a
  * job. A job of one event is an ordinary single-event job.
  */
-export function toJobs(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS' | 'RELAY_JOB_EVENTS'>, rows: readonly OutboxEvent[]) {
+export function toJobs(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS' | 'RELAY_JOB_EVENTS'>, rows: readonly OutboxEvent[], traceparentOf: (i: number) => string | undefined = () => undefined) {
   const jobs = [];
   for (let i = 0; i < rows.length; i += config.RELAY_JOB_EVENTS) {
     const chunk = rows.slice(i, i + config.RELAY_JOB_EVENTS);
     if (chunk.length === 1) {
-      jobs.push(toJob(config, chunk[0]!));
+      jobs.push(toJob(config, chunk[0]!, traceparentOf(i)));
       continue;
     }
-    const events = chunk.map(eventData);
+    const events = chunk.map((row, k) => eventData(row, traceparentOf(i + k)));
     const jobId = jobIdForEvents(events.map((e) => e.event_id));
-    jobs.push({ name: 'events', data: { events } as JobData, opts: jobOptions(config, jobId) });
+    const data: JobData = { events };
+    const first = events.find((e) => e.traceparent !== undefined)?.traceparent;
+    if (first !== undefined) data.traceparent = first;
+    jobs.push({ name: 'events', data, opts: jobOptions(config, jobId) });
   }
   return jobs;
 }

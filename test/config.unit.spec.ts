@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { ConfigError, getConfig } from '../lib/config.js';
+import { tracesEndpoint } from '../lib/tracing.js';
 
 describe('configuration (unit)', () => {
   it('has working defaults, and counts empty strings as unset', () => {
@@ -38,5 +39,19 @@ describe('configuration (unit)', () => {
   it('a Redis Cluster wraps the queue prefix in a hash tag', () => {
     assert.equal(getConfig({ REDIS_CLUSTER_NODES: 'a:7000,b:7001' }).QUEUE_PREFIX, '{op}');
     assert.equal(getConfig({ REDIS_CLUSTER_NODES: 'a:7000', QUEUE_PREFIX: '{mine}' }).QUEUE_PREFIX, '{mine}');
+  });
+});
+
+describe('tracing configuration (unit)', () => {
+  it('is on only with an OTLP endpoint, refuses gRPC naming the variable, and OTEL_SDK_DISABLED or OTEL_TRACES_EXPORTER=none turn it off', () => {
+    assert.equal(tracesEndpoint(getConfig({})), undefined);
+    assert.equal(tracesEndpoint(getConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/' })), 'http://collector:4318/v1/traces');
+    assert.equal(tracesEndpoint(getConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'https://b/traces' })), 'https://b/traces');
+    assert.equal(tracesEndpoint(getConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318', OTEL_SDK_DISABLED: 'true' })), undefined);
+    assert.equal(tracesEndpoint(getConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318', OTEL_TRACES_EXPORTER: 'none' })), undefined);
+    assert.throws(() => getConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }), /^ConfigError: OTEL_EXPORTER_OTLP_PROTOCOL: must be http\/protobuf or http\/json/);
+    assert.throws(() => getConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' }), /OTEL_EXPORTER_OTLP_ENDPOINT: must be an http/);
+    assert.throws(() => getConfig({ OTEL_TRACES_SAMPLER_ARG: '1.5' }), /OTEL_TRACES_SAMPLER_ARG/);
+    assert.equal(getConfig({ OTEL_TRACES_SAMPLER_ARG: '0.25' }).OTEL_TRACES_SAMPLER_ARG, 0.25);
   });
 });

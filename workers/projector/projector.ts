@@ -12,6 +12,7 @@ import { orderEvent, InvalidEventError } from './events.js';
 import { createProjectorMetrics, type ProjectorMetrics } from './metrics.js';
 import { startMetricsPush } from '../../lib/metrics-push.js';
 import { Sleeper } from '../../lib/sleeper.js';
+import { inBatchSpan, traceJobs, traced } from '../../lib/tracing.js';
 
 export interface ProjectorHandle extends Handle {
   /** One BullMQ worker per partition consumed. */
@@ -57,7 +58,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
   const applyWithRetry = async (events: ProjectionEvent[]): Promise<Outcome[]> => {
     for (let attempt = 1; ; attempt++) {
       try {
-        const outcomes = await applyIsolating(db, events);
+        const outcomes = await inBatchSpan('projector.batch', events, () => applyIsolating(db, events), { attempt }); // tracing: no-op when off
         metrics.batchSize.observe(events.length);
         for (const o of outcomes) {
           if (o === 'applied') metrics.applied.inc();
@@ -128,7 +129,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
         invalid.push(e);
         continue;
       }
-      submitted.push({ data: e, outcome: batcher.submit({ event_id: e.event_id, event }) });
+      submitted.push({ data: e, outcome: batcher.submit(traced({ event_id: e.event_id, event }, e.traceparent)) }); // tracing: links the batch to the event's trace
     }
     const settled = await Promise.allSettled(submitted.map((s) => s.outcome));
     const unapplied: EventJobData[] = [...invalid];
@@ -176,7 +177,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
     }
     let outcome: Outcome;
     try {
-      outcome = await batcher.submit({ event_id: data.event_id, event });
+      outcome = await batcher.submit(traced({ event_id: data.event_id, event })); // tracing: remembers this job's span for the batch's links
     } catch (err) {
       if (err instanceof StoppingError && token) {
         // Back to the queue without spending an attempt; another worker (or this one, restarted) takes it.
@@ -198,7 +199,8 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
   const names = queueNames(config);
   const partitions = config.WORKER_PARTITIONS ?? names.map((_, p) => p);
   const workers = partitions.map((p) => {
-    const worker = new Worker<JobData>(names[p]!, processor, {
+    // Tracing: a span per job that carries a traceparent (no-op when off).
+    const worker = new Worker<JobData>(names[p]!, traceJobs(names[p]!, processor), {
       connection: createRedis(config, 'worker', log, `worker-${p}`),
       prefix: config.QUEUE_PREFIX,
       concurrency: config.WORKER_CONCURRENCY,

@@ -7,9 +7,10 @@ import { z } from 'zod';
 import { sql, type Db } from '../../db/pool.js';
 import { Loop } from '../../lib/loop.js';
 import type { RedisClient } from '../../lib/redis.js';
+import { startPublish } from '../../lib/tracing.js';
 
 
-const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string() });
+const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unknown(), created_at: z.string(), traceparent: z.string().nullable() });
 
 /**
  * Move one batch of unpublished outbox rows to the queue. claim_outbox()
@@ -26,16 +27,18 @@ const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unkno
  */
 export async function relayBatch(db: Db, queues: EventQueues, redis: RedisClient, config: Config): Promise<number> {
   return db.transaction(async (tx) => {
-    const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
+    const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at, traceparent FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
     if (rows.length === 0) return 0;
     const sorted = [...rows].sort((x, y) => x.id - y.id); // UPDATE … RETURNING has no order; enqueue oldest first
     await Promise.all(
-      queues.split(sorted, (r) => r.id).map(([queue, part]) => {
-        const jobs = toJobs(config, part);
+      queues.split(sorted, (r) => r.id).map(async ([queue, part]) => {
+        // Tracing: a batch span, one publish span per event (no-op when off).
+        const publish = startPublish(queue.name, part);
+        const jobs = toJobs(config, part, (i) => publish.traceparent(i));
         // Where each event of a several-event job is, for the reconciler: written
         // with the jobs (one round trip: ioredis pipelines both), before COMMIT.
         const index = jobs.flatMap((j) => (isMultiEvent(j.data) ? j.data.events.flatMap((e) => [e.event_id, j.opts.jobId!]) : []));
-        return Promise.all([index.length > 0 ? redis.hset(eventIndexKey(queue), ...index) : undefined, queue.addBulk(jobs)]);
+        await publish.run(() => Promise.all([index.length > 0 ? redis.hset(eventIndexKey(queue), ...index) : undefined, queue.addBulk(jobs)]));
       }),
     );
     return rows.length;

@@ -1,0 +1,184 @@
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { createTestEnv, testLog, type TestEnv } from './support/env.js';
+import { Proc, freePort } from './support/processes.js';
+import { sleep } from './support/pipeline.js';
+import { createProduct, call } from './support/web.js';
+import { startOtlpReceiver, KIND, type ReceivedSpan } from './support/otlp.js';
+import { createDb, sql } from '../db/pool.js';
+import { placeOrder } from '../db/orders.js';
+import { z } from 'zod';
+
+/** Loaded into a process with --import: reports every tracing package it resolves, on stderr. */
+const REPORT_SDK = `data:text/javascript,${encodeURIComponent(`
+import { registerHooks } from 'node:module';
+registerHooks({ resolve(specifier, context, next) {
+  const r = next(specifier, context);
+  if (/@opentelemetry[\\/\\\\](sdk-|exporter-|instrumentation|context-async-hooks|resources)|bullmq-otel/.test(r.url)) process.stderr.write('TRACING-LOADED ' + r.url + '\\n');
+  return r;
+} });`)}`;
+
+async function waitForHealth(base: string, proc: Proc): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if ((await fetch(`${base}/healthz`).then((r) => r.status, () => 0)) === 200) return;
+    if (proc.child?.exitCode !== null) break;
+    await sleep(50);
+  }
+  throw new Error(`web did not come up: ${proc.output.slice(-2000)}`);
+}
+
+describe('tracing: one order, one trace across web, relay and worker (integration)', function () {
+  this.timeout(120_000);
+  let env: TestEnv;
+
+  before(async () => {
+    env = await createTestEnv();
+  });
+
+  it('with OTEL_* unset no tracing package is loaded, and with an endpoint set they are (the check can fail); a collector that is down costs no order and no clean exit', async () => {
+    const run = async (extra: Record<string, string>) => {
+      const port = await freePort();
+      const web = new Proc('api/main.js', { ...env.env, PORT: String(port), LOG_LEVEL: 'warn', NODE_OPTIONS: `--import=${REPORT_SDK}`, ...extra }).start();
+      try {
+        const base = `http://127.0.0.1:${port}`;
+        await waitForHealth(base, web);
+        const product = await createProduct(base, { price: '1.00', stock: 10 });
+        assert.equal((await call(base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: product, quantity: 1 }] })).status, 201);
+      } finally {
+        const { code } = await web.signal('SIGTERM');
+        assert.equal(code, 0, web.output.slice(-2000));
+      }
+      return web.output;
+    };
+    const off = await run({});
+    assert.doesNotMatch(off, /TRACING-LOADED/, off.slice(-2000));
+    const receiver = await startOtlpReceiver();
+    try {
+      const onOutput = await run({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url });
+      assert.match(onOutput, /TRACING-LOADED /);
+    } finally {
+      await receiver.close();
+    }
+    // Nothing listens on this port: spans are lost, orders are not, and SIGTERM still exits 0 in time.
+    const down = await run({ OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${await freePort()}`, SHUTDOWN_TIMEOUT_MS: '3000' });
+    assert.match(down, /TRACING-LOADED /);
+    const outbox = new pg.Client({ connectionString: env.config.DATABASE_URL });
+    await outbox.connect();
+    try {
+      // Tracing off: the outbox row carries no traceparent.
+      const { rows } = await outbox.query<{ traceparent: string | null }>('SELECT traceparent FROM outbox ORDER BY id LIMIT 1');
+      assert.equal(rows[0]?.traceparent, null);
+    } finally {
+      await outbox.end();
+    }
+  });
+
+  it('a group commit writes each order’s traceparent into that order’s own outbox row, on both paths of place_orders; the setting does not outlive its statement', async () => {
+    const db = createDb(env.config.DATABASE_URL, { name: 'test', max: 1, log: testLog });
+    try {
+      const product = await db.oneFirst(sql.type(z.object({ id: z.number() }))`INSERT INTO products (name, category, price, stock) VALUES ('p', 'c', 1, 5) RETURNING id`);
+      const tp = (n: number) => `00-${String(n).padStart(32, 'a')}-${String(n).padStart(16, 'b')}-01`;
+      const placeOrders = (orders: object[]) =>
+        db.oneFirst(sql.type(z.object({ r: z.array(z.record(z.string(), z.unknown())) }))`SELECT place_orders(${sql.jsonb(orders as never)}) AS r`);
+      const traceOf = (eventId: unknown) => db.oneFirst(sql.type(z.object({ t: z.string().nullable() }))`SELECT traceparent AS t FROM outbox WHERE id = ${Number(eventId)}`);
+      // Enough stock for all: orders_insert(), one statement; one order without a traceparent.
+      const fits = await placeOrders([1, 2, 3].map((n) => ({ customer_id: n, items: [{ product_id: product, quantity: 1 }], ...(n === 2 ? {} : { traceparent: tp(n) }) })));
+      assert.deepEqual(await Promise.all(fits.map((r) => traceOf(r.event_id))), [tp(1), null, tp(3)]);
+      // Not enough for all (2 left, 3 wanted): order by order; the refused one writes nothing.
+      const short = await placeOrders([4, 5, 6].map((n) => ({ customer_id: n, items: [{ product_id: product, quantity: n === 5 ? 3 : 1 }], ...(n === 6 ? {} : { traceparent: tp(n) }) })));
+      assert.equal(short[1]?.message, 'insufficient_stock');
+      assert.deepEqual(await Promise.all([short[0], short[2]].map((r) => traceOf(r?.event_id))), [tp(4), null]);
+      // A single order names its traceparent in its statement; the next one on the same connection has none.
+      await db.query(sql.unsafe`UPDATE products SET stock = 10`);
+      const traced = await placeOrder(db, { customer_id: 8, items: [{ product_id: product, quantity: 1 }] }, undefined, tp(8));
+      const plain = await placeOrder(db, { customer_id: 9, items: [{ product_id: product, quantity: 1 }] }, undefined, undefined);
+      assert.deepEqual([await traceOf(traced.event_id), await traceOf(plain.event_id)], [tp(8), null]);
+    } finally {
+      await db.end();
+    }
+  });
+
+  it('POST /orders → order.place → place_orders → relay publish → BullMQ process → projector.batch → read_db statement, over http/json and http/protobuf', async () => {
+    const test = await createTestEnv({ RELAY_POLL_MS: '100' });
+    const receiver = await startOtlpReceiver();
+    const port = await freePort();
+    const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, LOG_LEVEL: 'warn' };
+    // The web exports JSON, the relay and the worker protobuf: both decoders see the same trace.
+    const web = new Proc('api/main.js', { ...test.env, ...otel, PORT: String(port), OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).start();
+    const relay = new Proc('workers/relay/main.js', { ...test.env, ...otel, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' }).start();
+    const worker = new Proc('workers/projector/main.js', { ...test.env, ...otel }).start();
+    const write = new pg.Client({ connectionString: test.config.DATABASE_URL });
+    const read = new pg.Client({ connectionString: test.config.READ_DATABASE_URL });
+    try {
+      const base = `http://127.0.0.1:${port}`;
+      await waitForHealth(base, web);
+      await Promise.all([write.connect(), read.connect()]);
+      const product = await createProduct(base, { price: '2.50', stock: 10 });
+      const placed = await call(base, 'POST', '/orders', { customer_id: 7, items: [{ product_id: product, quantity: 2 }] });
+      assert.equal(placed.status, 201);
+      const eventId = Number(placed.headers.get('x-consistency-token'));
+      for (let i = 0; i < 200; i++) {
+        const { rows } = await read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [String(eventId)]);
+        if (rows.length > 0) break;
+        await sleep(50);
+      }
+      const { rows: outbox } = await write.query<{ traceparent: string | null }>('SELECT traceparent FROM outbox WHERE id = $1', [eventId]);
+      // Stopping flushes each process's spans.
+      for (const p of [web, relay, worker]) assert.equal((await p.signal('SIGTERM')).code, 0, p.output.slice(-2000));
+
+      const spans = receiver.spans;
+      const place = spans.find((s) => s.name === 'order.place' && s.attributes['outbox.event_id'] === eventId);
+      assert.ok(place, `no order.place span for event ${eventId}: ${spans.map((s) => `${s.service}:${s.name}`).join(', ')}`);
+      const trace = spans.filter((s) => s.traceId === place.traceId);
+      const byId = new Map(trace.map((s) => [s.spanId, s]));
+      const one = (what: string, pred: (s: ReceivedSpan) => boolean): ReceivedSpan => {
+        const found = trace.filter(pred);
+        assert.equal(found.length, 1, `${what}: ${found.length} spans in the order's trace (${trace.map((s) => `${s.service}:${s.name}`).join(', ')})`);
+        return found[0]!;
+      };
+      const linked = (s: ReceivedSpan, to: ReceivedSpan) => s.links.some((l) => l.spanId === to.spanId && l.traceId === to.traceId);
+
+      // web: the request, the order's span, the group-commit transaction and its statement
+      const request = one('request', (s) => s.service === 'web' && s.name === 'POST /orders');
+      assert.equal(request.kind, KIND.server);
+      assert.equal(request.parentSpanId, '');
+      assert.equal(request.attributes['http.response.status_code'], 201);
+      assert.equal(place.parentSpanId, request.spanId);
+      assert.equal(outbox[0]?.traceparent, `00-${place.traceId}-${place.spanId}-01`, 'the outbox row carries order.place');
+      const transaction = one('place_orders', (s) => s.service === 'web' && s.name === 'place_orders');
+      assert.equal(transaction.parentSpanId, place.spanId, 'a batch of one is the order span’s child');
+      assert.ok(linked(transaction, place) && linked(place, transaction), 'the batch and the order link each other');
+      assert.ok(trace.some((s) => s.service === 'web' && s.kind === KIND.client && s.parentSpanId === transaction.spanId && /postgres/.test(String(s.attributes['db.system.name'] ?? s.attributes['db.system']))), 'the order statement (pg instrumentation) under place_orders');
+
+      // relay: its batch and the event's publish span, both in the order's trace
+      const batch = one('relay.batch', (s) => s.service === 'relay' && s.name === 'relay.batch');
+      assert.equal(batch.parentSpanId, place.spanId);
+      assert.ok(linked(batch, place));
+      const publish = one('publish', (s) => s.service === 'relay' && s.kind === KIND.producer && s.name.startsWith('publish '));
+      assert.equal(publish.parentSpanId, place.spanId);
+      assert.equal(publish.attributes['messaging.message.id'], String(eventId));
+      assert.ok(linked(publish, batch));
+      assert.ok(trace.some((s) => s.service === 'relay' && s.scope === 'bullmq' && s.name.startsWith('addBulk') && s.parentSpanId === batch.spanId), 'BullMQ’s addBulk under the relay batch');
+
+      // worker: BullMQ's process span continues the publish span; the projector batch and its read_db statement
+      const processSpan = one('process', (s) => s.service === 'worker' && s.kind === KIND.consumer && s.name.startsWith('process '));
+      assert.equal(processSpan.parentSpanId, publish.spanId);
+      const projector = one('projector.batch', (s) => s.service === 'worker' && s.name === 'projector.batch');
+      assert.equal(projector.parentSpanId, processSpan.spanId);
+      assert.ok(linked(projector, processSpan) && linked(processSpan, projector));
+      // The batch is one statement, so one implicit transaction: its span is the read_db commit.
+      const commit = one('read_db statement', (s) => s.service === 'worker' && s.kind === KIND.client && s.parentSpanId === projector.spanId && s.name.startsWith('pg.query:WITH'));
+      assert.match(String(commit.attributes['db.system.name'] ?? commit.attributes['db.system']), /postgres/);
+
+      // One connected trace: every span but the request has its parent in it; three services, both encodings.
+      for (const s of trace) if (s !== request) assert.ok(byId.has(s.parentSpanId), `${s.service}:${s.name} has a parent outside the trace`);
+      assert.deepEqual([...new Set(trace.map((s) => s.service))].sort(), ['relay', 'web', 'worker']);
+      assert.deepEqual([...new Set(trace.map((s) => s.encoding))].sort(), ['json', 'protobuf']);
+      assert.ok(receiver.requests.every((r) => r.path === '/v1/traces'));
+    } finally {
+      for (const p of [web, relay, worker]) await p.signal('SIGKILL');
+      await Promise.allSettled([write.end(), read.end()]);
+      await receiver.close();
+    }
+  });
+});
