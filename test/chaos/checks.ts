@@ -1,10 +1,9 @@
-import { Queue } from 'bullmq';
 import type pg from 'pg';
 import { createDb, type Db } from '../../db/pool.js';
 import { testLog } from '../support/env.js';
 import { compareEventIds, compareViews } from '../../db/recompute.js';
 import { Redis } from 'ioredis';
-import { findEventJob, type EventQueue, type JobData } from '../../lib/queue.js';
+import { EventQueues, findEventJob, type JobData } from '../../lib/queue.js';
 import type { Job } from 'bullmq';
 
 type JobOf = (eventId: string) => Promise<Job<JobData> | undefined>;
@@ -42,19 +41,19 @@ export async function finishRun(sys: ChaosSystem): Promise<EndState> {
   const read = sys.pool('read');
   const redis = new Redis({ host: '127.0.0.1', port: sys.infra.redis.port, maxRetriesPerRequest: 1 });
   redis.on('error', () => undefined);
-  const queue: EventQueue = new Queue(QUEUE_NAME, { connection: redis, prefix: sys.prefix });
-  queue.on('error', () => undefined);
-  const jobOf: JobOf = (id) => findEventJob(queue, redis, id);
+  const queues = new EventQueues({ QUEUE_NAME, QUEUE_PARTITIONS: sys.partitions, QUEUE_PREFIX: sys.prefix }, redis);
+  queues.on('error', () => undefined);
+  const jobOf: JobOf = (id) => findEventJob(queues, redis, id);
   try {
     const t0 = Date.now();
-    const drained = await drain(sys, write, read, queue, jobOf);
+    const drained = await drain(sys, write, read, queues, jobOf);
     const drainedMs = Date.now() - t0;
     sys.journal.note(drained ? `drained in ${drainedMs} ms` : `not drained after ${drainedMs} ms`);
     // The system's own comparisons (db/recompute.ts), through its SQL layer.
     const writeDb = createDb(sys.writeUrl, { name: 'chaos-harness', max: 2, log: testLog });
     const readDb = createDb(sys.readUrl, { name: 'chaos-harness', max: 2, log: testLog });
     try {
-      await checkEvents(sys, writeDb, readDb, read, queue, jobOf);
+      await checkEvents(sys, writeDb, readDb, read, queues, jobOf);
       await checkViews(sys, writeDb, readDb);
     } finally {
       await Promise.allSettled([writeDb.end(), readDb.end()]);
@@ -64,7 +63,7 @@ export async function finishRun(sys: ChaosSystem): Promise<EndState> {
     const { rows } = await write.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox');
     return { events: rows[0]!.n, orders: m.orders.length, drainedMs, drained };
   } finally {
-    await queue.close().catch(() => undefined);
+    await queues.close().catch(() => undefined);
     redis.disconnect();
   }
 }
@@ -99,15 +98,15 @@ async function deadLetterIds(read: pg.Pool): Promise<Set<string> | undefined> {
 }
 
 /** Outbox event id → failedReason, from BullMQ's failed set (job ids are evt-<id>). */
-async function failedJobs(queue: Queue): Promise<Map<string, string>> {
-  const jobs = await queue.getFailed(0, -1);
+async function failedJobs(queues: EventQueues): Promise<Map<string, string>> {
+  const jobs = (await Promise.all(queues.all.map((q) => q.getFailed(0, -1)))).flat();
   return new Map(jobs.filter((j) => j?.id).map((j) => [String(j.id).replace(/^evt-/, ''), j.failedReason ?? '']));
 }
 
-async function snapshot(write: pg.Pool, read: pg.Pool, queue: Queue): Promise<Snapshot> {
+async function snapshot(write: pg.Pool, read: pg.Pool, queues: EventQueues): Promise<Snapshot> {
   const { rows: o } = await write.query<{ id: number }>('SELECT id FROM outbox ORDER BY id');
   const { rows: p } = await read.query<{ event_id: string }>('SELECT event_id FROM processed_events');
-  return { outbox: o.map((r) => r.id), processed: new Set(p.map((r) => r.event_id)), failed: await failedJobs(queue), deadLetters: await deadLetterIds(read) };
+  return { outbox: o.map((r) => r.id), processed: new Set(p.map((r) => r.event_id)), failed: await failedJobs(queues), deadLetters: await deadLetterIds(read) };
 }
 
 /**
@@ -115,7 +114,7 @@ async function snapshot(write: pg.Pool, read: pg.Pool, queue: Queue): Promise<Sn
  * settled (failed set or dead_letters). Stops early when all that is left
  * are non-poison events sitting in the failed set: nothing brings those back.
  */
-async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Queue, jobOf: JobOf): Promise<boolean> {
+async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queues: EventQueues, jobOf: JobOf): Promise<boolean> {
   const poison = new Set(sys.model.poison.map((p) => String(p.eventId)));
   const deadline = Date.now() + DRAIN_MS;
   let stuckSince: number | undefined;
@@ -123,7 +122,7 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
   for (;;) {
     let s: Snapshot;
     try {
-      s = await snapshot(write, read, queue);
+      s = await snapshot(write, read, queues);
     } catch (err) {
       if (Date.now() > deadline) {
         sys.journal.violation('harness', `cannot read the pipeline state: ${(err as Error).message}`);
@@ -139,7 +138,7 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
     stuckSince = stuck ? (stuckSince ?? Date.now()) : undefined;
     if (Date.now() - lastNote > 5000) {
       lastNote = Date.now();
-      const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized').catch(() => ({}));
+      const counts = await queues.counts('waiting', 'active', 'delayed', 'failed', 'prioritized').catch(() => ({}));
       sys.journal.note(`draining: ${left.length} event(s) not processed, ${unsettled.length} poison not settled; queue ${JSON.stringify(counts)}`);
     }
     if (stuckSince !== undefined && Date.now() - stuckSince > STUCK_MS) {
@@ -147,7 +146,7 @@ async function drain(sys: ChaosSystem, write: pg.Pool, read: pg.Pool, queue: Que
       return false;
     }
     if (Date.now() > deadline) {
-      const counts = await queue.getJobCounts().catch(() => ({}));
+      const counts = await queues.counts().catch(() => ({}));
       sys.journal.violation('drain', `not drained ${DRAIN_MS} ms after healing: ${left.length} event(s) unprocessed (${left.slice(0, 20).join(',')}), poison not settled: ${unsettled.join(',') || 'none'}`, `queue counts: ${JSON.stringify(counts)}`);
       return false;
     }
@@ -180,11 +179,11 @@ async function allHopeless(left: string[], s: Snapshot, write: pg.Pool, read: pg
 }
 
 /** (1) none lost, (2) none applied twice, (5) failed/parked = exactly the poison. */
-async function checkEvents(sys: ChaosSystem, writeDb: Db, readDb: Db, read: pg.Pool, queue: Queue, jobOf: JobOf): Promise<void> {
+async function checkEvents(sys: ChaosSystem, writeDb: Db, readDb: Db, read: pg.Pool, queues: EventQueues, jobOf: JobOf): Promise<void> {
   const poison = new Map(sys.model.poison.map((p) => [String(p.eventId), p.kind]));
   const ids = await compareEventIds(writeDb, readDb);
   const write = sys.pool('write');
-  const s = await snapshot(write, read, queue);
+  const s = await snapshot(write, read, queues);
 
   const lost = ids.unprocessed.map(String).filter((id) => !poison.has(id));
   if (lost.length > 0) {

@@ -88,6 +88,8 @@ export class Infra {
 export class ChaosSystem {
   readonly journal: Journal;
   readonly faults: FaultBook;
+  /** QUEUE_PARTITIONS of the run's processes: the end checks look at every partition's queue. */
+  partitions = 1;
   supervisor!: Supervisor;
   model!: Model;
   private pools: pg.Pool[] = [];
@@ -125,6 +127,7 @@ export class ChaosSystem {
   }
 
   private async setUp(opts: SystemOptions): Promise<void> {
+    this.partitions = Number(opts.env.QUEUE_PARTITIONS ?? 1);
     // A previous run may have ended with PostgreSQL or Redis down (an interrupted fault).
     await this.infra.pg.start();
     await this.infra.redis.start();
