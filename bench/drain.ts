@@ -24,6 +24,8 @@ export interface DrainRun {
   steady: number;
   /** Cores used per process group while the workers drained. */
   cores?: [string, number][];
+  /** Cores used per process group while the relay published the backlog. */
+  publishCores?: [string, number][];
   seconds: number;
 }
 
@@ -55,8 +57,12 @@ export async function drainOnce(tag: string, backlog: number, workers: number, e
     await writeBacklog(env, backlog);
     const tRelay = performance.now();
     const relay = startProc('workers/relay/main.js', env.env);
+    const beforePublish = await cpuSnapshot(env, { relay });
     while ((await count(env, 'SELECT count(*)::text AS n FROM outbox WHERE published_at IS NULL')) > 0) await sleep(50);
-    const published = backlog / ((performance.now() - tRelay) / 1000);
+    const publishSeconds = (performance.now() - tRelay) / 1000;
+    const published = backlog / publishSeconds;
+    const afterPublish = await cpuSnapshot(env, { relay });
+    const publishCores = beforePublish && afterPublish ? cpuCores(beforePublish, afterPublish, publishSeconds) : undefined;
     const t0 = performance.now();
     const procs: Record<string, ChildProcess> = { relay };
     for (let i = 0; i < workers; i++) procs[workers === 1 ? 'worker' : `worker ${i + 1}`] = startProc('workers/projector/main.js', env.env);
@@ -73,7 +79,7 @@ export async function drainOnce(tag: string, backlog: number, workers: number, e
     const after = await cpuSnapshot(env, procs);
     await Promise.all(Object.values(procs).map(stopProc));
     const seconds = (t1 - t0) / 1000;
-    return { published, applied: backlog / seconds, steady: backlog / ((t1 - tFirst!) / 1000), cores: before && after ? cpuCores(before, after, seconds) : undefined, seconds };
+    return { published, applied: backlog / seconds, steady: backlog / ((t1 - tFirst!) / 1000), cores: before && after ? cpuCores(before, after, seconds) : undefined, publishCores, seconds };
   } finally {
     await env.drop();
   }
