@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import http from 'node:http';
 import path from 'node:path';
 import process from 'node:process';
 import { pathToFileURL } from 'node:url';
@@ -7,7 +6,7 @@ import { rebuild, type RebuildResult } from '../db/rebuild.js';
 import { freePort } from '../scripts/local-services.js';
 import { projectRoot } from '../lib/paths.js';
 import { seedOrders } from './readside.js';
-import { benchEnv, percentile, postJson, randomOrder, seedProducts, sleep, startProc, stopProc, waitForHttp, type BenchEnv } from './lib.js';
+import { benchEnv, measureFreshness, seedProducts, startProc, stopProc, waitForHttp, type BenchEnv, type Freshness } from './lib.js';
 
 /**
  * The blue/green rebuild measured (docs/rebuild.md):
@@ -42,14 +41,6 @@ export interface RebuildLiveOptions {
   say?: (line: string) => void;
 }
 
-export interface Freshness {
-  offered: number;
-  answered: number;
-  p50: number;
-  p99: number;
-  samples: number;
-}
-
 export interface RebuildLiveResult {
   orders: number;
   cold: RebuildResult & { secondsPerMillionOrders: number };
@@ -57,48 +48,6 @@ export interface RebuildLiveResult {
   rssMiB: number;
   baseline: Freshness;
   duringRebuild: (Freshness & { parallel: number | undefined; rebuilds: number; swapMs: number[] })[];
-}
-
-/** Freshness of orders offered at `rate`/s for `seconds` (the method of bench/run.ts's freshness section). */
-export async function measureFreshness(env: BenchEnv, base: string, products: number[], rate: number, seconds: number): Promise<Freshness> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
-  const latencies: number[] = [];
-  const pending = new Map<string, number>();
-  let sending = true;
-  const checker = (async () => {
-    while (sending || pending.size > 0) {
-      if (pending.size > 0) {
-        const { rows } = await env.read.query<{ event_id: string }>('SELECT event_id FROM processed_events WHERE event_id = ANY ($1::text[])', [[...pending.keys()]]);
-        const now = performance.now();
-        for (const r of rows) {
-          latencies.push(now - pending.get(r.event_id)!);
-          pending.delete(r.event_id);
-        }
-      }
-      await sleep(2);
-    }
-  })();
-  const requests: Promise<void>[] = [];
-  const interval = 1000 / rate;
-  const start = performance.now();
-  let sent = 0;
-  while (performance.now() - start < seconds * 1000) {
-    const wait = start + sent * interval - performance.now();
-    if (wait > 0) await sleep(wait);
-    sent++;
-    requests.push(
-      postJson(agent, `${base}/orders`, JSON.stringify(randomOrder(products))).then(({ at, token }) => {
-        if (token) pending.set(token, at);
-      }),
-    );
-  }
-  await Promise.all(requests);
-  const answered = sent / ((performance.now() - start) / 1000);
-  sending = false;
-  await checker;
-  agent.destroy();
-  latencies.sort((a, b) => a - b);
-  return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length };
 }
 
 /** `npm run rebuild` in a child process; resolves with its output. */
