@@ -22,11 +22,10 @@ import type { Projection } from '../workers/projector/projection.js';
  */
 
 /**
- * One row of read_db's `rebuild_state`, written by the blue/green rebuild
- * (built apart; this module reads the table when it exists and reports
- * "idle" otherwise). Columns it does not have read as null. `projection`
- * null (or no such column): the row is about the whole read model.
- * A rebuild is running while `state` is neither idle, done nor failed.
+ * A projection's rebuild, from read_db's `rebuild_state` (written by the
+ * blue/green rebuild, db/rebuild.ts; see rebuildStates). `projection` is
+ * null only in IDLE. A rebuild is running while `state` is none of idle,
+ * done, failed, crashed.
  */
 export interface RebuildState {
   projection: string | null;
@@ -83,19 +82,19 @@ export async function rebuildStates(read: CommonQueryMethods): Promise<RebuildSt
 
 /**
  * Sessions of `npm run rebuild` (db/rebuild.ts, application_name "rebuild")
- * on this read_db, whoever started it: the one-transaction rebuild writes no
- * rebuild_state, and this is how it is seen running.
+ * on this read_db, whoever started it: a rebuild is seen running from its
+ * first connection, before it has written rebuild_state.
  */
 export function rebuildSessions(read: CommonQueryMethods): Promise<number> {
   return read.oneFirst(sql.type(z.object({ n: z.number() }))`
     SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'rebuild'`);
 }
 
-/** A projection's rebuild: its own row, else the read model's, else running when a rebuild session is open, else idle. */
+/** A projection's rebuild: its row, else running when a rebuild session is open (not yet written), else idle. */
 export function rebuildOf(states: readonly RebuildState[], table: string, sessions = 0): RebuildState {
-  const own = states.find((s) => s.projection === table) ?? states.find((s) => s.projection === null);
+  const own = states.find((s) => s.projection === table);
   if (own) return own;
-  return sessions > 0 ? { ...IDLE, state: 'running', phase: 'npm run rebuild (one transaction; no progress in read_db)' } : IDLE;
+  return sessions > 0 ? { ...IDLE, state: 'running', phase: 'starting (npm run rebuild connected; no progress written yet)' } : IDLE;
 }
 
 export const projectionStatus = z.object({
