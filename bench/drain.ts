@@ -31,12 +31,16 @@ export interface DrainRun {
 
 const PRODUCTS = 1000;
 
-/** A backlog of `events` order.created events written straight through place_order (500 a transaction). */
-export async function writeBacklog(env: BenchEnv, events: number): Promise<void> {
+/**
+ * A backlog of `events` order.created events written straight through place_order (500 a transaction).
+ * `traced`: each outbox row carries a sampled traceparent of its own, as if a traced request had written it.
+ */
+export async function writeBacklog(env: BenchEnv, events: number, traced = false): Promise<void> {
   await seedProducts(env.write, PRODUCTS);
+  const traceparent = traced ? `set_config('op.traceparent', '00-' || md5(g::text) || '-' || substr(md5(g::text || 's'), 1, 16) || '-01', true),` : '';
   for (let from = 1; from <= events; from += 500) {
     await env.write.query(
-      `SELECT place_order(1 + (g % 5000), ARRAY[1 + (g % ${PRODUCTS}), 1 + ((g * 7) % ${PRODUCTS})], ARRAY[1 + (g % 3), 1], NULL, NULL)
+      `SELECT ${traceparent} place_order(1 + (g % 5000), ARRAY[1 + (g % ${PRODUCTS}), 1 + ((g * 7) % ${PRODUCTS})], ARRAY[1 + (g % 3), 1], NULL, NULL)
          FROM generate_series($1::int, $2::int) g`,
       [from, Math.min(events, from + 499)],
     );
@@ -48,13 +52,16 @@ async function count(env: BenchEnv, sql: string): Promise<number> {
   return Number(rows[0]!.n);
 }
 
-/** One standing backlog: published by one relay, then applied by `workers` worker processes (each with `extraEnv`). */
-export async function drainOnce(tag: string, backlog: number, workers: number, extraEnv: Record<string, string> = {}, prepare?: (env: BenchEnv) => Promise<void>): Promise<DrainRun & { env?: undefined }> {
+/**
+ * One standing backlog: published by one relay, then applied by `workers` worker processes. `opts.env` goes to
+ * every process, `opts.prepare` runs before the backlog is written, `opts.traced` gives every event a traceparent.
+ */
+export async function drainOnce(tag: string, backlog: number, workers: number, opts: { env?: Record<string, string>; prepare?: (env: BenchEnv) => Promise<void>; traced?: boolean } = {}): Promise<DrainRun & { env?: undefined }> {
   const env = await benchEnv(tag);
-  Object.assign(env.env, extraEnv);
+  Object.assign(env.env, opts.env);
   try {
-    await prepare?.(env);
-    await writeBacklog(env, backlog);
+    await opts.prepare?.(env);
+    await writeBacklog(env, backlog, opts.traced);
     const tRelay = performance.now();
     const relay = startProc('workers/relay/main.js', env.env);
     const beforePublish = await cpuSnapshot(env, { relay });
@@ -163,10 +170,10 @@ export async function clusterDrain(backlog: number, partitions: number, workers:
     const commands = async () => Promise.all(nodes.map(async (n) => Number(/^total_commands_processed:(\d+)/m.exec(await n.info('stats'))?.[1] ?? 0)));
     let c0: number[] = [];
     let prefix = '';
-    const run = await drainOnce(`cluster${partitions}`, backlog, workers, { REDIS_CLUSTER_NODES: cluster.nodes, QUEUE_PARTITIONS: String(partitions), REDIS_URL: `redis://127.0.0.1:${cluster.ports[0]}` }, async (env) => {
+    const run = await drainOnce(`cluster${partitions}`, backlog, workers, { env: { REDIS_CLUSTER_NODES: cluster.nodes, QUEUE_PARTITIONS: String(partitions), REDIS_URL: `redis://127.0.0.1:${cluster.ports[0]}` }, prepare: async (env) => {
       prefix = getConfig(env.env).QUEUE_PREFIX;
       c0 = await commands();
-    });
+    } });
     const c1 = await commands();
     const names = queueNames({ QUEUE_NAME: 'order-events', QUEUE_PARTITIONS: partitions });
     const masters = await Promise.all(

@@ -9,7 +9,8 @@ import { commandLine, fail, numberOption } from '../lib/cli.js';
 import { rebuild } from '../db/rebuild.js';
 import { seedOrders, ON_THE_FLY, timeIt } from './readside.js';
 import { freePort } from '../scripts/local-services.js';
-import { applyReference, bullmqNoop, clusterDrain, drainOnce } from './drain.js';
+import { applyReference, bullmqNoop, clusterDrain, drainOnce, type DrainRun } from './drain.js';
+import { otlpSink, tracingModes } from './tracing.js';
 import { rebuildLive } from './rebuild-live.js';
 import {
   benchEnv,
@@ -34,12 +35,12 @@ goes to bench/results/ (kept out of git). Each section measures the machine's
 own limit in the same run (pgbench on the same transaction, BullMQ alone),
 because ratios are what survive a noisy machine. See docs/performance.md.
 
-  --only SECTIONS   comma-separated, of intake,freshness,drain,cluster,readside,rebuild,profile (all)
+  --only SECTIONS   comma-separated, of intake,freshness,drain,cluster,tracing,readside,rebuild,profile (all)
   --seconds N       length of each timed load (15)
   --backlog N       events in the drain section's standing backlog (100000)
   --orders N        orders in the read-side section's history (1000000)`;
 
-const SECTIONS = ['intake', 'freshness', 'drain', 'cluster', 'readside', 'rebuild', 'profile'];
+const SECTIONS = ['intake', 'freshness', 'drain', 'cluster', 'tracing', 'readside', 'rebuild', 'profile'];
 const { values } = commandLine('bench', USAGE, { only: { type: 'string' }, seconds: { type: 'string' }, backlog: { type: 'string' }, orders: { type: 'string' } });
 const only = new Set((values.only ?? SECTIONS.join(',')).split(','));
 const unknownSection = [...only].find((x) => !SECTIONS.includes(x));
@@ -53,10 +54,10 @@ type Row = { section: string; measure: string; value: string; reference?: string
 const rows: Row[] = [];
 const results: Record<string, unknown> = {};
 
-async function withWeb<T>(env: BenchEnv, preferredPort: number, fn: (base: string, web: ChildProcess) => Promise<T>): Promise<T> {
+async function withWeb<T>(env: BenchEnv, preferredPort: number, fn: (base: string, web: ChildProcess) => Promise<T>, extraEnv: Record<string, string> = {}): Promise<T> {
   // A free port: a web left over from an interrupted run must not answer in this one's place.
   const port = await freePort(preferredPort);
-  const web = startProc('api/main.js', { ...env.env, PORT: String(port), LOG_LEVEL: 'warn' });
+  const web = startProc('api/main.js', { ...env.env, ...extraEnv, PORT: String(port), LOG_LEVEL: 'warn' });
   try {
     await waitForHttp(`http://127.0.0.1:${port}/healthz`);
     if (web.exitCode !== null) throw new Error(`web exited with code ${web.exitCode} before the run`);
@@ -80,24 +81,34 @@ function cpuRow(section: string, cores: [string, number][]): Row {
   return { section, measure: `  CPU, cores: ${cores.map(([name, c]) => `${name} ${c.toFixed(2)}`).join(' · ')}`, value: `${total.toFixed(2)} of ${os.cpus().length} cores` };
 }
 
-async function intake(): Promise<void> {
-  const env = await benchEnv('intake');
-  try {
-    const products = await seedProducts(env.write, PRODUCTS);
-    const { result: http, cores } = await withWeb(env, 3901, (base, web) =>
+/** POST /orders from 32 connections for `seconds` against one web process (with `extraEnv`): orders/s, latency, cores. */
+async function postOrders(env: BenchEnv, products: number[], seconds: number, extraEnv: Record<string, string> = {}) {
+  const { result: http, cores } = await withWeb(
+    env,
+    3901,
+    (base, web) =>
       withCpu(env, { web }, () =>
         autocannon({
           url: `${base}/orders`,
           connections: 32,
-          duration: SECONDS,
+          duration: seconds,
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify(randomOrder(products)) }) }],
         }),
       ),
-    );
-    const ok = http['2xx'];
-    const ordersPerSec = ok / SECONDS;
+    extraEnv,
+  );
+  const ordersPerSec = http['2xx'] / seconds;
+  const webCores = cores?.find(([name]) => name === 'web')?.[1];
+  return { http, cores, ordersPerSec, webMicrosPerOrder: webCores === undefined ? undefined : (webCores * 1e6) / ordersPerSec };
+}
+
+async function intake(): Promise<void> {
+  const env = await benchEnv('intake');
+  try {
+    const products = await seedProducts(env.write, PRODUCTS);
+    const { http, cores, ordersPerSec } = await postOrders(env, products, SECONDS);
     const pgb = pgbenchPlaceOrder(env.writeUrl, PRODUCTS, SECONDS, 32);
     // pgbench's best client count on this machine is near the core count; and what sharing one
     // transaction among 8 orders (group commit) would give on top of that.
@@ -182,6 +193,63 @@ async function drain(): Promise<void> {
   if (two.cores) rows.push(cpuRow('drain', two.cores));
   rows.push({ section: 'drain', measure: `relay: the same backlog into BullMQ (1 relay process, incl. start-up)`, value: `${one.published.toFixed(0)} / ${two.published.toFixed(0)} events/s`, reference: `BullMQ no-op, 1 event/job: ${noopSingle.jobsPerSec.toFixed(0)} jobs/s` });
   if (one.publishCores) rows.push(cpuRow('drain', one.publishCores));
+}
+
+/**
+ * Tracing on (every trace sampled, spans exported to a local OTLP sink)
+ * against off: POST /orders (and with 1 trace in 10 sampled), and a drain of
+ * a backlog whose every event carries a sampled traceparent. Runs are
+ * interleaved so that a drift of the machine weighs on every mode alike.
+ */
+async function tracingSection(): Promise<void> {
+  const sink = await otlpSink();
+  const abba = [...tracingModes(sink.endpoint), ...tracingModes(sink.endpoint).reverse()];
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const byMode = <T,>(runs: [string, T][], label: string) => runs.filter(([l]) => l === label).map(([, r]) => r);
+  try {
+    const env = await benchEnv('tracing');
+    const intakeRuns: [string, Awaited<ReturnType<typeof postOrders>>][] = [];
+    try {
+      const products = await seedProducts(env.write, PRODUCTS);
+      const seconds = Math.min(SECONDS, 10);
+      // Each mode in each position once (a Latin square), so that drift weighs on all alike.
+      const modes = tracingModes(sink.endpoint, true);
+      for (let round = 0; round < modes.length; round++) {
+        for (let k = 0; k < modes.length; k++) {
+          const [label, extra] = modes[(round + k) % modes.length]!;
+          intakeRuns.push([label, await postOrders(env, products, seconds, extra)]);
+        }
+      }
+    } finally {
+      await env.drop();
+    }
+    const backlog = Math.min(BACKLOG, 50_000);
+    const drainRuns: [string, DrainRun][] = [];
+    for (const [label, extra] of abba) drainRuns.push([label, await drainOnce(`tracing_${label}`, backlog, 1, { env: extra, traced: true })]);
+    const intakeOf = (label: string) => byMode(intakeRuns, label);
+    const drainOf = (label: string) => byMode(drainRuns, label);
+    const micros = (label: string) => intakeOf(label).map((r) => r.webMicrosPerOrder?.toFixed(0) ?? '?').join(', ');
+    const rate = (label: string) => mean(intakeOf(label).map((r) => r.ordersPerSec));
+    const list = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
+    results.tracing = { sink: sink.received(), intake: intakeRuns.map(([mode, r]) => ({ mode, ordersPerSec: r.ordersPerSec, webMicrosPerOrder: r.webMicrosPerOrder })), drain: { backlog, runs: drainRuns.map(([mode, r]) => ({ mode, ...r })) } };
+    rows.push({ section: 'tracing', measure: 'POST /orders, tracing on (each run)', value: `${list(intakeOf('on').map((r) => r.ordersPerSec))} orders/s`, reference: `off: ${list(intakeOf('off').map((r) => r.ordersPerSec))} orders/s`, ratio: (rate('on') / rate('off')).toFixed(2) });
+    rows.push({ section: 'tracing', measure: '  web CPU per order', value: `${micros('on')} µs`, reference: `off: ${micros('off')} µs` });
+    const tenth = 'on, 1 in 10 sampled';
+    rows.push({ section: 'tracing', measure: 'POST /orders, 1 trace in 10 sampled', value: `${list(intakeOf(tenth).map((r) => r.ordersPerSec))} orders/s`, reference: `web CPU per order ${micros(tenth)} µs`, ratio: (rate(tenth) / rate('off')).toFixed(2) });
+    const drained = (label: string, k: 'applied' | 'steady' | 'published') => drainOf(label).map((r) => r[k]);
+    for (const [k, what] of [['applied', `drain ${backlog} traced events, 1 worker (incl. start-up)`], ['steady', '  same, from the first event applied'], ['published', `  relay: the same backlog into BullMQ`]] as const) {
+      rows.push({ section: 'tracing', measure: `${what}, on`, value: `${list(drained('on', k))} events/s`, reference: `off: ${list(drained('off', k))} events/s`, ratio: (mean(drained('on', k)) / mean(drained('off', k))).toFixed(2) });
+    }
+    const perEvent = (label: string, proc: string, k: 'cores' | 'publishCores') =>
+      drainOf(label).map((r) => ((r[k]?.find(([name]) => name === proc)?.[1] ?? NaN) * 1e6) / (k === 'cores' ? backlog / r.seconds : r.published));
+    const work = (k: 'cores' | 'publishCores', proc: string) => (label: string) => perEvent(label, proc, k).map((x) => x.toFixed(1)).join(', ');
+    for (const [k, proc] of [['cores', 'worker'], ['publishCores', 'relay']] as const) {
+      rows.push({ section: 'tracing', measure: `  ${proc} CPU per event, on`, value: `${work(k, proc)('on')} µs`, reference: `off: ${work(k, proc)('off')} µs` });
+    }
+    rows.push({ section: 'tracing', measure: '  spans exported to the local OTLP sink', value: `${(sink.received().bytes / 2 ** 20).toFixed(1)} MiB`, reference: `${sink.received().requests} export requests` });
+  } finally {
+    await sink.close();
+  }
 }
 
 /** The drain on a private 3-master Redis Cluster: one queue (one master does the work) against three partitions. */
@@ -287,6 +355,7 @@ async function main(): Promise<void> {
   if (only.has('freshness')) await freshnessSection();
   if (only.has('drain')) await drain();
   if (only.has('cluster')) await clusterSection();
+  if (only.has('tracing')) await tracingSection();
   if (only.has('readside')) await readside();
   if (only.has('rebuild')) {
     // Blue/green rebuild of ORDERS orders while orders flow: its speed, its pause, freshness beside it.

@@ -2,7 +2,7 @@ import { Batcher } from '../lib/batcher.js';
 import { z } from 'zod';
 import { orderDocument, type Order } from '../lib/contract.js';
 import { pgCode, sql, type Db } from './pool.js';
-import { currentTraceparent, inBatchSpan, inSpan, traced } from '../lib/tracing.js';
+import { annotate, currentTraceparent, inBatchSpan, traced } from '../lib/tracing.js';
 
 export type { Order, OrderItem } from '../lib/contract.js';
 
@@ -84,13 +84,13 @@ export class OrderIntake {
   }
 
   async place(order: NewOrder): Promise<OrderChange> {
-    // Tracing: this order's span within its group commit; its outbox row carries this span's traceparent.
-    return inSpan('order.place', async (span) => {
-      const outcome = await this.batcher.submit(traced(span ? { ...order, traceparent: currentTraceparent() } : order));
-      if ('error' in outcome) throw outcome.error;
-      span?.setAttributes({ 'order.id': outcome.change.order.id, 'outbox.event_id': outcome.change.event_id });
-      return outcome.change;
-    });
+    // Tracing: the active span (the request's) is this order's: its outbox row carries that span's traceparent,
+    // and the group commit's span links to it (no-ops when off).
+    const traceparent = currentTraceparent();
+    const outcome = await this.batcher.submit(traced(traceparent ? { ...order, traceparent } : order));
+    if ('error' in outcome) throw outcome.error;
+    annotate({ 'order.id': outcome.change.order.id, 'outbox.event_id': outcome.change.event_id });
+    return outcome.change;
   }
 
   /** Resolves when every order handed in so far has been placed or refused (call before ending the pool). */

@@ -16,13 +16,14 @@ import type { Logger } from './logger.js';
  * kind, and the pg instrumentation and BullMQ's Queue telemetry are on.
  *
  * The shape of one order's trace (docs/operations.md, Tracing):
- *   web     POST /orders ─▶ order.place (its traceparent goes into its outbox row)
- *   relay   publish order-events (one per event, child of order.place)
- *   worker  process order-events (one per job, child of publish: traceJobs)
+ *   web     POST /orders (its traceparent goes into its outbox row) ─▶ place_orders
+ *   relay   publish order-events (one per batch; child of its first order's request)
+ *   worker  process order-events (one per job: traceJobs) ─▶ projector.batch
  * Work done for many items at once — a place_orders transaction, a relay
  * batch, a projector batch — is one batch span whose parent is its first
- * item's context and which links to every item; each item's span links
- * back to it. A batch of one is a plain parent/child chain.
+ * item's context and which links to the items (up to MAX_LINKS); an item
+ * with a span of its own links back to it. A batch of one is a plain
+ * parent/child chain.
  */
 
 type Api = typeof import('@opentelemetry/api');
@@ -181,51 +182,81 @@ function failed(o: On, span: Span, err: unknown): void {
   span.setStatus({ code: o.api.SpanStatusCode.ERROR, message: (err as Error)?.message });
 }
 
-/** Each batched item's span (the one active when it was handed in), or the remote context its traceparent names (see traced). */
-const itemSpans = new WeakMap<object, Span | Context>();
+/**
+ * Links a batch span makes to its items, at most: the SDK's default span
+ * limit (OTEL_SPAN_LINK_COUNT_LIMIT, 128), past which it drops them anyway;
+ * items past it are not looked at, so a batch of 1,000 costs what one of 128 does.
+ */
+const MAX_LINKS = 128;
+
+/** Each batched item's span (the one active when it was handed in), or the traceparent it carries (see traced). */
+const itemSpans = new WeakMap<object, Span | string>();
 
 /**
  * Remember, for `item` about to join a batch, the active span — or, given a
- * traceparent (an event carried in a job with others), that context: the
+ * traceparent (an event carried in a job with others), that traceparent: the
  * batch links to it, without a link back. No-op when off.
  */
 export function traced<T extends object>(item: T, traceparent?: string): T {
   if (on) {
-    const from = traceparent === undefined ? on.api.trace.getActiveSpan() : contextOf(on, traceparent);
+    const from = traceparent ?? on.api.trace.getActiveSpan();
     if (from) itemSpans.set(item, from);
   }
   return item;
 }
 
+/** The context of a sampled traceparent, or undefined (none, malformed, or not sampled: an unsampled trace records nothing downstream). */
+function sampledContext(o: On, traceparent: string | null | undefined): Context | undefined {
+  const ctx = contextOf(o, traceparent);
+  return ctx && o.api.trace.getSpanContext(ctx)!.traceFlags & o.api.TraceFlags.SAMPLED ? ctx : undefined;
+}
+
 /**
  * Run one batch's work inside a batch span: its parent is the first item's
- * span, it links to every item's span, and every item's span links back to
- * it. `items` are what traced() was given.
+ * span, it links to the items' spans (the first MAX_LINKS), and every item's
+ * own span links back to it. `items` are what traced() was given.
  */
 export function inBatchSpan<T>(name: string, items: readonly object[], fn: () => Promise<T>, attributes: Record<string, string | number> = {}): Promise<T> {
   if (!on) return fn();
   const o = on;
-  const contexts = items.flatMap((item): { ctx: Context; span: Span | undefined }[] => {
+  const contexts: Context[] = [];
+  const spans: Span[] = [];
+  for (const item of items) {
     const from = itemSpans.get(item);
-    if (!from) return [];
-    return 'spanContext' in from ? [{ ctx: o.api.trace.setSpan(o.api.ROOT_CONTEXT, from), span: from }] : [{ ctx: from, span: undefined }];
-  });
+    if (from === undefined) continue;
+    if (typeof from !== 'string') {
+      spans.push(from);
+      if (contexts.length < MAX_LINKS) contexts.push(o.api.trace.setSpan(o.api.ROOT_CONTEXT, from));
+    } else if (contexts.length < MAX_LINKS) {
+      const ctx = sampledContext(o, from);
+      if (ctx) contexts.push(ctx);
+    }
+  }
   return inSpan(
     name,
     async (span) => {
       span?.setAttributes({ 'batch.size': items.length, ...attributes });
-      if (span) for (const c of contexts) c.span?.addLink({ context: span.spanContext() });
+      if (span) for (const s of spans) s.addLink({ context: span.spanContext() });
       return fn();
     },
-    { parent: contexts[0]?.ctx ?? o.api.ROOT_CONTEXT, links: contexts.map((c) => ({ context: o.api.trace.getSpanContext(c.ctx)! })) },
+    { parent: contexts[0] ?? o.api.ROOT_CONTEXT, links: contexts.map((ctx) => ({ context: o.api.trace.getSpanContext(ctx)! })) },
   );
 }
 
+/** Attributes for the active span (tracing on, a span active). */
+export function annotate(attributes: Record<string, string | number>): void {
+  on?.api.trace.getActiveSpan()?.setAttributes(attributes);
+}
+
 /**
- * The relay's spans for one batch of outbox rows: a batch span (parent: the
- * first row's traceparent; links to every row's) and, for each row, a
- * PRODUCER span that continues the row's own trace and links to the batch.
- * `traceparent(i)` is what row i's job carries; `run` wraps the enqueueing.
+ * The relay's span for one claim's rows going to one queue: `publish <queue>`
+ * (PRODUCER, one per batch as OpenTelemetry's messaging conventions have it
+ * for batches). Each event's creation context is its outbox row's
+ * traceparent (the request that wrote it); the span's parent is the first
+ * sampled one and it links to the sampled ones (the first MAX_LINKS).
+ * `traceparent(i)` is what row i's job carries: the publish span for the row
+ * whose trace holds it, the row's own traceparent for the others; `run`
+ * wraps the enqueueing.
  */
 export interface PublishSpans {
   traceparent(i: number): string | undefined;
@@ -237,40 +268,37 @@ const NO_PUBLISH: PublishSpans = { traceparent: () => undefined, run: (fn) => fn
 export function startPublish(queueName: string, rows: readonly { id: number | string; traceparent?: string | null }[]): PublishSpans {
   if (!on || rows.length === 0) return NO_PUBLISH;
   const o = on;
-  const parents = rows.map((r) => contextOf(o, r.traceparent));
-  // Spans only for events whose trace is sampled; an unsampled traceparent is passed on as it is (the
-  // worker's spans follow it, unrecorded), an event written outside any trace gets none (cost: docs/operations.md).
-  const sampled = parents.map((ctx) => (ctx && o.api.trace.getSpanContext(ctx)!.traceFlags & o.api.TraceFlags.SAMPLED ? ctx : undefined));
-  const linked = sampled.flatMap((ctx) => (ctx ? [{ context: o.api.trace.getSpanContext(ctx)! }] : []));
-  const batch = o.tracer.startSpan('relay.batch', { links: linked, attributes: { 'batch.size': rows.length } }, sampled.find((p) => p !== undefined) ?? o.api.ROOT_CONTEXT);
-  const batchCtx = o.api.trace.setSpan(o.api.ROOT_CONTEXT, batch);
-  const publish = sampled.map((ctx, i) =>
-    ctx
-      ? o.tracer.startSpan(
-          `publish ${queueName}`,
-          { kind: o.api.SpanKind.PRODUCER, links: [{ context: batch.spanContext() }], attributes: { 'messaging.system': 'bullmq', 'messaging.destination.name': queueName, 'messaging.message.id': String(rows[i]!.id) } },
-          ctx,
-        )
-      : undefined,
+  let first = -1;
+  const links: Link[] = [];
+  for (let i = 0; i < rows.length && links.length < MAX_LINKS; i++) {
+    const ctx = sampledContext(o, rows[i]!.traceparent);
+    if (!ctx) continue;
+    if (first < 0) first = i;
+    links.push({ context: o.api.trace.getSpanContext(ctx)! });
+  }
+  if (first < 0) return { traceparent: (i) => rows[i]!.traceparent ?? undefined, run: (fn) => fn() }; // no sampled trace: no span
+  const span = o.tracer.startSpan(
+    `publish ${queueName}`,
+    {
+      kind: o.api.SpanKind.PRODUCER,
+      links,
+      attributes: { 'messaging.system': 'bullmq', 'messaging.operation.type': 'send', 'messaging.destination.name': queueName, 'messaging.batch.message_count': rows.length, ...(rows.length === 1 ? { 'messaging.message.id': String(rows[0]!.id) } : {}) },
+    },
+    o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, links[0]!.context),
   );
-  const traceparents = publish.map((s, i) => {
-    if (!s) return parents[i] ? (rows[i]!.traceparent ?? undefined) : undefined;
-    const carrier: { traceparent?: string } = {};
-    o.api.propagation.inject(o.api.trace.setSpan(o.api.ROOT_CONTEXT, s), carrier);
-    return carrier.traceparent;
-  });
-  const spans = publish.filter((s) => s !== undefined);
+  const spanCtx = o.api.trace.setSpan(o.api.ROOT_CONTEXT, span);
+  const carrier: { traceparent?: string } = {};
+  o.api.propagation.inject(spanCtx, carrier);
   return {
-    traceparent: (i) => traceparents[i],
+    traceparent: (i) => (i === first ? carrier.traceparent : (rows[i]!.traceparent ?? undefined)),
     run: async (fn) => {
       try {
-        return await o.api.context.with(batchCtx, fn);
+        return await o.api.context.with(spanCtx, fn);
       } catch (err) {
-        for (const s of [batch, ...spans]) failed(o, s, err);
+        failed(o, span, err);
         throw err;
       } finally {
-        for (const s of spans) s.end();
-        batch.end();
+        span.end();
       }
     },
   };
