@@ -100,7 +100,7 @@ const schema = z.object({
   PRUNE_KEEP_MS: int(0, 31536000000).default(604800000),
   WORKER_CONCURRENCY: int(1, 5000).default(500),
   PROJECTOR_BATCH_SIZE: int(1, 10000).default(1000),
-  PROJECTOR_BATCH_WAIT_MS: int(0, 10000).default(1),
+  PROJECTOR_BATCH_WAIT_MS: int(0, 10000).default(0),
   /** Batches one worker process applies at once: while one commits, the next is already running (hot rows are locked last, see workers/projector/apply.ts). */
   PROJECTOR_BATCHES_IN_FLIGHT: int(1, 16).default(2),
   JOB_ATTEMPTS: int(1, 1000).default(8),
