@@ -126,7 +126,8 @@ export async function bullmqNoop(events: number, perJob: number, concurrency: nu
     let done = 0;
     const finished = Promise.withResolvers<void>();
     const t0 = performance.now();
-    const worker = new Worker('noop', async () => undefined, { connection: new Redis(env.env.REDIS_URL!, { maxRetriesPerRequest: null }), prefix: env.env.QUEUE_PREFIX, concurrency });
+    const workerRedis = new Redis(env.env.REDIS_URL!, { maxRetriesPerRequest: null });
+    const worker = new Worker('noop', async () => undefined, { connection: workerRedis, prefix: env.env.QUEUE_PREFIX, concurrency });
     worker.on('completed', () => {
       if (++done === jobs) finished.resolve();
     });
@@ -134,6 +135,7 @@ export async function bullmqNoop(events: number, perJob: number, concurrency: nu
     const seconds = (performance.now() - t0) / 1000;
     await worker.close();
     await queue.close();
+    workerRedis.disconnect(); // BullMQ leaves a connection it was given open (and this process running)
     return { jobsPerSec: jobs / seconds, eventsPerSec: (jobs * perJob) / seconds };
   } finally {
     redis.disconnect();

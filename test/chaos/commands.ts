@@ -186,17 +186,21 @@ class Sigterm implements Cmd {
 }
 
 class StopPostgres implements Cmd {
-  constructor(readonly ms: number) {}
+  /** `immediate` is a crash: commits made without waiting for the disk (the relay's, the projector's) may be undone. */
+  constructor(
+    readonly ms: number,
+    readonly mode: 'fast' | 'immediate',
+  ) {}
   check(m: Readonly<Model>): boolean {
     return !m.faults.pgDown;
   }
   async run(_m: Model, sys: ChaosSystem): Promise<void> {
     step(sys, this, false);
-    sys.journal.count('fault:postgres stop');
-    await sys.faults.stopPostgres(this.ms);
+    sys.journal.count(`fault:postgres stop ${this.mode}`);
+    await sys.faults.stopPostgres(this.ms, this.mode);
   }
   toString(): string {
-    return `StopPostgres(${this.ms})`;
+    return `StopPostgres(${this.ms}, ${this.mode})`;
   }
 }
 
@@ -313,7 +317,7 @@ export const commandArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 10, arbitrary: fc.integer({ min: 200, max: 2500 }).map((ms) => new Wait(ms)) },
   { weight: 6, arbitrary: fc.tuple(role, pick, restartMs).map(([r, p, ms]) => new Kill9(r, p, ms)) },
   { weight: 4, arbitrary: fc.tuple(role, pick, restartMs).map(([r, p, ms]) => new Sigterm(r, p, ms)) },
-  { weight: 3, arbitrary: fc.integer({ min: 1000, max: 5000 }).map((ms) => new StopPostgres(ms)) },
+  { weight: 3, arbitrary: fc.tuple(fc.integer({ min: 1000, max: 5000 }), fc.constantFrom('fast' as const, 'immediate' as const)).map(([ms, mode]) => new StopPostgres(ms, mode)) },
   { weight: 3, arbitrary: fc.integer({ min: 1000, max: 5000 }).map((ms) => new BlockReadDb(ms)) },
   { weight: 3, arbitrary: fc.integer({ min: 1000, max: 3000 }).map((ms) => new StallCommits(ms)) },
   { weight: 2, arbitrary: fc.constant(new TerminateListeners()) },

@@ -70,11 +70,14 @@ export class FaultBook {
 
   // --- PostgreSQL -------------------------------------------------------
 
-  /** pg_ctl stop -m fast: every session is dropped; start again after `ms`. */
-  async stopPostgres(ms: number): Promise<void> {
+  /**
+   * pg_ctl stop -m fast (every session dropped, a checkpoint) or -m immediate
+   * (a crash: recovery at start, commits not yet on disk undone); start again after `ms`.
+   */
+  async stopPostgres(ms: number, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
     this.flags.pgDown = true;
-    this.sys.journal.note(`FAULT PostgreSQL stop (fast) for ${ms} ms`);
-    await this.sys.infra.pg.stop('fast');
+    this.sys.journal.note(`FAULT PostgreSQL stop (${mode}) for ${ms} ms`);
+    await this.sys.infra.pg.stop(mode);
     this.healAfter('PostgreSQL stopped', 'pgDown', ms, () => this.sys.infra.pg.start());
   }
 
