@@ -322,3 +322,37 @@ export async function measureFreshness(env: BenchEnv, base: string, products: nu
   latencies.sort((a, b) => a - b);
   return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length };
 }
+
+/**
+ * CPU per round trip of a bare loopback ping-pong (two sockets in this
+ * process, one byte each way) at `rate` round trips per second: what a
+ * wake-up costs on this machine. Each event crosses about a dozen of them.
+ */
+export async function wakeCost(rate: number, seconds = 3): Promise<number> {
+  const { default: net } = await import('node:net');
+  const server = net.createServer((s) => s.on('data', (d) => s.write(d)));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const client = net.connect((server.address() as { port: number }).port, '127.0.0.1');
+  await new Promise((r) => client.once('connect', r));
+  const n = Math.round(rate * seconds);
+  let got = 0;
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await new Promise<void>((done) => {
+    client.on('data', (d: Buffer) => {
+      got += d.length;
+      if (got >= n) done();
+    });
+    let sent = 0;
+    const tick = () => {
+      const due = Math.min(n, Math.floor(((performance.now() - t0) * rate) / 1000));
+      for (; sent < due; sent++) client.write('x');
+      if (sent < n) setTimeout(tick, 1000 / rate);
+    };
+    tick();
+  });
+  const used = process.cpuUsage(c0);
+  client.destroy();
+  server.close();
+  return (used.user + used.system) / n;
+}

@@ -31,8 +31,6 @@ export async function recordDeadLetter(
   e: { event_id: string; topic: string; payload: unknown; error: string; attempts: number },
 ): Promise<void> {
   await db.transaction(async (tx) => {
-    // Durable before the job is failed in Redis, even from a pool that commits asynchronously (the projector's).
-    await tx.query(sql.typeAlias('void')`SET LOCAL synchronous_commit = on`);
     await tx.query(sql.typeAlias('void')`LOCK TABLE processed_events IN SHARE MODE`);
     await tx.query(sql.typeAlias('void')`
       INSERT INTO dead_letters (event_id, topic, payload, error, attempts, failed_at)

@@ -134,14 +134,6 @@ export interface DbOptions {
    * outbox rows) is cut off by the server, so its locks cannot be held for hours.
    */
   idleInTransactionMs?: number;
-  /**
-   * false: this pool's commits do not wait for their WAL to reach disk
-   * (synchronous_commit = off). Only for writes the pipeline can redo: a
-   * crash of PostgreSQL may undo the last few hundred ms of them, whole
-   * transactions at once, and never one that a later synchronous commit
-   * depends on (docs/pipeline.md, Durability of the pipeline's own writes).
-   */
-  synchronousCommit?: boolean;
   /** How long to wait for a connection, ms. */
   connectionTimeoutMs?: number;
   slowQueryMs?: number;
@@ -176,7 +168,7 @@ export function createDb(url: string, opts: DbOptions): Db {
   let ended = false;
   const get = (): Promise<DatabasePool> => {
     if (ended) return Promise.reject(new Error(`pool ${opts.name} has ended`));
-    pool ??= createPool(sessionUrl(url, opts.name, opts.synchronousCommit === false ? ['-c synchronous_commit=off'] : []), {
+    pool ??= createPool(sessionUrl(url, opts.name), {
       driverFactory: createPgDriverFactory(),
       maxPoolSize: opts.max,
       connectionTimeout: opts.connectionTimeoutMs ?? 5_000,
@@ -225,10 +217,10 @@ export function createDb(url: string, opts: DbOptions): Db {
 }
 
 /** The URL with application_name set and sessions in UTC (timestamps without a zone hold UTC here). */
-function sessionUrl(url: string, name: string, settings: string[] = []): string {
+function sessionUrl(url: string, name: string): string {
   const u = new URL(url);
   if (!u.searchParams.has('application_name')) u.searchParams.set('application_name', name);
-  u.searchParams.set('options', [u.searchParams.get('options') ?? '', '-c TimeZone=UTC', ...settings].join(' ').trim());
+  u.searchParams.set('options', `${u.searchParams.get('options') ?? ''} -c TimeZone=UTC`.trim());
   return u.toString();
 }
 

@@ -52,9 +52,7 @@ class StoppingError extends Error {
  */
 export async function startProjector(config: Config, log: Logger): Promise<ProjectorHandle> {
   const metrics = createProjectorMetrics();
-  // Commits without waiting for the disk: a batch undone by a crash of read_db is undone whole (its
-  // processed_events rows with its deltas) and the reconciler delivers its events again (docs/pipeline.md).
-  const db = createDb(config.READ_DATABASE_URL, { ...processPoolOptions(config, log, metrics.registry), name: 'worker', max: config.WORKER_POOL_SIZE, synchronousCommit: false });
+  const db = createDb(config.READ_DATABASE_URL, { ...processPoolOptions(config, log, metrics.registry), name: 'worker', max: config.WORKER_POOL_SIZE });
   const sleeper = new Sleeper();
 
   const applyWithRetry = async (events: ProjectionEvent[]): Promise<Outcome[]> => {

@@ -20,9 +20,7 @@ export interface RelayHandle extends Handle {
 export async function startRelay(config: Config, log: Logger): Promise<RelayHandle> {
   const registry = new client.Registry();
   const limits = processPoolOptions(config, log, registry);
-  // Commits without waiting for the disk: a claim undone by a crash of write_db leaves its rows unpublished, and
-  // they are enqueued again (a duplicate, which processed_events absorbs). Orders themselves commit durably.
-  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: config.RELAY_POOL_SIZE, synchronousCommit: false });
+  const writeDb = createDb(config.DATABASE_URL, { ...limits, name: 'relay', max: config.RELAY_POOL_SIZE });
   const readDb = createDb(config.READ_DATABASE_URL, { ...limits, name: 'relay-reconciler', max: config.RECONCILER_POOL_SIZE });
   const redis = createRedis(config, 'producer', log, 'relay');
   const queues = createQueues(config, redis);
