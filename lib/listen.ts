@@ -7,7 +7,7 @@ export interface Listener {
 }
 
 /**
- * LISTEN on a wake-up channel (payloads are empty strings, never data), on a
+ * LISTEN on a wake-up channel (payloads are hints at most, never data), on a
  * connection of its own (never a pool's), for as long as the process runs.
  * pg-listen checks the connection every `checkMs` (a dead or half-open socket
  * is noticed) and reconnects forever once connected (its default gives up
@@ -23,7 +23,8 @@ export function listen(opts: {
   channel: string;
   log: Logger;
   checkMs: number;
-  onNotify: () => void;
+  /** The notification's payload (a hint at most: see each channel's writer). */
+  onNotify: (payload: string) => void;
   onConnect?: () => void;
 }): Listener {
   const sleeper = new Sleeper();
@@ -39,7 +40,7 @@ export function listen(opts: {
       opts.log.info({ listener: opts.name }, `listening for ${opts.channel} notifications`);
       opts.onConnect?.();
     });
-    s.notifications.on(opts.channel, () => opts.onNotify());
+    s.notifications.on(opts.channel, (payload: unknown) => opts.onNotify(typeof payload === 'string' ? payload : ''));
     return s;
   };
   const connecting = (async () => {

