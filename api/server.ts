@@ -107,6 +107,7 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
     (span ? span.run(handle) : handle())
       .catch((err: unknown) => {
         if (clientGone()) return; // nobody to answer; counted apart below
+        span?.fail(err);
         const problem = classify(err);
         const instance = url?.pathname;
         if (problem) {

@@ -25,11 +25,11 @@ export interface NewOrder {
  * Place an order in one round trip (see place_order in the migrations): stock,
  * order, items and the outbox event commit together or not at all.
  */
-export async function placeOrder(db: Db, order: NewOrder, idempotency?: { key: string; requestHash: string }, traceparent = currentTraceparent()): Promise<OrderChange> {
+export async function placeOrder(db: Db, order: NewOrder, idempotency?: { key: string; requestHash: string }, traceparent: string | null = currentTraceparent() ?? null): Promise<OrderChange> {
   const type = z.object({ r: z.union([orderChange, z.object({ problem, replayed: z.boolean().optional() })]) });
   const call = sql.fragment`place_order(${order.customer_id}, ${sql.array(order.items.map((i) => i.product_id), 'int4')}, ${sql.array(order.items.map((i) => i.quantity), 'int4')},
                        ${idempotency?.key ?? null}, ${idempotency?.requestHash ?? null})`;
-  const r = await db.oneFirst(traceparent === undefined ? sql.prepared('place_order', type)`SELECT ${call} AS r` : sql.prepared('place_order_traced', type)`SELECT ${call} AS r FROM ${withTraceparent(traceparent)}`);
+  const r = await db.oneFirst(traceparent === null ? sql.prepared('place_order', type)`SELECT ${call} AS r` : sql.prepared('place_order_traced', type)`SELECT ${call} AS r FROM ${withTraceparent(traceparent)}`);
   // A keyed order refused for lack of stock: the refusal is its stored outcome (see place_order in write/0005).
   if ('problem' in r) throw Object.assign(rejection(r.problem), { replayed: r.replayed === true });
   return r;
@@ -114,7 +114,8 @@ export class OrderIntake {
         // Nothing was written: one by one, so that only the order at fault gets the error.
       }
     }
-    return Promise.all(orders.map(({ traceparent, ...o }) => placeOrder(this.db, o, undefined, traceparent).then((change) => ({ change }), (error: unknown) => ({ error }))));
+    // Each order its own traceparent or none (not the batch span's, which is active here).
+    return Promise.all(orders.map(({ traceparent, ...o }) => placeOrder(this.db, o, undefined, traceparent ?? null).then((change) => ({ change }), (error: unknown) => ({ error }))));
   }
 }
 

@@ -90,7 +90,7 @@ export interface EventJobData {
   topic: string;
   payload: unknown;
   created_at: string;
-  /** W3C traceparent of the event's trace (tracing on: the relay's publish span, or the writer's when unsampled): the worker continues it. */
+  /** W3C traceparent of the event's trace (tracing on: the relay's publish span for the event whose trace holds it, else the writer's as written): the worker continues it. */
   traceparent?: string;
 }
 

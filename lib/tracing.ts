@@ -17,7 +17,7 @@ import type { Logger } from './logger.js';
  *
  * The shape of one order's trace (docs/operations.md, Tracing):
  *   web     POST /orders (its traceparent goes into its outbox row) ─▶ place_orders
- *   relay   publish order-events (one per batch; child of its first order's request)
+ *   relay   publish order-events (one per claim and queue; child of its first sampled event's request)
  *   worker  process order-events (one per job: traceJobs) ─▶ projector.batch
  * Work done for many items at once — a place_orders transaction, a relay
  * batch, a projector batch — is one batch span whose parent is its first
@@ -184,8 +184,9 @@ function failed(o: On, span: Span, err: unknown): void {
 
 /**
  * Links a batch span makes to its items, at most: the SDK's default span
- * limit (OTEL_SPAN_LINK_COUNT_LIMIT, 128), past which it drops them anyway;
- * items past it are not looked at, so a batch of 1,000 costs what one of 128 does.
+ * limit (OTEL_SPAN_LINK_COUNT_LIMIT, 128), past which it drops them anyway.
+ * Traceparents past it are not parsed; items with a span of their own still
+ * link back to the batch.
  */
 const MAX_LINKS = 128;
 
@@ -197,9 +198,11 @@ const itemSpans = new WeakMap<object, Span | string>();
  * traceparent (an event carried in a job with others), that traceparent: the
  * batch links to it, without a link back. No-op when off.
  */
-export function traced<T extends object>(item: T, traceparent?: string): T {
+export function traced<T extends object>(item: T, traceparent?: unknown): T {
   if (on) {
-    const from = traceparent ?? on.api.trace.getActiveSpan();
+    // An unsampled span records nothing downstream: it is not an item's span (nor a batch's parent).
+    const active = traceparent == null ? on.api.trace.getActiveSpan() : undefined;
+    const from = typeof traceparent === 'string' ? traceparent : active && active.spanContext().traceFlags & on.api.TraceFlags.SAMPLED ? active : undefined;
     if (from) itemSpans.set(item, from);
   }
   return item;
@@ -276,7 +279,9 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
     if (first < 0) first = i;
     links.push({ context: o.api.trace.getSpanContext(ctx)! });
   }
-  if (first < 0) return { traceparent: (i) => rows[i]!.traceparent ?? undefined, run: (fn) => fn() }; // no sampled trace: no span
+  // Passed on as written, if it parses: an unsampled trace's (the worker's spans follow it, unrecorded), or one past the links.
+  const asWritten = (i: number) => (contextOf(o, rows[i]!.traceparent) ? rows[i]!.traceparent! : undefined);
+  if (first < 0) return { traceparent: asWritten, run: (fn) => fn() }; // no sampled trace: no span
   const span = o.tracer.startSpan(
     `publish ${queueName}`,
     {
@@ -290,7 +295,7 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
   const carrier: { traceparent?: string } = {};
   o.api.propagation.inject(spanCtx, carrier);
   return {
-    traceparent: (i) => (i === first ? carrier.traceparent : (rows[i]!.traceparent ?? undefined)),
+    traceparent: (i) => (i === first ? carrier.traceparent : asWritten(i)),
     run: async (fn) => {
       try {
         return await o.api.context.with(spanCtx, fn);
@@ -329,7 +334,7 @@ export function traceJobs<J extends { id?: string; data: { traceparent?: string 
  * The span of one HTTP request (SERVER), continuing a traceparent the client
  * sent; undefined when tracing is off. `end` names it after the route.
  */
-export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>): Promise<T>; end(route: string, status: number): void } | undefined {
+export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>): Promise<T>; fail(err: unknown): void; end(route: string, status: number): void } | undefined {
   if (!on) return undefined;
   const o = on;
   const parent = o.api.propagation.extract(o.api.ROOT_CONTEXT, req.headers);
@@ -338,6 +343,8 @@ export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>
   const ctx = o.api.trace.setSpan(parent, span);
   return {
     run: (fn) => o.api.context.with(ctx, fn),
+    // What went wrong, on the request's span (it is the order's span: there is no other).
+    fail: (err) => span.recordException(err instanceof Error ? err : String(err)),
     end: (route, status) => {
       span.updateName(`${method} ${route}`);
       span.setAttributes({ 'http.route': route, 'http.response.status_code': status });

@@ -178,4 +178,59 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
       await receiver.close();
     }
   });
+
+  it('one claim of several events: one publish span, child of the first sampled order and linking to the sampled ones only; an unsampled order leaves no span downstream', async () => {
+    const test = await createTestEnv({ RELAY_POLL_MS: '100' });
+    const receiver = await startOtlpReceiver();
+    const port = await freePort();
+    const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, LOG_LEVEL: 'warn' };
+    const web = new Proc('api/main.js', { ...test.env, ...otel, PORT: String(port), OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).start();
+    const procs = [web];
+    const read = new pg.Client({ connectionString: test.config.READ_DATABASE_URL });
+    try {
+      const base = `http://127.0.0.1:${port}`;
+      await waitForHealth(base, web);
+      await read.connect();
+      const product = await createProduct(base, { price: '1.00', stock: 10 });
+      // Three orders before any relay runs, so that one claim takes all three; the second's trace is not sampled.
+      const unsampledTrace = '5'.repeat(32);
+      const ids: number[] = [];
+      for (const headers of [{}, { traceparent: `00-${unsampledTrace}-${'6'.repeat(16)}-00` }, {}] as Record<string, string>[]) {
+        const placed = await call(base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: product, quantity: 1 }] }, headers);
+        assert.equal(placed.status, 201);
+        ids.push(Number(placed.headers.get('x-consistency-token')));
+      }
+      procs.push(new Proc('workers/relay/main.js', { ...test.env, ...otel }).start(), new Proc('workers/projector/main.js', { ...test.env, ...otel }).start());
+      for (let i = 0; i < 200; i++) {
+        const { rows } = await read.query('SELECT count(*)::int AS n FROM processed_events WHERE event_id = ANY ($1::text[])', [ids.map(String)]);
+        if (rows[0].n === 3) break;
+        await sleep(50);
+      }
+      for (const p of procs) assert.equal((await p.signal('SIGTERM')).code, 0, p.output.slice(-2000));
+
+      const spans = receiver.spans;
+      const request = (eventId: number) => spans.find((s) => s.service === 'web' && s.name === 'POST /orders' && s.attributes['outbox.event_id'] === eventId);
+      const [first, second, third] = ids.map(request);
+      assert.ok(first && third, 'the sampled orders have request spans');
+      assert.equal(second, undefined, 'the unsampled order records no span');
+      assert.deepEqual(spans.filter((s) => s.traceId === unsampledTrace), [], 'nothing downstream of the unsampled order records a span');
+      const publish = spans.filter((s) => s.service === 'relay' && s.kind === KIND.producer && s.name.startsWith('publish '));
+      assert.equal(publish.length, 1, `one publish span for the one claim: ${publish.map((s) => s.name).join(', ')}`);
+      assert.equal(publish[0]!.attributes['messaging.batch.message_count'], 3);
+      assert.equal(publish[0]!.traceId, first.traceId);
+      assert.equal(publish[0]!.parentSpanId, first.spanId, 'child of the first sampled order');
+      assert.deepEqual(publish[0]!.links.map((l) => l.spanId).sort(), [first.spanId, third.spanId].sort(), 'links to the sampled orders only');
+      // The three events travel in one job: its process span continues the publish span; the projector batch links to each sampled order.
+      const processSpans = spans.filter((s) => s.service === 'worker' && s.kind === KIND.consumer);
+      assert.equal(processSpans.length, 1);
+      assert.equal(processSpans[0]!.parentSpanId, publish[0]!.spanId);
+      const batch = spans.find((s) => s.service === 'worker' && s.name === 'projector.batch');
+      assert.ok(batch);
+      assert.ok(batch.links.some((l) => l.spanId === third.spanId && l.traceId === third.traceId), 'the projector batch links to the third order');
+    } finally {
+      for (const p of procs) await p.signal('SIGKILL');
+      await read.end().catch(() => undefined);
+      await receiver.close();
+    }
+  });
 });

@@ -33,13 +33,15 @@ export async function relayBatch(db: Db, queues: EventQueues, redis: RedisClient
     const sorted = [...rows].sort((x, y) => x.id - y.id); // UPDATE … RETURNING has no order; enqueue oldest first
     await Promise.all(
       queues.split(sorted, (r) => r.id).map(async ([queue, part]) => {
-        // Tracing: a batch span, one publish span per event (no-op when off).
+        // Tracing: one publish span for this queue's part of the claim (no-op when off).
         const publish = startPublish(queue.name, part);
-        const jobs = toJobs(config, part, (i) => publish.traceparent(i));
-        // Where each event of a several-event job is, for the reconciler: written
-        // with the jobs (one round trip: ioredis pipelines both), before COMMIT.
-        const index = jobs.flatMap((j) => (isMultiEvent(j.data) ? j.data.events.flatMap((e) => [e.event_id, j.opts.jobId!]) : []));
-        await publish.run(() => Promise.all([index.length > 0 ? redis.hset(eventIndexKey(queue), ...index) : undefined, queue.addBulk(jobs)]));
+        await publish.run(() => {
+          const jobs = toJobs(config, part, (i) => publish.traceparent(i));
+          // Where each event of a several-event job is, for the reconciler: written
+          // with the jobs (one round trip: ioredis pipelines both), before COMMIT.
+          const index = jobs.flatMap((j) => (isMultiEvent(j.data) ? j.data.events.flatMap((e) => [e.event_id, j.opts.jobId!]) : []));
+          return Promise.all([index.length > 0 ? redis.hset(eventIndexKey(queue), ...index) : undefined, queue.addBulk(jobs)]);
+        });
       }),
     );
     return rows.length;
