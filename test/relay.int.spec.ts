@@ -91,6 +91,11 @@ describe('relay wake-ups (integration)', function () {
     await until('A and B published', async () => (await unpublished()) === 0);
     await sleep(500);
     assert.equal(c.rounds(), before + 1, 'the round took A and B: B’s notification must not start another (the old relay ran an empty one)');
+    // A notification that arrives after the round, for a row it took, wakes nothing either.
+    const b = Number((await write.query<{ id: string }>('SELECT max(id)::text AS id FROM outbox')).rows[0]!.id);
+    await write.query(`SELECT pg_notify('outbox', $1)`, [String(b)]);
+    await sleep(300);
+    assert.equal(c.rounds(), before + 1, 'a late notification for a row the last round took');
   });
 
   it('between rounds, a notification wakes the relay at once (payload or none)', async () => {

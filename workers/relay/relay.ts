@@ -84,6 +84,7 @@ export class Relay {
           // Heard of during the round: a next round only for rows this one did not take (a failed round took none).
           const heard = this.heard;
           this.heard = undefined;
+          this.lastClaimed = done ? claimed : new Set();
           if (heard.some((id) => !done || !claimed.has(id))) this.loop.notify();
         }
       },
@@ -119,11 +120,13 @@ export class Relay {
    * order, three write_db round trips each.
    */
   private heard: number[] | undefined;
+  /** The ids the last round claimed: a notification arriving after that round, for one of them, wakes nothing either. */
+  private lastClaimed = new Set<number>();
 
   private heardOf(payload: string): void {
     const id = /^\d+$/.test(payload) ? Number(payload) : 0;
     if (this.heard && id > 0) this.heard.push(id);
-    else this.loop.notify();
+    else if (!this.lastClaimed.has(id)) this.loop.notify();
   }
 
   /** Cut the current sleep short. */
