@@ -148,12 +148,16 @@ export function bullmqTelemetry(): Telemetry | undefined {
  * job carry none, and its statements are the plain ones).
  */
 export function currentTraceparent(): string | undefined {
-  if (!on) return undefined;
-  const active = on.api.trace.getActiveSpan();
-  if (!active || !(active.spanContext().traceFlags & on.api.TraceFlags.SAMPLED)) return undefined;
+  if (!on || !sampledActiveSpan(on)) return undefined;
   const carrier: { traceparent?: string } = {};
   on.api.propagation.inject(on.api.context.active(), carrier);
   return carrier.traceparent;
+}
+
+/** The active span, if it is sampled (an unsampled trace records nothing downstream). */
+function sampledActiveSpan(o: On): Span | undefined {
+  const active = o.api.trace.getActiveSpan();
+  return active && active.spanContext().traceFlags & o.api.TraceFlags.SAMPLED ? active : undefined;
 }
 
 function contextOf(o: On, traceparent: string | null | undefined): Context | undefined {
@@ -185,8 +189,8 @@ function failed(o: On, span: Span, err: unknown): void {
 /**
  * Links a batch span makes to its items, at most: the SDK's default span
  * limit (OTEL_SPAN_LINK_COUNT_LIMIT, 128), past which it drops them anyway.
- * Traceparents past it are not parsed; items with a span of their own still
- * link back to the batch.
+ * inBatchSpan parses no traceparent past it; items with a span of their own
+ * still link back to the batch.
  */
 const MAX_LINKS = 128;
 
@@ -200,9 +204,8 @@ const itemSpans = new WeakMap<object, Span | string>();
  */
 export function traced<T extends object>(item: T, traceparent?: unknown): T {
   if (on) {
-    // An unsampled span records nothing downstream: it is not an item's span (nor a batch's parent).
-    const active = traceparent == null ? on.api.trace.getActiveSpan() : undefined;
-    const from = typeof traceparent === 'string' ? traceparent : active && active.spanContext().traceFlags & on.api.TraceFlags.SAMPLED ? active : undefined;
+    // An unsampled span is not an item's span (nor a batch's parent).
+    const from = typeof traceparent === 'string' ? traceparent : traceparent == null ? sampledActiveSpan(on) : undefined;
     if (from) itemSpans.set(item, from);
   }
   return item;
@@ -271,16 +274,18 @@ const NO_PUBLISH: PublishSpans = { traceparent: () => undefined, run: (fn) => fn
 export function startPublish(queueName: string, rows: readonly { id: number | string; traceparent?: string | null }[]): PublishSpans {
   if (!on || rows.length === 0) return NO_PUBLISH;
   const o = on;
+  // Each row's traceparent parsed once: it is passed on as written if it parses (an unsampled trace's: the
+  // worker's spans follow it, unrecorded; or one past the links), and the sampled ones are linked.
+  const parsed = rows.map((r) => contextOf(o, r.traceparent));
+  const asWritten = (i: number) => (parsed[i] ? rows[i]!.traceparent! : undefined);
   let first = -1;
   const links: Link[] = [];
   for (let i = 0; i < rows.length && links.length < MAX_LINKS; i++) {
-    const ctx = sampledContext(o, rows[i]!.traceparent);
-    if (!ctx) continue;
+    const sc = parsed[i] && o.api.trace.getSpanContext(parsed[i]!)!;
+    if (!sc || !(sc.traceFlags & o.api.TraceFlags.SAMPLED)) continue;
     if (first < 0) first = i;
-    links.push({ context: o.api.trace.getSpanContext(ctx)! });
+    links.push({ context: sc });
   }
-  // Passed on as written, if it parses: an unsampled trace's (the worker's spans follow it, unrecorded), or one past the links.
-  const asWritten = (i: number) => (contextOf(o, rows[i]!.traceparent) ? rows[i]!.traceparent! : undefined);
   if (first < 0) return { traceparent: asWritten, run: (fn) => fn() }; // no sampled trace: no span
   const span = o.tracer.startSpan(
     `publish ${queueName}`,
@@ -320,9 +325,9 @@ export function traceJobs<J extends { id?: string; data: { traceparent?: string 
   if (!on) return processor;
   const o = on;
   return (job, ...rest) => {
-    const parent = contextOf(o, job.data?.traceparent);
     // An unsampled trace records nothing downstream either: no span, no context to carry.
-    if (!parent || !(o.api.trace.getSpanContext(parent)!.traceFlags & o.api.TraceFlags.SAMPLED)) return processor(job, ...rest);
+    const parent = sampledContext(o, job.data?.traceparent);
+    if (!parent) return processor(job, ...rest);
     return inSpan(`process ${queueName}`, async (span) => {
       span?.setAttributes({ 'messaging.system': 'bullmq', 'messaging.destination.name': queueName, 'messaging.operation.type': 'process', 'messaging.message.id': String(job.id) });
       return processor(job, ...rest);
