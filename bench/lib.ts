@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -329,7 +330,6 @@ export async function measureFreshness(env: BenchEnv, base: string, products: nu
  * wake-up costs on this machine. Each event crosses about a dozen of them.
  */
 export async function wakeCost(rate: number, seconds = 3): Promise<number> {
-  const { default: net } = await import('node:net');
   const server = net.createServer((s) => s.on('data', (d) => s.write(d)));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const client = net.connect((server.address() as { port: number }).port, '127.0.0.1');

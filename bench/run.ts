@@ -145,7 +145,6 @@ async function freshnessSection(): Promise<void> {
   try {
     const products = await seedProducts(env.write, PRODUCTS);
     await withWeb(env, 3902, async (base, web) => {
-      await measureFreshness(env, base, products, 50, 2); // warm-up
       const seconds = Math.min(SECONDS, 10);
       const out: Record<string, Freshness & { cpuCores?: Record<string, number> }> = {};
       const run = async (rate: number, label: string) => {
