@@ -23,7 +23,7 @@ type Op = { summary: string; body?: string; query?: string[]; headers?: string[]
 
 const problem = (codes: string) => `problem: ${codes}`;
 const json = (schema: string) => `json: ${schema}`;
-const COMMON = { '500': problem('internal_error'), '503': problem('service_unavailable, shutting_down') };
+const COMMON = { '500': problem('internal_error'), '503': problem('service_unavailable, overloaded, shutting_down') };
 const BAD_ID = { '400': problem('validation_failed') };
 const ADMIN = { '401': problem('unauthorized'), '404': problem('not_found (admin API off)'), '429': problem('too_many_requests') };
 const FORM = { ...ADMIN, '303': 'redirect', '403': problem('forbidden (no Origin, or a foreign one)'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type (not a form)') };

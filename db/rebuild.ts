@@ -17,8 +17,11 @@ import { realEvents } from './recompute.js';
  * S: the outbox ids visible in a REPEATABLE READ snapshot of write_db,
  * described by `high` (the highest), `low` (the lowest above the retention
  * floor) and the gaps in between (ids not visible: rolled back, or in flight
- * at the snapshot). Ids below `low` were pruned or never were: they count as
- * in S. P: processed_events (plus every id at or below processed_floor).
+ * at the snapshot). Ids between the floor (or the reconciler's watermark, if
+ * higher) and `low` are a gap too: one of them may be in flight. Ids at or
+ * below the floor count as processed; ids at or below the watermark can no
+ * longer commit. P: processed_events (plus every id at or below
+ * processed_floor).
  *
  *  1. shadow tables <view>__rebuild are filled with each projection's
  *     recomputation from S (set-based in write_db, streamed in chunks), get
@@ -34,7 +37,9 @@ import { realEvents } from './recompute.js';
  *     last events of P \ S are caught up (P cannot grow now), S \ P is
  *     recorded processed, dead letters of S are resolved, the shadows take
  *     the views' names. The shadows then hold exactly P ∪ S, and
- *     processed_events is P ∪ S.
+ *     processed_events is P ∪ S. A full rebuild records most of S \ P by
+ *     raising processed_floor (see coverable), so the swap stays short even
+ *     when the live views were empty.
  *
  * A crash anywhere leaves the live views and processed_events as they were
  * (or, after the swap's commit, swapped whole); the next run drops what a
@@ -68,8 +73,14 @@ export interface TableCheck {
 }
 
 export interface RebuildResult {
-  /** Events of the snapshot recorded processed at the swap (they were not yet). */
+  /** Events of the snapshot recorded processed at the swap, one row each (they were not yet). */
   events: number;
+  /**
+   * processed_floor after the run: every id at or below it counts as
+   * processed. A full rebuild raises it to cover the snapshot's ids up to its
+   * first gap (see coverable), instead of a row per id.
+   */
+  floor: number;
   /** Events applied to the live views after the snapshot, applied to the shadows. */
   caughtUp: number;
   /** Dead letters (failed or parked) whose events the recomputation now covers. */
@@ -127,6 +138,21 @@ interface Snapshot {
 const gapsLiteral = (s: Snapshot) => `{${s.gapLo.map((lo, i) => `[${lo},${s.gapHi[i]}]`).join(',')}}`;
 /** Is the id (a bigint SQL expression) in S, given it is in [low, high]? */
 const inS = (s: Snapshot, expr: FragmentSqlToken) => sql.fragment`NOT (${expr} <@ ${gapsLiteral(s)}::int8multirange)`;
+
+/**
+ * The highest id up to which every id above `settled` (the floor, or the
+ * reconciler's watermark: no id at or below it can still commit) is in S:
+ * just below the first gap above `settled`, else `high`. An id up to it that
+ * is not in S was never written and never will be, so a full rebuild may
+ * count every id up to it as processed by raising the floor there.
+ */
+export function coverable(s: Pick<Snapshot, 'high' | 'gapLo' | 'gapHi'>, settled: number): number {
+  let cover = s.high;
+  s.gapLo.forEach((lo, i) => {
+    if (s.gapHi[i]! > settled) cover = Math.min(cover, Math.max(lo, settled + 1) - 1);
+  });
+  return Math.max(cover, settled);
+}
 
 /** The canonical text of a row (as verify compares), hashed to a signed 64-bit integer. */
 function rowHash(p: Projection, key: string): FragmentSqlToken {
@@ -299,9 +325,15 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
       const exported = await lead.oneFirst(sql.type(z.object({ s: z.string() }))`SELECT pg_export_snapshot() AS s`);
       const bounds = await lead.one(sql.type(z.object({ high: z.number(), low: z.number() }))`
         SELECT coalesce(max(id), 0) AS high, coalesce(min(id) FILTER (WHERE id > ${floor}), 0) AS low FROM outbox`);
-      const gaps = await lead.any(sql.type(z.object({ lo: z.number(), hi: z.number() }))`
-        SELECT id + 1 AS lo, next - 1 AS hi FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next FROM outbox WHERE id >= ${bounds.low}) t WHERE next > id + 1`);
+      const gaps = [...(await lead.any(sql.type(z.object({ lo: z.number(), hi: z.number() }))`
+        SELECT id + 1 AS lo, next - 1 AS hi FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next FROM outbox WHERE id >= ${bounds.low}) t WHERE next > id + 1`))];
+      // Ids between the floor (or the watermark: no id at or below it can still commit) and `low` are not in S
+      // either: none was written, or one was in flight and may still commit. A gap too.
+      const settled = Math.max(floor, watermark);
+      if (bounds.low > settled + 1) gaps.unshift({ lo: settled + 1, hi: bounds.low - 1 });
       const snap: Snapshot = { exported, high: bounds.high, low: bounds.low, floor, gapLo: gaps.map((g) => g.lo), gapHi: gaps.map((g) => g.hi) };
+      // A full rebuild raises the floor to `cover` at the swap instead of recording each id of S below it.
+      const cover = o.others.length === 0 && snap.low > 0 ? coverable(snap, settled) : floor;
       await state.set({ high: snap.high });
 
       // 1. Shadows: created bare, filled from the recomputation (two at a time, same snapshot), indexed, compared.
@@ -330,7 +362,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
         SELECT FROM outbox WHERE id > ${snap.high - 1000} AND created_at > (now() AT TIME ZONE 'UTC') - interval '10 seconds'`);
       const parallel = Math.min(o.parallel ?? (flowing ? 1 : 2), shadows.length);
       await Promise.all(Array.from({ length: parallel }, copyWorker));
-      await gatherPending(readDb, snap, watermark, report);
+      await gatherPending(readDb, snap, Math.max(watermark, cover), report);
 
       await report({ phase: 'index', rows: 0, total: shadows.length });
       for (const [i, s] of shadows.entries()) {
@@ -368,7 +400,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
         const seconds = (performance.now() - o.started) / 1000;
         await state.set({ phase: 'dry_run_done', caught, finished: true });
         await report({ phase: 'dry_run_done', rows: caught });
-        return { events: 0, caughtUp: caught, deadLettersResolved: 0, rows, checksums, swapped: false, swapMs: 0, seconds };
+        return { events: 0, floor, caughtUp: caught, deadLettersResolved: 0, rows, checksums, swapped: false, swapMs: 0, seconds };
       }
 
       // 3. The swap.
@@ -377,7 +409,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
       let swap: SwapResult | undefined;
       for (let attempt = 1; !swap; attempt++) {
         try {
-          swap = await readDb.connect((r) => swapIn(r, writeDb, lead, snap, shadows, o));
+          swap = await readDb.connect((r) => swapIn(r, writeDb, lead, snap, cover, shadows, o));
         } catch (err) {
           // Lock timeout, or a deadlock with a statement that locked a view before processed_events (none does today).
           if (!['55P03', '40P01'].includes(pgCode(err) ?? '') || attempt >= SWAP_TRIES) throw err;
@@ -391,7 +423,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
       const seconds = (performance.now() - o.started) / 1000;
       await state.set({ phase: 'done', caught, marked: swap.marked, swapMs: swap.ms, finished: true });
       await report({ phase: 'done', rows: caught });
-      return { events: swap.marked, caughtUp: caught, deadLettersResolved: swap.resolved, rows, checksums, swapped: true, swapMs: swap.ms, seconds };
+      return { events: swap.marked, floor: swap.floor, caughtUp: caught, deadLettersResolved: swap.resolved, rows, checksums, swapped: true, swapMs: swap.ms, seconds };
     } finally {
       await lead.query(void_`COMMIT`).catch(() => undefined);
     }
@@ -493,18 +525,19 @@ async function catchUp(r: CommonQueryMethods, writeDb: Db, s: Snapshot, shadows:
 
 interface SwapResult {
   ms: number;
+  floor: number;
   caught: number;
   marked: number;
   resolved: number;
 }
 
 /** The swap, one transaction: see the comment at the top. */
-async function swapIn(r: DatabaseConnection, writeDb: Db, lead: DatabaseConnection, s: Snapshot, shadows: readonly Projection[], o: RunOptions): Promise<SwapResult> {
+async function swapIn(r: DatabaseConnection, writeDb: Db, lead: DatabaseConnection, s: Snapshot, cover: number, shadows: readonly Projection[], o: RunOptions): Promise<SwapResult> {
   // BEGIN and COMMIT by hand: slonik refuses other pools' queries (write_db's here) inside its transaction().
   const tx = r;
   await tx.query(void_`BEGIN`);
   try {
-    const result = await swapBody(tx, writeDb, lead, s, shadows, o);
+    const result = await swapBody(tx, writeDb, lead, s, cover, shadows, o);
     await tx.query(void_`COMMIT`);
     return { ...result, ms: performance.now() - result.ms };
   } catch (err) {
@@ -513,7 +546,7 @@ async function swapIn(r: DatabaseConnection, writeDb: Db, lead: DatabaseConnecti
   }
 }
 
-async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConnection, s: Snapshot, shadows: readonly Projection[], o: RunOptions): Promise<SwapResult> {
+async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConnection, s: Snapshot, cover: number, shadows: readonly Projection[], o: RunOptions): Promise<SwapResult> {
   {
     await tx.query(void_`SELECT FROM set_config('lock_timeout', ${`${o.lockTimeoutMs}ms`}, true)`);
     await tx.query(void_`LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE`);
@@ -523,7 +556,7 @@ async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConne
 
     // An event above the floor is deduplicated by its processed_events row. Had prune moved the floor past an id
     // not in S, that event's row (and outbox payload) could be gone before it was caught up: refuse, and rerun.
-    const floor = await tx.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
+    let floor = await tx.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
     const firstNotInS = s.gapLo.reduce((a, b) => Math.min(a, b), s.high + 1);
     if (floor > s.floor && floor >= firstNotInS) throw new RebuildError(`prune moved the retention floor to ${floor} during the rebuild, past events after its snapshot: run it again`);
 
@@ -532,7 +565,11 @@ async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConne
     let marked = 0;
     let resolved = 0;
     if (o.others.length === 0) {
-      // Everything rebuilt: S's dead letters are covered by the recomputation (it reads orders, not events), as are those at or below the floor.
+      // Everything rebuilt: every id up to `cover` is in S (or can never commit), so the floor rises to it; S's ids
+      // above it are recorded one by one. S's dead letters are covered by the recomputation (it reads orders, not
+      // events), as are those at or below the floor.
+      if (cover > floor) await tx.query(void_`UPDATE processed_floor SET event_id = ${cover}`);
+      floor = Math.max(floor, cover);
       resolved += (await tx.query(void_`DELETE FROM dead_letters WHERE event_id::bigint <= ${floor}`)).rowCount;
       resolved += await tx.oneFirst(sql.type(z.object({ n: z.number() }))`
         WITH d AS (DELETE FROM dead_letters WHERE ${inSnapshot(sql.fragment`event_id`)} RETURNING event_id),
@@ -569,7 +606,7 @@ async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConne
     }
     for (const p of o.targets) await tx.query(void_`SELECT FROM rebuild_swap(${p.table}, ${shadowName(p.table)})`);
     // ms: when the locks were taken (the caller makes it a duration at COMMIT).
-    return { ms: t0, caught, marked, resolved };
+    return { ms: t0, floor, caught, marked, resolved };
   }
 }
 

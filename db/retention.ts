@@ -57,10 +57,12 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     return { floor: target, limitedBy: why };
   });
 
+  // A full rebuild may have raised the floor past events younger than keepMs (db/rebuild.ts): those stay until they age.
+  const upTo = Math.min(floor, await youngestBelow(opts.writeDb, floor, opts.keepMs));
   let outbox = 0;
   for (;;) {
     if (opts.shouldStop?.()) break;
-    const ids = await opts.writeDb.anyFirst(sql.type(z.object({ id: z.number() }))`SELECT id FROM outbox WHERE id <= ${floor} ORDER BY id LIMIT ${chunk}`);
+    const ids = await opts.writeDb.anyFirst(sql.type(z.object({ id: z.number() }))`SELECT id FROM outbox WHERE id <= ${upTo} ORDER BY id LIMIT ${chunk}`);
     if (ids.length === 0) break;
     await opts.readDb.query(sql.typeAlias('void')`DELETE FROM processed_events WHERE event_id = ANY (${sql.array(ids.map(String), 'text')})`);
     const { rowCount } = await opts.writeDb.query(sql.typeAlias('void')`
@@ -70,6 +72,13 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     if (rowCount === 0) break; // all locked by relays right now: the next run takes them
   }
   return { floor, outbox, limitedBy };
+}
+
+/** Just below the lowest outbox id at or below `floor` written less than keepMs ago; `floor` when there is none. */
+async function youngestBelow(db: Db, floor: number, keepMs: number): Promise<number> {
+  const young = await db.oneFirst(sql.type(z.object({ id: z.number().nullable() }))`
+    SELECT min(id) AS id FROM outbox WHERE id <= ${floor} AND created_at >= (now() AT TIME ZONE 'UTC') - ${keepMs} * interval '1 millisecond'`);
+  return young === null ? floor : young - 1;
 }
 
 /**

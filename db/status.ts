@@ -137,6 +137,14 @@ const WRITE_TIMEOUT_MS = 1500;
  * id. With write_db away (no last id), the whole table is read.
  */
 async function lastApplied(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {
+  // The floor counts as applied (everything below it may have been pruned, or a full rebuild raised it).
+  const floor = await read.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
+  const found = await lastRecorded(read, lastId);
+  if (found && Number(found.id) >= floor) return found;
+  return floor > 0 ? { id: String(floor), at: null } : null;
+}
+
+async function lastRecorded(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {
   const row = z.object({ event_id: z.string(), processed_at: z.string() });
   if (lastId !== undefined) {
     for (let digits = String(lastId).length; digits >= 1; digits--) {
@@ -150,9 +158,7 @@ async function lastApplied(read: CommonQueryMethods, lastId: number | undefined)
     const found = await read.maybeOne(sql.type(row)`SELECT event_id, processed_at FROM processed_events ORDER BY event_id::bigint DESC LIMIT 1`);
     if (found) return { id: found.event_id, at: found.processed_at };
   }
-  // Everything applied may have been pruned: the retention floor still counts as applied.
-  const floor = await read.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
-  return floor > 0 ? { id: String(floor), at: null } : null;
+  return null;
 }
 
 async function rowCounts(read: CommonQueryMethods, projections: readonly Projection[]): Promise<Map<string, { rows: number; exact: boolean }>> {

@@ -62,7 +62,7 @@ async function main(): Promise<void> {
     return;
   }
   console.log(
-    `rebuild: done in ${result.seconds.toFixed(1)} s — swap ${result.swapMs.toFixed(0)} ms; ${result.caughtUp} events caught up, ${result.events} events marked processed; rows: ${views}${result.deadLettersResolved > 0 ? `; ${result.deadLettersResolved} dead letter(s) resolved` : ''}`,
+    `rebuild: done in ${result.seconds.toFixed(1)} s — swap ${result.swapMs.toFixed(0)} ms; ${result.caughtUp} events caught up, ${result.events} events marked processed, floor ${result.floor}; rows: ${views}${result.deadLettersResolved > 0 ? `; ${result.deadLettersResolved} dead letter(s) resolved` : ''}`,
   );
 }
 

@@ -74,6 +74,25 @@ describe('hostile traffic (integration)', function () {
     }
   });
 
+  it('an order that waits on a row locked elsewhere past the statement timeout: 503 overloaded with Retry-After, nothing written', async () => {
+    const g = await startTestWeb({ PG_STATEMENT_TIMEOUT_MS: '300' });
+    const lock = await g.write.connect();
+    try {
+      const product = await createProduct(g.base, { price: '2.00', stock: 10 });
+      await lock.query('BEGIN');
+      await lock.query('SELECT 1 FROM products WHERE id = $1 FOR UPDATE', [product]);
+      const r = await call(g.base, 'POST', '/orders', { customer_id: 5, items: [{ product_id: product, quantity: 1 }] });
+      assert.deepEqual([r.status, r.json.code, r.headers.get('retry-after')], [503, 'overloaded', '1'], JSON.stringify(r.body));
+      await lock.query('ROLLBACK');
+      assert.equal((await g.write.query('SELECT count(*)::int AS n FROM orders')).rows[0].n, 0);
+      assert.equal((await call(g.base, 'POST', '/orders', { customer_id: 5, items: [{ product_id: product, quantity: 1 }] })).status, 201);
+    } finally {
+      await lock.query('ROLLBACK').catch(() => undefined);
+      lock.release();
+      await g.stop();
+    }
+  });
+
   it('text PostgreSQL cannot store and dates it cannot represent are 400s naming the field', async () => {
     const nul = await call(f.base, 'POST', '/products', { name: 'a\u0000b', category: 'c', price: '1.00', stock: 1 });
     assert.deepEqual([nul.status, nul.json.field], [400, 'name']);

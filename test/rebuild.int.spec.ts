@@ -7,6 +7,8 @@ import { Proc } from './support/processes.js';
 import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { rebuild } from '../db/rebuild.js';
+import { prune } from '../db/retention.js';
+import { projectionStatuses } from '../db/status.js';
 import { PROJECTIONS } from '../workers/projector/projections/index.js';
 import { seedProducts } from '../bench/lib.js';
 import { seedOrders } from '../bench/readside.js';
@@ -112,7 +114,8 @@ describe('blue/green rebuild (integration)', function () {
   /** Until every outbox row is processed (the load may still be running: a snapshot of ids, then wait for them). */
   async function waitForApplied(): Promise<void> {
     const { rows } = await f.write.query<{ id: string }>('SELECT id::text FROM outbox WHERE id > (SELECT max(id) - 200 FROM outbox)');
-    const ids = rows.map((r) => r.id);
+    const floor = Number((await f.read.query<{ n: string }>('SELECT event_id::text AS n FROM processed_floor')).rows[0]!.n);
+    const ids = rows.map((r) => r.id).filter((id) => Number(id) > floor);
     for (let i = 0; i < 300; i++) {
       const done = await f.read.query('SELECT 1 FROM processed_events WHERE event_id = ANY ($1::text[])', [ids]);
       if (done.rowCount === ids.length) return;
@@ -231,5 +234,66 @@ describe('blue/green rebuild (integration)', function () {
     const full = await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL);
     assert.equal(full.deadLettersResolved, 1);
     await assertConsistent(f.writeDb, f.readDb);
+  });
+  it('an order in flight below every id the snapshot sees, committed after it, is caught up (the gap below the lowest id)', async () => {
+    await waitForDrain(f.writeDb, f.readDb);
+    const held = await f.write.connect();
+    try {
+      await held.query('BEGIN');
+      await held.query('SELECT place_order($1, $2, $3, NULL, NULL)', [96_000, [products[4]], [3]]);
+      const heldId = Number((await held.query<{ id: string }>('SELECT max(id)::text AS id FROM outbox')).rows[0]!.id);
+      const { rows } = await f.read.query<{ settled: string }>('SELECT greatest((SELECT event_id FROM processed_floor), (SELECT last_event_id FROM reconciler_watermark))::text AS settled');
+      assert.equal(heldId, Number(rows[0]!.settled) + 1, 'the held order must take the first id above the floor and the watermark');
+      // A later order (another product: the held one locks its row) commits: the snapshot's lowest id is above the held one.
+      const later = await call(f.base, 'POST', '/orders', { customer_id: 96_001, items: [{ product_id: products[6]!, quantity: 1 }] });
+      assert.equal(later.status, 201, JSON.stringify(later.body));
+      let committed = false;
+      const r = await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL, async (p) => {
+        if (p.phase !== 'compare' || committed) return;
+        committed = true;
+        await held.query('COMMIT');
+        await waitForApplied();
+      });
+      assert.ok(committed && r.swapped);
+      assert.ok(r.floor < heldId || r.caughtUp >= 1, `floor ${r.floor}, caught up ${r.caughtUp}`);
+    } finally {
+      await held.query('ROLLBACK').catch(() => undefined);
+      held.release();
+    }
+    await waitForDrain(f.writeDb, f.readDb);
+    await assertConsistent(f.writeDb, f.readDb);
+  });
+
+  it('into an empty read model (a new read_db): the floor covers the snapshot, so the swap records few ids and stays short', async () => {
+    await waitForDrain(f.writeDb, f.readDb);
+    await relay.stop();
+    await worker!.stop();
+    worker = undefined;
+    await f.read.query(`TRUNCATE ${PROJECTIONS.map((p) => p.table).join(', ')}, processed_events, dead_letters;
+                        UPDATE processed_floor SET event_id = 0; UPDATE reconciler_watermark SET last_event_id = 0`);
+    // Placed with the relay stopped: in the snapshot, unpublished, unprocessed.
+    for (let i = 0; i < 3; i++) assert.equal((await call(f.base, 'POST', '/orders', { customer_id: 97_000 + i, items: [{ product_id: products[5]!, quantity: 1 }] })).status, 201);
+    const high = Number((await f.write.query<{ id: string }>('SELECT max(id)::text AS id FROM outbox')).rows[0]!.id);
+    const r = await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL);
+    assert.ok(r.swapped);
+    assert.ok(high > 20_000, `outbox ${high}`);
+    // The floor rises to just below the first id the snapshot does not see (a rolled-back order, if any), or to its last id.
+    assert.ok(r.floor > 20_000 && r.floor <= high, `floor ${r.floor}, outbox up to ${high}`);
+    assert.ok(r.events <= high - r.floor, `${r.events} ids recorded one by one`);
+    assert.equal((await f.read.query('SELECT count(*)::int AS n FROM processed_events')).rows[0].n, r.events);
+    assert.equal((await f.read.query('SELECT event_id::int AS n FROM processed_floor')).rows[0].n, r.floor);
+    // The pipeline resumes: the snapshot's events are duplicates, later ones are applied; prune leaves young events alone.
+    relay = await startRelay(f.env.config, testLog);
+    worker = await startProjector(f.env.config, testLog);
+    assert.equal((await call(f.base, 'POST', '/orders', { customer_id: 97_010, items: [{ product_id: products[5]!, quantity: 2 }] })).status, 201);
+    await waitForDrain(f.writeDb, f.readDb);
+    await assertConsistent(f.writeDb, f.readDb);
+    const outbox = async () => (await f.write.query('SELECT count(*)::int AS n FROM outbox')).rows[0].n;
+    const before = await outbox();
+    const pruned = await prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 3_600_000 });
+    assert.equal(pruned.outbox, 0);
+    assert.equal(await outbox(), before);
+    const [status] = (await projectionStatuses(f.writeDb, f.readDb)).projections;
+    assert.ok(Number(status!.last_applied_event_id) > high, JSON.stringify(status));
   });
 });
