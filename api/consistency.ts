@@ -132,7 +132,9 @@ export class ConsistencyWaiter {
    * visible and not resolved (Infinity when none): no token above it is satisfied.
    */
   private async advance(upTo: number): Promise<number> {
-    const watermark = await this.readDb.oneFirst(sql.type(z.object({ w: z.number() }))`SELECT last_event_id AS w FROM reconciler_watermark`);
+    // Every id at or below the watermark, or the retention floor (a rebuild may raise it past the watermark), is resolved or never was.
+    const watermark = await this.readDb.oneFirst(sql.type(z.object({ w: z.number() }))`
+      SELECT greatest((SELECT last_event_id FROM reconciler_watermark), (SELECT event_id FROM processed_floor)) AS w`);
     this.frontier = Math.max(this.frontier, watermark);
     for (const g of this.gaps) if (g <= watermark) this.gaps.delete(g);
 

@@ -274,7 +274,15 @@ export interface Freshness {
  * orders wait in the agent before their transaction, which freshness (commit
  * → read_db) does not count.
  */
-export async function measureFreshness(env: BenchEnv, base: string, products: number[], rate: number, seconds: number): Promise<Freshness> {
+export async function measureFreshness(
+  env: BenchEnv,
+  base: string,
+  products: number[],
+  rate: number,
+  seconds: number,
+  /** Told of each sample: when its order was answered (performance.now()) and its freshness, ms. */
+  onSample?: (at: number, ms: number) => void,
+): Promise<Freshness> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
   const latencies: number[] = [];
   const pending = new Map<string, number>();
@@ -291,6 +299,7 @@ export async function measureFreshness(env: BenchEnv, base: string, products: nu
         const now = performance.now();
         for (const r of rows) {
           latencies.push(now - pending.get(r.event_id)!);
+          onSample?.(pending.get(r.event_id)!, now - pending.get(r.event_id)!);
           pending.delete(r.event_id);
         }
       }

@@ -6,7 +6,7 @@ import { rebuild, type RebuildResult } from '../db/rebuild.js';
 import { freePort } from '../scripts/local-services.js';
 import { projectRoot } from '../lib/paths.js';
 import { seedOrders } from './readside.js';
-import { benchEnv, measureFreshness, seedProducts, startProc, stopProc, waitForHttp, type BenchEnv, type Freshness } from './lib.js';
+import { benchEnv, measureFreshness, percentile, seedProducts, startProc, stopProc, waitForHttp, type BenchEnv, type Freshness } from './lib.js';
 
 /**
  * The blue/green rebuild measured (docs/rebuild.md):
@@ -48,14 +48,23 @@ export interface RebuildLiveResult {
   rssMiB: number;
   baseline: Freshness;
   baselineAfter: Freshness;
-  duringRebuild: (Freshness & { parallel: number | undefined; rebuilds: number; swapMs: number[] })[];
+  duringRebuild: (Freshness & { parallel: number | undefined; rebuilds: number; swapMs: number[]; perPhase: { phase: string; samples: number; p99: number }[] })[];
 }
 
-/** `npm run rebuild` in a child process; resolves with its output. */
-function runRebuild(env: BenchEnv, parallel: number | undefined): Promise<string> {
+/** `npm run rebuild` in a child process; resolves with its output. `onPhase` hears each phase as it starts. */
+function runRebuild(env: BenchEnv, parallel: number | undefined, onPhase: (phase: string) => void = () => undefined): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'scripts', 'rebuild.js'), ...(parallel === undefined ? [] : ['--parallel', String(parallel)])], { env: { ...process.env, ...env.env }, stdio: ['ignore', 'pipe', 'ignore'] });
+    onPhase('start');
+    const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'scripts', 'rebuild.js'), ...(parallel === undefined ? [] : ['--parallel', String(parallel)])], { env: { ...process.env, ...env.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
+    let phase = 'start';
+    // Progress lines go to stderr (a line per phase change when it is not a terminal), the result to stdout.
+    child.stderr.on('data', (b: Buffer) => {
+      for (const line of b.toString().split('\n')) {
+        const m = /^rebuild: (snapshot|copy|index|compare|catchup|swap|done)\b/.exec(line);
+        if (m && m[1] !== phase) onPhase((phase = m[1]!));
+      }
+    });
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));
     child.on('error', reject);
     child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`rebuild exited ${code}: ${out}`))));
@@ -108,16 +117,25 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
       for (const parallel of parallels) {
         let rebuilding = true;
         const swaps: number[] = [];
+        // Which phase each order was answered in: where the rebuild costs freshness.
+        const phases: { at: number; phase: string }[] = [];
         const loop = (async () => {
           while (rebuilding) {
-            const out = await runRebuild(env, parallel);
+            const out = await runRebuild(env, parallel, (phase) => phases.push({ at: performance.now(), phase }));
             swaps.push(Number(/swap (\d+) ms/.exec(out)?.[1] ?? NaN));
           }
         })();
-        const during = await measureFreshness(env, base, products, rate, seconds);
+        const byPhase = new Map<string, number[]>();
+        const during = await measureFreshness(env, base, products, rate, seconds, (at, ms) => {
+          const phase = phases.findLast((p) => p.at <= at)?.phase ?? 'start';
+          if (!byPhase.has(phase)) byPhase.set(phase, []);
+          byPhase.get(phase)!.push(ms);
+        });
         rebuilding = false;
         await loop;
+        const perPhase = [...byPhase].map(([phase, ms]) => ({ phase, samples: ms.length, p99: percentile(ms.sort((a, b) => a - b), 99) }));
         say(`bench: freshness at ${rate}/s during ${swaps.length} rebuild(s) --parallel ${parallel ?? 'default'}: p50 ${during.p50.toFixed(1)} ms, p99 ${during.p99.toFixed(1)} ms; swaps ${swaps.join(', ')} ms`);
+        say(`bench:   p99 by phase the order was answered in: ${perPhase.map((p) => `${p.phase} ${p.p99.toFixed(1)} ms (${p.samples})`).join(', ')}`);
         rows.push({
           section: 'rebuild',
           measure: `freshness at ${rate}/s, rebuilding ${orders} orders${parallel === undefined ? '' : `, --parallel ${parallel}`} (p50 / p99)`,
@@ -125,7 +143,8 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
           reference: `${swaps.length} rebuilds back to back; swap max ${Math.max(...swaps).toFixed(0)} ms`,
           ratio: `${(during.p99 / baseline.p99).toFixed(2)}×`,
         });
-        duringRebuild.push({ ...during, parallel, rebuilds: swaps.length, swapMs: swaps });
+        rows.push({ section: 'rebuild', measure: `  p99 by phase the order was answered in (samples)`, value: perPhase.map((p) => `${p.phase} ${p.p99.toFixed(0)}`).join(', '), reference: perPhase.map((p) => `${p.samples}`).join(', ') });
+        duringRebuild.push({ ...during, parallel, rebuilds: swaps.length, swapMs: swaps, perPhase });
       }
       // And again without one, after: the ratios above are against the first; this says how much the baseline itself moves.
       const after = await measureFreshness(env, base, products, rate, seconds);

@@ -17,11 +17,10 @@ import { realEvents } from './recompute.js';
  * S: the outbox ids visible in a REPEATABLE READ snapshot of write_db,
  * described by `high` (the highest), `low` (the lowest above the retention
  * floor) and the gaps in between (ids not visible: rolled back, or in flight
- * at the snapshot). Ids between the floor (or the reconciler's watermark, if
- * higher) and `low` are a gap too: one of them may be in flight. Ids at or
- * below the floor count as processed; ids at or below the watermark can no
- * longer commit. P: processed_events (plus every id at or below
- * processed_floor).
+ * at the snapshot). `settled`: no id at or below it can commit after the
+ * snapshot (the floor, the reconciler's watermark, or a horizon the rebuild
+ * takes itself). Ids between it and `low` are a gap too: one of them may be
+ * in flight. P: processed_events (plus every id at or below processed_floor).
  *
  *  1. shadow tables <view>__rebuild are filled with each projection's
  *     recomputation from S (set-based in write_db, streamed in chunks), get
@@ -38,7 +37,7 @@ import { realEvents } from './recompute.js';
  *     recorded processed, dead letters of S are resolved, the shadows take
  *     the views' names. The shadows then hold exactly P ∪ S, and
  *     processed_events is P ∪ S. A full rebuild records most of S \ P by
- *     raising processed_floor (see coverable), so the swap stays short even
+ *     raising processed_floor (see firstNotInS), so the swap stays short even
  *     when the live views were empty.
  *
  * A crash anywhere leaves the live views and processed_events as they were
@@ -78,7 +77,7 @@ export interface RebuildResult {
   /**
    * processed_floor after the run: every id at or below it counts as
    * processed. A full rebuild raises it to cover the snapshot's ids up to its
-   * first gap (see coverable), instead of a row per id.
+   * first gap (see firstNotInS), instead of a row per id.
    */
   floor: number;
   /** Events applied to the live views after the snapshot, applied to the shadows. */
@@ -130,6 +129,8 @@ interface Snapshot {
   high: number;
   low: number;
   floor: number;
+  /** No id at or below it can commit after the snapshot: max(floor, the reconciler's watermark, the rebuild's own horizon). */
+  settled: number;
   gapLo: number[];
   gapHi: number[];
 }
@@ -140,18 +141,34 @@ const gapsLiteral = (s: Snapshot) => `{${s.gapLo.map((lo, i) => `[${lo},${s.gapH
 const inS = (s: Snapshot, expr: FragmentSqlToken) => sql.fragment`NOT (${expr} <@ ${gapsLiteral(s)}::int8multirange)`;
 
 /**
- * The highest id up to which every id above `settled` (the floor, or the
- * reconciler's watermark: no id at or below it can still commit) is in S:
- * just below the first gap above `settled`, else `high`. An id up to it that
- * is not in S was never written and never will be, so a full rebuild may
- * count every id up to it as processed by raising the floor there.
+ * The lowest id above `settled` that is not in S (the first gap above it,
+ * else high + 1). Every id from `settled` up to just below it is in S or was
+ * never written and never will be: a full rebuild counts them all processed
+ * by raising the floor there, and only a move of the floor past it during the
+ * run can take an event of P \ S away before it is caught up.
  */
-export function coverable(s: Pick<Snapshot, 'high' | 'gapLo' | 'gapHi'>, settled: number): number {
-  let cover = s.high;
+export function firstNotInS(s: Pick<Snapshot, 'high' | 'settled' | 'gapLo' | 'gapHi'>): number {
+  let first = s.high + 1;
   s.gapLo.forEach((lo, i) => {
-    if (s.gapHi[i]! > settled) cover = Math.min(cover, Math.max(lo, settled + 1) - 1);
+    if (s.gapHi[i]! > s.settled) first = Math.min(first, Math.max(lo, s.settled + 1));
   });
-  return Math.max(cover, settled);
+  return first;
+}
+
+/**
+ * write_db's outbox horizon, as the reconciler takes it (workers/relay/reconciler.ts):
+ * the last id drawn, then a transaction id of its own; waits up to 2 s for every
+ * older transaction to end. Once they have, no id up to `seq` can commit any more.
+ */
+async function takeHorizon(db: Db): Promise<{ seq: number; xid: bigint }> {
+  const h = await db.one(sql.type(z.object({ seq: z.number(), xid: z.string() }))`SELECT seq, xid FROM outbox_horizon()`);
+  const xid = BigInt(h.xid);
+  for (let waited = 0; waited < 2000; waited += 10) {
+    const xmin = BigInt(await db.oneFirst(sql.type(z.object({ x: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x`));
+    if (xmin > xid) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return { seq: h.seq, xid };
 }
 
 /** The canonical text of a row (as verify compares), hashed to a signed 64-bit integer. */
@@ -320,20 +337,22 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
     await report({ phase: 'snapshot', rows: 0 });
     const { floor, watermark } = await readDb.one(sql.type(z.object({ floor: z.number(), watermark: z.number() }))`
       SELECT (SELECT event_id FROM processed_floor) AS floor, (SELECT last_event_id FROM reconciler_watermark) AS watermark`);
+    const horizon = await takeHorizon(writeDb);
     await lead.query(void_`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`);
     try {
       const exported = await lead.oneFirst(sql.type(z.object({ s: z.string() }))`SELECT pg_export_snapshot() AS s`);
+      // Every transaction older than the horizon's had ended when the snapshot was taken: no id up to it can commit later.
+      const xmin = BigInt(await lead.oneFirst(sql.type(z.object({ x: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x`));
+      const settled = Math.max(floor, watermark, xmin > horizon.xid ? horizon.seq : 0);
       const bounds = await lead.one(sql.type(z.object({ high: z.number(), low: z.number() }))`
         SELECT coalesce(max(id), 0) AS high, coalesce(min(id) FILTER (WHERE id > ${floor}), 0) AS low FROM outbox`);
       const gaps = [...(await lead.any(sql.type(z.object({ lo: z.number(), hi: z.number() }))`
         SELECT id + 1 AS lo, next - 1 AS hi FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next FROM outbox WHERE id >= ${bounds.low}) t WHERE next > id + 1`))];
-      // Ids between the floor (or the watermark: no id at or below it can still commit) and `low` are not in S
-      // either: none was written, or one was in flight and may still commit. A gap too.
-      const settled = Math.max(floor, watermark);
+      // Ids between `settled` and `low` are not in S either: none was written, or one was in flight and may still commit. A gap too.
       if (bounds.low > settled + 1) gaps.unshift({ lo: settled + 1, hi: bounds.low - 1 });
-      const snap: Snapshot = { exported, high: bounds.high, low: bounds.low, floor, gapLo: gaps.map((g) => g.lo), gapHi: gaps.map((g) => g.hi) };
+      const snap: Snapshot = { exported, high: bounds.high, low: bounds.low, floor, settled, gapLo: gaps.map((g) => g.lo), gapHi: gaps.map((g) => g.hi) };
       // A full rebuild raises the floor to `cover` at the swap instead of recording each id of S below it.
-      const cover = o.others.length === 0 && snap.low > 0 ? coverable(snap, settled) : floor;
+      const cover = o.others.length === 0 && snap.low > 0 ? Math.max(settled, firstNotInS(snap) - 1) : floor;
       await state.set({ high: snap.high });
 
       // 1. Shadows: created bare, filled from the recomputation (two at a time, same snapshot), indexed, compared.
@@ -557,8 +576,7 @@ async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConne
     // An event above the floor is deduplicated by its processed_events row. Had prune moved the floor past an id
     // not in S, that event's row (and outbox payload) could be gone before it was caught up: refuse, and rerun.
     let floor = await tx.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
-    const firstNotInS = s.gapLo.reduce((a, b) => Math.min(a, b), s.high + 1);
-    if (floor > s.floor && floor >= firstNotInS) throw new RebuildError(`prune moved the retention floor to ${floor} during the rebuild, past events after its snapshot: run it again`);
+    if (floor > s.floor && floor >= firstNotInS(s)) throw new RebuildError(`prune moved the retention floor to ${floor} during the rebuild, past events after its snapshot: run it again`);
 
     const caught = await catchUp(tx, writeDb, s, shadows);
     const inSnapshot = (col: FragmentSqlToken) => sql.fragment`${col}::bigint BETWEEN ${s.low} AND ${s.high} AND ${inS(s, sql.fragment`${col}::bigint`)}`;

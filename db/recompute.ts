@@ -74,7 +74,7 @@ export async function compareEventIds(write: CommonQueryMethods, read: CommonQue
   const letters = new Set(dead.map((d) => d.event_id));
   const lowest = outbox[0] ?? Infinity;
   const parked = dead.filter((d) => d.parked);
-  const real = await realEvents(write, parked, done);
+  const real = await realEvents(write, parked, (id) => done.has(id) || Number(id) <= floor);
   return {
     unprocessed: outbox.filter((id) => !done.has(String(id)) && !letters.has(String(id))),
     unknown: [...done].filter((id) => !ids.has(id) && Number(id) > floor && !(Number(id) < lowest)),
