@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { setPriority } from 'node:os';
 import { z } from 'zod';
 import type { CommonQueryMethods, DatabaseConnection, FragmentSqlToken, IdentifierSqlToken } from 'slonik';
 import { createDb, pgCode, sql, type Db } from './pool.js';
@@ -153,6 +155,32 @@ export function firstNotInS(s: Pick<Snapshot, 'high' | 'settled' | 'gapLo' | 'ga
     if (s.gapHi[i]! > s.settled) first = Math.min(first, Math.max(lo, s.settled + 1));
   });
   return first;
+}
+
+/**
+ * The recomputations are the rebuild's heaviest work: aggregates over all of
+ * write_db, a core each, for seconds. When PostgreSQL runs on this machine
+ * and lets this process, their backends get the lowest CPU priority (nice
+ * 19), so the pipeline's own processes and sessions, waking up, run first and
+ * the rebuild takes what is left. Safe for these sessions only: they read a
+ * snapshot and hold no lock anything waits on (the swap and every write run
+ * at normal priority). The backend is recognised by its process title, which
+ * names the session's client port, so a pid from another machine or pid
+ * namespace is never touched. Anything else (PostgreSQL elsewhere, no
+ * permission, titles off): nothing happens.
+ */
+async function yieldCpu(w: CommonQueryMethods): Promise<boolean> {
+  const me = await w.maybeOne(sql.type(z.object({ pid: z.number(), addr: z.string().nullable(), port: z.number().nullable() }))`
+    SELECT pid, host(client_addr) AS addr, client_port AS port FROM pg_stat_activity WHERE pid = pg_backend_pid()`);
+  if (!me?.addr || !me.port || me.port < 0) return false;
+  const title = await readFile(`/proc/${me.pid}/cmdline`, 'utf8').catch(() => '');
+  if (!title.startsWith('postgres') || !title.includes(` ${me.addr}(${me.port}) `)) return false;
+  try {
+    setPriority(me.pid, 19);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -362,6 +390,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
       const queue = [...shadows];
       const copyWorker = () =>
         writeDb.connect(async (w) => {
+          await yieldCpu(w);
           for (let s = queue.shift(); s; s = queue.shift()) {
             await w.query(void_`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`);
             try {

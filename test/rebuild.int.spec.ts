@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { startTestWeb, call, createProduct, type WebFixture } from './support/web.js';
 import { parkDeadLetter } from '../db/dead-letters.js';
 import { waitForDrain, assertConsistent, sleep } from './support/pipeline.js';
@@ -201,6 +202,21 @@ describe('blue/green rebuild (integration)', function () {
     await assertConsistent(f.writeDb, f.readDb);
     assert.deepEqual(await shadowsLeft(), [], `kills: ${seen.join(', ')}`);
     assert.equal((await f.read.query('SELECT phase FROM rebuild_state')).rows[0].phase, 'done');
+  });
+
+  it('the recomputations run at the lowest CPU priority (PostgreSQL is on this machine); the pipeline sessions keep theirs', async () => {
+    const nice = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[16]);
+    let seen: { pid: number; nice: number }[] = [];
+    await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL, async (p) => {
+      if (p.phase !== 'copy' || seen.length > 0) return;
+      const { rows } = await f.write.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'rebuild' AND backend_xmin IS NOT NULL`);
+      seen = rows.map((r) => ({ pid: r.pid, nice: nice(r.pid) }));
+    });
+    // The snapshot's own session and the copy's: the copy's is niced, the snapshot holder (it does no work) is not.
+    assert.ok(seen.some((s) => s.nice === 19), JSON.stringify(seen));
+    const others = await f.write.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name <> 'rebuild'`);
+    assert.ok(others.rows.length > 0);
+    for (const r of others.rows) assert.equal(nice(r.pid), 0, `pipeline session ${r.pid}`);
   });
 
   it('one rebuild at a time', async () => {
