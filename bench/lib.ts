@@ -257,6 +257,8 @@ export interface Freshness {
   p50: number;
   p99: number;
   samples: number;
+  /** Requests that got no answer (a connection reset, say): not timed, and counted here instead of ending the bench. */
+  failed: number;
 }
 
 /**
@@ -310,6 +312,7 @@ export async function measureFreshness(
     }
   })();
   const requests: Promise<void>[] = [];
+  let failed = 0;
   const interval = 1000 / rate;
   const start = performance.now();
   let sent = 0;
@@ -318,9 +321,12 @@ export async function measureFreshness(
     if (wait > 0) await sleep(wait);
     sent++;
     requests.push(
-      postJson(agent, `${base}/orders`, JSON.stringify(randomOrder(products))).then(({ at, token }) => {
-        if (token) pending.set(token, at);
-      }),
+      postJson(agent, `${base}/orders`, JSON.stringify(randomOrder(products))).then(
+        ({ at, token }) => {
+          if (token) pending.set(token, at);
+        },
+        () => void failed++,
+      ),
     );
   }
   await Promise.all(requests);
@@ -330,7 +336,7 @@ export async function measureFreshness(
   await listener.end();
   agent.destroy();
   latencies.sort((a, b) => a - b);
-  return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length };
+  return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length, failed };
 }
 
 /**

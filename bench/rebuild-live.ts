@@ -111,7 +111,7 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
       await measureFreshness(env, base, products, rate, 3); // warm-up at the rate measured: pools grown, code optimized
       const baseline = await measureFreshness(env, base, products, rate, seconds);
       say(`bench: freshness at ${rate}/s without a rebuild: p50 ${baseline.p50.toFixed(1)} ms, p99 ${baseline.p99.toFixed(1)} ms`);
-      rows.push({ section: 'rebuild', measure: `freshness at ${rate}/s, no rebuild (p50 / p99)`, value: `${baseline.p50.toFixed(1)} / ${baseline.p99.toFixed(1)} ms`, reference: `${baseline.answered.toFixed(0)}/s answered` });
+      rows.push({ section: 'rebuild', measure: `freshness at ${rate}/s, no rebuild (p50 / p99)`, value: `${baseline.p50.toFixed(1)} / ${baseline.p99.toFixed(1)} ms`, reference: `${baseline.answered.toFixed(0)}/s answered${baseline.failed ? `, ${baseline.failed} failed` : ''}` });
       // Rebuilds as an operator runs them: `npm run rebuild`, its own process, back to back, at each --parallel.
       const duringRebuild: RebuildLiveResult['duringRebuild'] = [];
       for (const parallel of parallels) {

@@ -155,7 +155,7 @@ async function freshnessSection(): Promise<void> {
           section: 'freshness',
           measure: `commit → read_db, ${label} (p50 / p99)`,
           value: `${r.p50.toFixed(1)} / ${r.p99.toFixed(1)} ms`,
-          reference: `${rate}/s offered, ${r.answered.toFixed(0)}/s answered`,
+          reference: `${rate}/s offered, ${r.answered.toFixed(0)}/s answered${r.failed ? `, ${r.failed} failed` : ''}`,
         });
         if (cores) rows.push(cpuRow('freshness', cores));
         return r;
