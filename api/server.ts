@@ -39,7 +39,7 @@ function classify(err: unknown): ApiError | undefined {
   if (db) return db;
   if (err instanceof URIError) return new ApiError('validation_failed', 'The path is not valid percent-encoding', { field: '(path)' });
   if (err instanceof PoolBusyError) return new ApiError('overloaded', 'Too many requests are waiting for the database; try again', {}, { 'Retry-After': '1' });
-  if (isBusy(err)) return new ApiError('overloaded', 'The database did not finish in time (a lock held elsewhere, or a statement timeout); try again', {}, { 'Retry-After': '1' });
+  if (isBusy(err)) return new ApiError('overloaded', 'The database could not finish in time (a lock held elsewhere, a deadlock, or a statement timeout); try again', {}, { 'Retry-After': '1' });
   if (isUnavailable(err) || /Stream isn't writeable|Connection is closed|Redis did not answer/.test((err as Error)?.message ?? '')) {
     return new ApiError('service_unavailable', 'A database or Redis did not answer; try again', {}, { 'Retry-After': '1' });
   }
