@@ -14,3 +14,20 @@ export async function outboxBacklog(db: CommonQueryMethods): Promise<{ unpublish
 export function lastOutboxId(db: CommonQueryMethods): Promise<number> {
   return db.oneFirst(sql.type(z.object({ id: z.number() }))`SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS id FROM outbox_id_seq`);
 }
+
+/**
+ * A horizon of the outbox (outbox_horizon(), write migration 0001): the last
+ * id drawn, `seq`, then a transaction id of the caller's own, `xid`. Every
+ * writer gets its transaction id before it draws an outbox id, so once a
+ * later snapshot's xmin (snapshotXmin) has passed `xid`, no id up to `seq`
+ * can commit any more. The reconciler and the rebuild both reason from it.
+ */
+export async function outboxHorizon(db: CommonQueryMethods): Promise<{ seq: number; xid: bigint }> {
+  const h = await db.one(sql.type(z.object({ seq: z.number(), xid: z.string() }))`SELECT seq, xid FROM outbox_horizon()`);
+  return { seq: h.seq, xid: BigInt(h.xid) };
+}
+
+/** The xmin of the session's current snapshot: every transaction id below it has ended. */
+export async function snapshotXmin(db: CommonQueryMethods): Promise<bigint> {
+  return BigInt(await db.oneFirst(sql.type(z.object({ xmin: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`));
+}

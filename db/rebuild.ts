@@ -10,6 +10,7 @@ import { insertRows, upsertFragment, type EventRow, type Projection, type SqlTyp
 import { PROJECTIONS } from '../workers/projector/projections/index.js';
 import { orderEvent, type OrderEvent } from '../workers/projector/events.js';
 import { realEvents } from './recompute.js';
+import { outboxHorizon, snapshotXmin } from './outbox.js';
 
 /**
  * Blue/green rebuild (docs/rebuild.md). Projectors keep applying live events
@@ -184,19 +185,14 @@ async function yieldCpu(w: CommonQueryMethods): Promise<boolean> {
 }
 
 /**
- * write_db's outbox horizon, as the reconciler takes it (workers/relay/reconciler.ts):
- * the last id drawn, then a transaction id of its own; waits up to 2 s for every
- * older transaction to end. Once they have, no id up to `seq` can commit any more.
+ * write_db's outbox horizon (outboxHorizon, as the reconciler takes it);
+ * waits up to 2 s for every older transaction to end, so that the snapshot
+ * taken next likely settles every id up to `seq`.
  */
 async function takeHorizon(db: Db): Promise<{ seq: number; xid: bigint }> {
-  const h = await db.one(sql.type(z.object({ seq: z.number(), xid: z.string() }))`SELECT seq, xid FROM outbox_horizon()`);
-  const xid = BigInt(h.xid);
-  for (let waited = 0; waited < 2000; waited += 10) {
-    const xmin = BigInt(await db.oneFirst(sql.type(z.object({ x: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x`));
-    if (xmin > xid) break;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return { seq: h.seq, xid };
+  const h = await outboxHorizon(db);
+  for (let waited = 0; waited < 2000 && (await snapshotXmin(db)) <= h.xid; waited += 10) await new Promise((r) => setTimeout(r, 10));
+  return h;
 }
 
 /** The canonical text of a row (as verify compares), hashed to a signed 64-bit integer. */
@@ -370,8 +366,7 @@ async function run(writeDb: Db, readDb: Db, state: StateWriter, o: RunOptions): 
     try {
       const exported = await lead.oneFirst(sql.type(z.object({ s: z.string() }))`SELECT pg_export_snapshot() AS s`);
       // Every transaction older than the horizon's had ended when the snapshot was taken: no id up to it can commit later.
-      const xmin = BigInt(await lead.oneFirst(sql.type(z.object({ x: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x`));
-      const settled = Math.max(floor, watermark, xmin > horizon.xid ? horizon.seq : 0);
+      const settled = Math.max(floor, watermark, (await snapshotXmin(lead)) > horizon.xid ? horizon.seq : 0);
       const bounds = await lead.one(sql.type(z.object({ high: z.number(), low: z.number() }))`
         SELECT coalesce(max(id), 0) AS high, coalesce(min(id) FILTER (WHERE id > ${floor}), 0) AS low FROM outbox`);
       const gaps = [...(await lead.any(sql.type(z.object({ lo: z.number(), hi: z.number() }))`

@@ -5,6 +5,7 @@ import { toJob, jobIdFor, eventIndexKey, isMultiEvent, type EventQueue, type Eve
 import { z } from 'zod';
 import { sql, type Db } from '../../db/pool.js';
 import { recordDeadLetter, resolvedIds } from '../../db/dead-letters.js';
+import { outboxHorizon, snapshotXmin } from '../../db/outbox.js';
 
 
 export interface ReconcileResult {
@@ -82,7 +83,7 @@ export class Reconciler {
 
   /**
    * The highest outbox id that no transaction can still commit. Each tick
-   * takes a horizon with outbox_horizon() (migration write/0005): the last
+   * takes a horizon with outbox_horizon() (db/outbox.ts outboxHorizon): the last
    * id drawn, S, then a transaction id X of its own. Every writer gets its
    * transaction id before it draws an outbox id (outbox_next_id), so any
    * transaction holding an id ≤ S has an xid < X. Once a snapshot's xmin has
@@ -92,10 +93,9 @@ export class Reconciler {
    * that is in neither xip nor xmin.)
    */
   private async safeBound(): Promise<number> {
-    const h = await this.writeDb.one(sql.type(z.object({ seq: z.number(), xid: z.string() }))`SELECT seq, xid FROM outbox_horizon()`);
-    this.horizons.push({ seq: h.seq, xid: BigInt(h.xid) });
+    this.horizons.push(await outboxHorizon(this.writeDb));
     // A new statement, after outbox_horizon()'s transaction committed.
-    const xmin = BigInt(await this.writeDb.oneFirst(sql.type(z.object({ xmin: z.string() }))`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`));
+    const xmin = await snapshotXmin(this.writeDb);
     for (const x of this.horizons) if (x.xid < xmin) this.settled = Math.max(this.settled, x.seq);
     this.horizons = this.horizons.filter((x) => x.xid >= xmin);
     return this.settled;
