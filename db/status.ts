@@ -136,7 +136,7 @@ const WRITE_TIMEOUT_MS = 1500;
  * in the primary key's index: a backward index scan from the outbox's last
  * id. With write_db away (no last id), the whole table is read.
  */
-async function lastApplied(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {
+export async function lastApplied(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {
   // The floor counts as applied (everything below it may have been pruned, or a full rebuild raised it).
   const floor = await read.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
   const found = await lastRecorded(read, lastId);

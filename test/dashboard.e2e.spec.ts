@@ -6,6 +6,10 @@ import { waitForDrain } from './support/pipeline.js';
 import { testLog } from './support/env.js';
 import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
+import { rebuild } from '../db/rebuild.js';
+import { prune } from '../db/retention.js';
+import { sql } from '../db/pool.js';
+import { z } from 'zod';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
@@ -52,7 +56,7 @@ describe('dashboard (end to end, headless Chromium)', function () {
     assert.equal(await page.title(), 'Order pipeline');
     assert.equal(await page.textContent('#orders b'), '2');
     assert.equal(await page.textContent('#revenue b'), '141.23');
-    assert.equal(await page.textContent('#events b'), '4'); // three orders and one cancellation
+    assert.equal(await page.textContent('#events b'), '4'); // the last of four events: three orders and one cancellation
     assert.equal(await page.textContent('#backlog b'), '0');
     const categories = await page.$$eval('#categories tbody tr', (rows) => rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)));
     assert.deepEqual(categories, [['tools', '139.93', '1'], ['toys', '1.30', '2']]);
@@ -61,5 +65,17 @@ describe('dashboard (end to end, headless Chromium)', function () {
     assert.equal(await page.locator('svg[aria-label^="Revenue per hour"] rect').count(), 1);
     if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
     assert.deepEqual(problems, []);
+  });
+
+  it('still shows the last event applied once a full rebuild and prune have emptied processed_events', async () => {
+    const r = await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL);
+    assert.equal(r.swapped, true);
+    assert.equal(r.floor, 4); // the floor covers all four events
+    await prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 0 }); // and their rows go: the floor says they were applied
+    assert.equal(await f.readDb.oneFirst(sql.type(z.object({ n: z.number() }))`SELECT count(*)::int AS n FROM processed_events`), 0);
+    const page = await browser.newPage();
+    await page.goto(`${f.base}/`);
+    assert.equal(await page.textContent('#events b'), '4');
+    assert.equal(await page.textContent('#revenue b'), '141.23');
   });
 });
