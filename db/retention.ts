@@ -19,7 +19,7 @@ export interface PruneResult {
   /** Outbox rows deleted (processed_events rows are deleted with them). */
   outbox: number;
   /** What held the floor where it is. */
-  limitedBy: 'watermark' | 'dead_letter' | 'age' | 'nothing_to_prune';
+  limitedBy: 'watermark' | 'dead_letter' | 'age' | 'nothing_to_prune' | 'floor_above_bounds';
 }
 
 /**
@@ -51,7 +51,8 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
       SELECT (SELECT last_event_id FROM reconciler_watermark) AS watermark, (SELECT event_id FROM processed_floor) AS floor`);
     const dead = (await lowestFailed(tx)) - 1;
     const target = Math.min(now.watermark, dead, aged);
-    const why: PruneResult['limitedBy'] = target <= now.floor ? 'nothing_to_prune' : target === aged ? 'age' : target === dead ? 'dead_letter' : 'watermark';
+    // Below the floor: a full rebuild raised it past the watermark (db/rebuild.ts); its rows go as they age (below).
+    const why: PruneResult['limitedBy'] = target < now.floor ? 'floor_above_bounds' : target === now.floor ? 'nothing_to_prune' : target === aged ? 'age' : target === dead ? 'dead_letter' : 'watermark';
     if (target <= now.floor) return { floor: now.floor, limitedBy: why };
     await tx.query(sql.typeAlias('void')`UPDATE processed_floor SET event_id = ${target}`);
     return { floor: target, limitedBy: why };

@@ -31,7 +31,7 @@ async function main(): Promise<number> {
       },
     });
     if (tty) process.stderr.write('\r\x1b[K');
-    const why = { watermark: "the reconciler's watermark", dead_letter: 'a dead letter waiting for a decision', age: `--keep-hours ${keepMs / 3_600_000}`, nothing_to_prune: 'nothing older to prune' }[r.limitedBy];
+    const why = { watermark: "the reconciler's watermark", dead_letter: 'a dead letter waiting for a decision', age: `--keep-hours ${keepMs / 3_600_000}`, nothing_to_prune: 'nothing older to prune', floor_above_bounds: 'a floor a full rebuild raised: the rows at or below it go as they pass --keep-hours' }[r.limitedBy];
     console.log(`prune: ${r.outbox} outbox rows and their processed_events rows deleted; every event id ≤ ${r.floor} counts as processed (limited by ${why})`);
     return 0;
   } finally {

@@ -300,6 +300,9 @@ describe('blue/green rebuild (integration)', function () {
     assert.equal(r.events, 0);
     assert.equal((await f.read.query('SELECT count(*)::int AS n FROM processed_events')).rows[0].n, r.events);
     assert.equal((await f.read.query('SELECT event_id::int AS n FROM processed_floor')).rows[0].n, r.floor);
+    // Prune, before any reconciler has moved the watermark: the floor is above its bounds, and it says so.
+    const early = await prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 3_600_000 });
+    assert.deepEqual([early.floor, early.outbox, early.limitedBy], [high, 0, 'floor_above_bounds']);
     // The pipeline resumes: the snapshot's events are duplicates, later ones are applied; prune leaves young events alone.
     relay = await startRelay(f.env.config, testLog);
     worker = await startProjector(f.env.config, testLog);
