@@ -300,8 +300,9 @@ export async function measureFreshness(
         const { rows } = await env.read.query<{ event_id: string }>('SELECT event_id FROM processed_events WHERE event_id = ANY ($1::text[])', [[...pending.keys()]]);
         const now = performance.now();
         for (const r of rows) {
-          latencies.push(now - pending.get(r.event_id)!);
-          onSample?.(pending.get(r.event_id)!, now - pending.get(r.event_id)!);
+          const at = pending.get(r.event_id)!;
+          latencies.push(now - at);
+          onSample?.(at, now - at);
           pending.delete(r.event_id);
         }
       }

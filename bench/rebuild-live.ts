@@ -12,7 +12,8 @@ import { benchEnv, measureFreshness, percentile, seedProducts, startProc, stopPr
  * The blue/green rebuild measured (docs/rebuild.md):
  *  - speed: seconds per million orders and the swap's pause, on a read model
  *    that is up to date (the usual case: projectors running) and on an empty
- *    one (every event of the snapshot still to be recorded processed);
+ *    one (every event of the snapshot still to be counted processed: the swap
+ *    raises the retention floor over them rather than writing a row each);
  *  - freshness (commit → processed_events, as bench/run.ts measures it) of
  *    orders offered at `rate`/s through the running pipeline, in windows
  *    interleaved: without a rebuild, while rebuilds of the whole history run
@@ -110,13 +111,13 @@ export async function rebuildLive(opts: RebuildLiveOptions = {}): Promise<{ rows
     process.stderr.write('\r\x1b[K');
     say(`bench: seeded ${orders} orders in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     await env.read.query('VACUUM ANALYZE');
-    // Cold: nothing processed yet (every event of the snapshot is recorded at the swap). Warm: all of it processed.
+    // Cold: nothing processed yet (the swap raises the floor over the snapshot; `events` counts any id recorded one by one). Warm: all of it processed.
     const cold = await rebuild(env.writeUrl, env.readUrl);
     await env.read.query('VACUUM ANALYZE processed_events');
     rss = process.memoryUsage().rss;
     const warm = await rebuild(env.writeUrl, env.readUrl);
     rows.push({ section: 'rebuild', measure: `${orders} orders, read model up to date`, value: `${warm.seconds.toFixed(1)} s`, reference: `${perMillion(warm).toFixed(1)} s per million orders; swap ${warm.swapMs.toFixed(0)} ms` });
-    rows.push({ section: 'rebuild', measure: `${orders} orders, read model empty (${cold.events} events recorded)`, value: `${cold.seconds.toFixed(1)} s`, reference: `${perMillion(cold).toFixed(1)} s per million orders; swap ${cold.swapMs.toFixed(0)} ms` });
+    rows.push({ section: 'rebuild', measure: `${orders} orders, read model empty (floor raised to ${cold.floor}, ${cold.events} events recorded one by one)`, value: `${cold.seconds.toFixed(1)} s`, reference: `${perMillion(cold).toFixed(1)} s per million orders; swap ${cold.swapMs.toFixed(0)} ms` });
     say(`bench: rebuild warm ${warm.seconds.toFixed(1)} s (swap ${warm.swapMs.toFixed(0)} ms), cold ${cold.seconds.toFixed(1)} s (swap ${cold.swapMs.toFixed(0)} ms)`);
 
     const relay = startProc('workers/relay/main.js', env.env);
