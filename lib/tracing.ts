@@ -64,7 +64,7 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
     import('@opentelemetry/context-async-hooks'),
     import('@opentelemetry/resources'),
     import('@opentelemetry/sdk-trace'),
-    protocol === 'http/json' ? import('@opentelemetry/exporter-trace-otlp-http') : import('@opentelemetry/exporter-trace-otlp-proto'),
+    protocol === 'http/json' ? import('@opentelemetry/exporter-trace-otlp-http').then((m) => new m.OTLPTraceExporter({ url })) : import('./otlp-proto.js').then((m) => m.protobufSpanExporter(url)),
     import('@opentelemetry/instrumentation-pg'),
     import('bullmq-otel'),
   ]);
@@ -72,7 +72,7 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   const provider = new sdk.TracerProvider({
     resource: resources.defaultResource().merge(resources.detectResources({ detectors: [resources.envDetector] })).merge(resources.resourceFromAttributes({ 'service.name': serviceName, 'service.namespace': 'order-pipeline' })),
     sampler: sampler(sdk, config),
-    spanProcessors: [new sdk.BatchSpanProcessor({ exporter: new exporter.OTLPTraceExporter({ url }) })],
+    spanProcessors: [new sdk.BatchSpanProcessor({ exporter })],
   });
   api.context.setGlobalContextManager(new hooks.AsyncLocalStorageContextManager().enable());
   api.propagation.setGlobalPropagator(new core.W3CTraceContextPropagator());
@@ -194,8 +194,14 @@ function failed(o: On, span: Span, err: unknown): void {
  */
 const MAX_LINKS = 128;
 
-/** Each batched item's span (the one active when it was handed in), or the traceparent it carries (see traced). */
-const itemSpans = new WeakMap<object, Span | string>();
+/**
+ * Each batched item's span (the one active when it was handed in), or the
+ * traceparent it carries (see traced): a symbol-keyed property of the item
+ * (JSON leaves it out). A WeakMap cost the web and the worker more: one
+ * entry per order or event, and the collector's work on them.
+ */
+const ITEM_SPAN = Symbol('tracing.itemSpan');
+type Traced = { [ITEM_SPAN]?: Span | string };
 
 /**
  * Remember, for `item` about to join a batch, the active span — or, given a
@@ -206,7 +212,7 @@ export function traced<T extends object>(item: T, traceparent?: unknown): T {
   if (on) {
     // An unsampled span is not an item's span (nor a batch's parent).
     const from = typeof traceparent === 'string' ? traceparent : traceparent == null ? sampledActiveSpan(on) : undefined;
-    if (from) itemSpans.set(item, from);
+    if (from) (item as Traced)[ITEM_SPAN] = from;
   }
   return item;
 }
@@ -228,7 +234,7 @@ export function inBatchSpan<T>(name: string, items: readonly object[], fn: () =>
   const contexts: Context[] = [];
   const spans: Span[] = [];
   for (const item of items) {
-    const from = itemSpans.get(item);
+    const from = (item as Traced)[ITEM_SPAN];
     if (from === undefined) continue;
     if (typeof from !== 'string') {
       spans.push(from);

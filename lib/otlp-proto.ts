@@ -1,0 +1,389 @@
+import type { HrTime, Link, SpanContext } from '@opentelemetry/api';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
+
+/**
+ * OTLP/protobuf encoding of an ExportTraceServiceRequest, byte for byte what
+ * @opentelemetry/otlp-transformer's ProtobufTraceSerializer writes (same
+ * fields, same order: test/otlp-proto.unit.spec.ts compares the two), in
+ * one pass and with Node's native writers: ids go from hex straight into the
+ * buffer (the transformer allocates a Uint8Array per id) and strings are
+ * written by Buffer#write (the transformer measures every string in a first
+ * pass, then copies it char by char). Serializing was the largest single
+ * cost of tracing in the web process (docs/operations.md, Tracing); this
+ * halves it. Used by lib/tracing.ts for http/protobuf; http/json stays the
+ * transformer's.
+ */
+
+type AttributeValue = unknown;
+type Attributes = Record<string, AttributeValue>;
+
+const HAS_IS_REMOTE = 0x100;
+const IS_REMOTE = 0x200;
+const MIN_INT64 = -(2 ** 63);
+const MAX_INT64 = 2 ** 63;
+
+class Writer {
+  buf = Buffer.allocUnsafe(64 * 1024);
+  pos = 0;
+
+  reset(): void {
+    this.pos = 0;
+  }
+
+  private room(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.pos + n) size *= 2;
+    const bigger = Buffer.allocUnsafe(size);
+    this.buf.copy(bigger, 0, 0, this.pos);
+    this.buf = bigger;
+  }
+
+  tag(field: number, wire: number): void {
+    this.varint((field << 3) | wire);
+  }
+
+  varint(value: number): void {
+    this.room(10);
+    const b = this.buf;
+    if (value >= 0 && value <= 0xffffffff) {
+      let v = value >>> 0;
+      while (v > 127) {
+        b[this.pos++] = (v & 127) | 128;
+        v >>>= 7;
+      }
+      b[this.pos++] = v;
+      return;
+    }
+    // 64-bit two's complement, as the transformer writes it.
+    const abs = Math.abs(value);
+    let low = abs >>> 0;
+    let high = (abs / 4294967296) >>> 0;
+    if (value < 0) {
+      low = ~low >>> 0;
+      high = ~high >>> 0;
+      low = (low + 1) >>> 0;
+      if (low === 0) high = (high + 1) >>> 0;
+    }
+    while (high > 0 || low > 127) {
+      b[this.pos++] = (low & 127) | 128;
+      low = ((low >>> 7) | (high << 25)) >>> 0;
+      high >>>= 7;
+    }
+    b[this.pos++] = low & 127;
+  }
+
+  fixed32(v: number): void {
+    this.room(4);
+    this.buf.writeUInt32LE(v >>> 0, this.pos);
+    this.pos += 4;
+  }
+
+  fixed64(low: number, high: number): void {
+    this.room(8);
+    this.buf.writeUInt32LE(low >>> 0, this.pos);
+    this.buf.writeUInt32LE(high >>> 0, this.pos + 4);
+    this.pos += 8;
+  }
+
+  double(v: number): void {
+    this.room(8);
+    this.buf.writeDoubleLE(v, this.pos);
+    this.pos += 8;
+  }
+
+  /** Nanoseconds since the epoch of an HrTime, as fixed64 (the transformer's arithmetic: no BigInt, no precision lost). */
+  hrTime([seconds, nanos]: HrTime): void {
+    const fromLow16 = (seconds & 65535) * 1e9;
+    const fromHigh = ((seconds / 65536) >>> 0) * 1e9;
+    const low = (fromLow16 >>> 0) + (((fromHigh & 65535) * 65536) >>> 0) + nanos;
+    const high = Math.floor(fromLow16 / 4294967296) + ((fromHigh / 65536) >>> 0) + Math.floor(low / 4294967296);
+    this.fixed64(low >>> 0, high >>> 0);
+  }
+
+  /** A string, length-delimited, UTF-8. */
+  string(s: string): void {
+    const len = s.length;
+    if (len < 43) {
+      // At most 126 bytes of UTF-8: the length fits one byte, written after. ASCII (nearly always) by hand: cheaper
+      // than a call into C++ for a few bytes.
+      this.room(1 + len * 3);
+      const b = this.buf;
+      const at = this.pos + 1;
+      let i = 0;
+      for (; i < len; i++) {
+        const c = s.charCodeAt(i);
+        if (c > 127) break;
+        b[at + i] = c;
+      }
+      const n = i === len ? len : b.write(s, at, 'utf8');
+      b[this.pos] = n;
+      this.pos = at + n;
+      return;
+    }
+    const n = Buffer.byteLength(s, 'utf8');
+    this.varint(n);
+    this.room(n);
+    this.pos += this.buf.write(s, this.pos, n, 'utf8');
+  }
+
+  /** Hex id (trace or span) as bytes, length-delimited, straight into the buffer (the SDK's ids are valid hex; a malformed pair would end the id there). */
+  hexId(hex: string): void {
+    this.room(1 + (hex.length >>> 1));
+    const n = this.buf.write(hex, this.pos + 1, 'hex');
+    this.buf[this.pos] = n;
+    this.pos += 1 + n;
+  }
+
+  bytes(b: Uint8Array): void {
+    this.varint(b.length);
+    this.room(b.length);
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+  }
+
+  /** Start a length-delimited message: one byte is reserved for its length (most are short); end() moves it if longer. */
+  start(): number {
+    this.room(1);
+    return this.pos++;
+  }
+
+  end(at: number): void {
+    const len = this.pos - at - 1;
+    if (len < 128) {
+      this.buf[at] = len;
+      return;
+    }
+    const size = len < 16384 ? 2 : len < 2097152 ? 3 : len < 268435456 ? 4 : 5;
+    this.room(size - 1);
+    this.buf.copyWithin(at + size, at + 1, this.pos);
+    this.pos += size - 1;
+    let v = len;
+    let p = at;
+    while (v > 127) {
+      this.buf[p++] = (v & 127) | 128;
+      v >>>= 7;
+    }
+    this.buf[p] = v;
+  }
+
+  finish(): Uint8Array {
+    return new Uint8Array(this.buf.subarray(0, this.pos)); // a copy: the buffer is reused by the next export
+  }
+}
+
+function attributes(w: Writer, attrs: Attributes, field: number): void {
+  for (const key in attrs) {
+    if (!Object.prototype.hasOwnProperty.call(attrs, key)) continue;
+    w.tag(field, 2);
+    const kv = w.start();
+    w.tag(1, 2);
+    w.string(key);
+    w.tag(2, 2);
+    const v = w.start();
+    anyValue(w, attrs[key]);
+    w.end(v);
+    w.end(kv);
+  }
+}
+
+function anyValue(w: Writer, value: AttributeValue): void {
+  const t = typeof value;
+  if (t === 'string') {
+    w.tag(1, 2);
+    w.string(value as string);
+  } else if (t === 'boolean') {
+    w.tag(2, 0);
+    w.varint(value ? 1 : 0);
+  } else if (t === 'number') {
+    const n = value as number;
+    if (Number.isInteger(n) && n >= MIN_INT64 && n < MAX_INT64) {
+      w.tag(3, 0);
+      w.varint(n);
+    } else {
+      w.tag(4, 1);
+      w.double(n);
+    }
+  } else if (value instanceof Uint8Array) {
+    w.tag(7, 2);
+    w.bytes(value);
+  } else if (Array.isArray(value)) {
+    w.tag(5, 2);
+    const list = w.start();
+    for (const item of value) {
+      w.tag(1, 2);
+      const at = w.start();
+      anyValue(w, item);
+      w.end(at);
+    }
+    w.end(list);
+  } else if (t === 'object' && value != null) {
+    w.tag(6, 2);
+    const list = w.start();
+    attributes(w, value as Attributes, 1);
+    w.end(list);
+  }
+}
+
+function flags(traceFlags: number, isRemote: boolean | undefined): number {
+  return (traceFlags & 255) | HAS_IS_REMOTE | (isRemote ? IS_REMOTE : 0);
+}
+
+function link(w: Writer, l: Link): void {
+  const ctx: SpanContext = l.context;
+  w.tag(1, 2);
+  w.hexId(ctx.traceId);
+  w.tag(2, 2);
+  w.hexId(ctx.spanId);
+  const state = ctx.traceState?.serialize();
+  if (state) {
+    w.tag(3, 2);
+    w.string(state);
+  }
+  if (l.attributes) attributes(w, l.attributes, 4);
+  w.tag(5, 0);
+  w.varint(l.droppedAttributesCount || 0);
+  w.tag(6, 5);
+  w.fixed32(flags(ctx.traceFlags, ctx.isRemote));
+}
+
+function span(w: Writer, s: ReadableSpan): void {
+  const ctx = s.spanContext();
+  w.tag(1, 2);
+  w.hexId(ctx.traceId);
+  w.tag(2, 2);
+  w.hexId(ctx.spanId);
+  const state = ctx.traceState?.serialize();
+  if (state) {
+    w.tag(3, 2);
+    w.string(state);
+  }
+  if (s.parentSpanContext?.spanId) {
+    w.tag(4, 2);
+    w.hexId(s.parentSpanContext.spanId);
+  }
+  w.tag(5, 2);
+  w.string(s.name);
+  const kind = s.kind == null ? 0 : s.kind + 1;
+  if (kind !== 0) {
+    w.tag(6, 0);
+    w.varint(kind);
+  }
+  w.tag(7, 1);
+  w.hrTime(s.startTime);
+  w.tag(8, 1);
+  w.hrTime(s.endTime);
+  if (s.attributes) attributes(w, s.attributes, 9);
+  w.tag(10, 0);
+  w.varint(s.droppedAttributesCount);
+  for (const e of s.events) {
+    w.tag(11, 2);
+    const at = w.start();
+    w.tag(1, 1);
+    w.hrTime(e.time);
+    w.tag(2, 2);
+    w.string(e.name);
+    if (e.attributes) attributes(w, e.attributes, 3);
+    w.tag(4, 0);
+    w.varint(e.droppedAttributesCount || 0);
+    w.end(at);
+  }
+  w.tag(12, 0);
+  w.varint(s.droppedEventsCount);
+  for (const l of s.links) {
+    w.tag(13, 2);
+    const at = w.start();
+    link(w, l);
+    w.end(at);
+  }
+  w.tag(14, 0);
+  w.varint(s.droppedLinksCount);
+  w.tag(15, 2);
+  const status = w.start();
+  if (s.status.message) {
+    w.tag(2, 2);
+    w.string(s.status.message);
+  }
+  w.tag(3, 0);
+  w.varint(s.status.code);
+  w.end(status);
+  w.tag(16, 5);
+  w.fixed32(flags(ctx.traceFlags, s.parentSpanContext?.isRemote));
+}
+
+const writer = new Writer();
+
+/** ExportTraceServiceRequest of these spans, grouped by resource and then scope (by identity, in order of appearance). */
+export function serializeSpans(spans: readonly ReadableSpan[]): Uint8Array {
+  const byResource = new Map<ReadableSpan['resource'], Map<ReadableSpan['instrumentationScope'], ReadableSpan[]>>();
+  for (const s of spans) {
+    let scopes = byResource.get(s.resource);
+    if (!scopes) byResource.set(s.resource, (scopes = new Map()));
+    let list = scopes.get(s.instrumentationScope);
+    if (!list) scopes.set(s.instrumentationScope, (list = []));
+    list.push(s);
+  }
+  const w = writer;
+  w.reset();
+  for (const [resource, scopes] of byResource) {
+    w.tag(1, 2);
+    const rs = w.start();
+    w.tag(1, 2);
+    const r = w.start();
+    if (resource.attributes) attributes(w, resource.attributes, 1);
+    w.tag(2, 0);
+    w.varint(0);
+    w.end(r);
+    for (const [scope, list] of scopes) {
+      w.tag(2, 2);
+      const ss = w.start();
+      w.tag(1, 2);
+      const sc = w.start();
+      w.tag(1, 2);
+      w.string(scope.name);
+      if (scope.version) {
+        w.tag(2, 2);
+        w.string(scope.version);
+      }
+      const scopeAttributes = (scope as { attributes?: Attributes }).attributes;
+      if (scopeAttributes) attributes(w, scopeAttributes, 3);
+      const dropped = (scope as { droppedAttributesCount?: number }).droppedAttributesCount;
+      if (dropped) {
+        w.tag(4, 0);
+        w.varint(dropped);
+      }
+      w.end(sc);
+      for (const s of list) {
+        w.tag(2, 2);
+        const at = w.start();
+        span(w, s);
+        w.end(at);
+      }
+      if (scope.schemaUrl) {
+        w.tag(3, 2);
+        w.string(scope.schemaUrl);
+      }
+      w.end(ss);
+    }
+    if (resource.schemaUrl) {
+      w.tag(3, 2);
+      w.string(resource.schemaUrl);
+    }
+    w.end(rs);
+  }
+  return w.finish();
+}
+
+/**
+ * An OTLP/HTTP span exporter sending protobuf written by serializeSpans:
+ * @opentelemetry/exporter-trace-otlp-proto's OTLPTraceExporter with the
+ * serializer swapped (same transport, the same OTEL_EXPORTER_OTLP_* headers,
+ * timeout, compression and retries; the collector's answer decoded by the
+ * transformer).
+ */
+export async function protobufSpanExporter(url: string): Promise<import('@opentelemetry/sdk-trace').SpanExporter> {
+  const [base, http, transformer] = await Promise.all([import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-exporter-base/node-http'), import('@opentelemetry/otlp-transformer')]);
+  const serializer = { serializeRequest: serializeSpans, deserializeResponse: transformer.ProtobufTraceSerializer.deserializeResponse };
+  const options = http.convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
+  return new base.OTLPExporterBase(http.createOtlpHttpExportDelegate(options, serializer, 'otlp_http_span_exporter', transformer.TraceExporterMetricsHelper, undefined));
+}

@@ -1,0 +1,107 @@
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { gunzipSync } from 'node:zlib';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, trace, type Span } from '@opentelemetry/api';
+import { TraceState } from '@opentelemetry/core';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
+import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { protobufSpanExporter, serializeSpans } from '../lib/otlp-proto.js';
+import { ExportResultCode } from '@opentelemetry/core';
+
+/** Spans of every shape the SDK makes, from two resources and three scopes. */
+function spans(): ReadableSpan[] {
+  const memory = new InMemorySpanExporter();
+  const providers = [
+    new TracerProvider({ resource: resourceFromAttributes({ 'service.name': 'web', 'service.namespace': 'order-pipeline', 'host.arch': 'x64', pid: 4242 }), spanProcessors: [new SimpleSpanProcessor({ exporter: memory })] }),
+    new TracerProvider({ resource: resourceFromAttributes({ 'service.name': 'wörker ☃', list: ['a', 'b'] }), spanProcessors: [new SimpleSpanProcessor({ exporter: memory })] }),
+  ];
+  const remote = trace.setSpanContext(ROOT_CONTEXT, { traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', traceFlags: TraceFlags.SAMPLED, isRemote: true, traceState: new TraceState('vendor=x,other=y') });
+  for (const [p, provider] of providers.entries()) {
+    const a = provider.getTracer('order-pipeline');
+    const b = provider.getTracer('@opentelemetry/instrumentation-pg', '0.77.0');
+    const c = provider.getTracer('bullmq', undefined, { schemaUrl: 'https://opentelemetry.io/schemas/1.30.0' });
+    const root = a.startSpan('POST /orders', { kind: SpanKind.SERVER, attributes: { 'http.request.method': 'POST', 'http.route': '/orders', 'http.response.status_code': 201 } }, remote);
+    const ctx = trace.setSpan(ROOT_CONTEXT, root);
+    const children: Span[] = [];
+    for (let i = 0; i < 3; i++) {
+      children.push(
+        a.startSpan(`place_orders ${i}`, { links: [{ context: root.spanContext() }, { context: trace.getSpanContext(remote)!, attributes: { why: 'batch', n: i } }], attributes: { 'batch.size': i + 1 } }, ctx),
+      );
+    }
+    const q = b.startSpan('pg.query:SELECT', { kind: SpanKind.CLIENT, attributes: { 'db.query.text': `SELECT ${'x, '.repeat(200)}1 -- long: more than 16 KB once repeated`.repeat(30), 'server.port': 5432 } }, ctx);
+    q.recordException(new Error('connection reset: ünïcode'));
+    q.setStatus({ code: SpanStatusCode.ERROR, message: 'reset' });
+    q.end();
+    const numbers = c.startSpan('numbers', { kind: SpanKind.PRODUCER, attributes: { zero: 0, negative: -7, big: 2 ** 40, bigNegative: -(2 ** 40), max: Number.MAX_SAFE_INTEGER, double: 1.5, nan: Number.NaN, yes: true, no: false, emoji: '🙂 ok', strings: ['x', 'ÿ'], ints: [1, -2], empty: '', [`key ${p}`]: 'k'.repeat(300) } });
+    numbers.addEvent('an event', { at: 1 }, [1_700_000_000, 123_456_789]);
+    numbers.addEvent('bare');
+    numbers.end([1_700_000_001, 999_999_999]);
+    c.startSpan('consumer', { kind: SpanKind.CONSUMER, root: true }).end();
+    for (const s of children) {
+      s.setStatus({ code: SpanStatusCode.OK });
+      s.end();
+    }
+    root.end();
+  }
+  return memory.getFinishedSpans();
+}
+
+describe('OTLP/protobuf serializer and exporter (unit; the exporter against a local HTTP server)', () => {
+  it('writes byte for byte what @opentelemetry/otlp-transformer writes', () => {
+    const all = spans();
+    assert.ok(all.length >= 14);
+    const ours = Buffer.from(serializeSpans(all));
+    const theirs = Buffer.from(ProtobufTraceSerializer.serializeRequest(all)!);
+    assert.ok(ours.length > 16_384, 'a message long enough for a 3-byte length');
+    assert.equal(ours.toString('hex'), theirs.toString('hex'));
+  });
+
+  it('each span alone, and an empty request', () => {
+    for (const s of spans()) assert.equal(Buffer.from(serializeSpans([s])).toString('hex'), Buffer.from(ProtobufTraceSerializer.serializeRequest([s])!).toString('hex'), s.name);
+    assert.equal(serializeSpans([]).length, 0);
+  });
+
+  it('returns a copy: the next request does not overwrite the last', () => {
+    const [a, b] = spans();
+    const first = serializeSpans([a!]);
+    const copy = Buffer.from(first).toString('hex');
+    serializeSpans([b!, b!, b!]);
+    assert.equal(Buffer.from(first).toString('hex'), copy);
+  });
+
+  it('the exporter posts them to the URL with the OTEL_EXPORTER_OTLP_* headers and compression, as the SDK exporter does', async () => {
+    const got: { path?: string; headers: http.IncomingHttpHeaders; body: Buffer }[] = [];
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        got.push({ path: req.url, headers: req.headers, body: Buffer.concat(chunks) });
+        res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const saved = { h: process.env.OTEL_EXPORTER_OTLP_HEADERS, c: process.env.OTEL_EXPORTER_OTLP_COMPRESSION };
+    try {
+      process.env.OTEL_EXPORTER_OTLP_HEADERS = 'x-tenant=shop';
+      process.env.OTEL_EXPORTER_OTLP_COMPRESSION = 'gzip';
+      const exporter = await protobufSpanExporter(`http://127.0.0.1:${(server.address() as { port: number }).port}/v1/traces`);
+      const all = spans();
+      const code = await new Promise<number>((r) => exporter.export(all, (res) => r(res.code)));
+      await exporter.shutdown();
+      assert.equal(code, ExportResultCode.SUCCESS);
+      assert.equal(got.length, 1);
+      assert.equal(got[0]!.path, '/v1/traces');
+      assert.equal(got[0]!.headers['content-type'], 'application/x-protobuf');
+      assert.equal(got[0]!.headers['x-tenant'], 'shop');
+      assert.equal(got[0]!.headers['content-encoding'], 'gzip');
+      assert.equal(gunzipSync(got[0]!.body).toString('hex'), Buffer.from(ProtobufTraceSerializer.serializeRequest(all)!).toString('hex'));
+    } finally {
+      for (const [k, v] of [['OTEL_EXPORTER_OTLP_HEADERS', saved.h], ['OTEL_EXPORTER_OTLP_COMPRESSION', saved.c]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
