@@ -11,19 +11,39 @@ export async function readJson(req: IncomingMessage): Promise<unknown> {
   }
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > MAX_BODY_BYTES) throw new ApiError('payload_too_large', undefined, {}, { Connection: 'close' });
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES) throw new ApiError('payload_too_large', undefined, {}, { Connection: 'close' });
-    chunks.push(chunk);
-  }
-  const text = Buffer.concat(chunks).toString('utf8');
+  const text = await readBody(req);
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {
     throw new ApiError('malformed_json', (err as Error).message);
   }
+}
+
+/**
+ * The body as text, at most MAX_BODY_BYTES. Read with 'data' and 'end'
+ * events: an async iterator over the request (for await) cost the web
+ * process about 15 µs an order more, twice that with tracing on (each await
+ * carries the async context along).
+ */
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
+      else done(new ApiError('payload_too_large', undefined, {}, { Connection: 'close' }));
+    };
+    const onEnd = () => done();
+    const onError = (err: Error) => done(err);
+    const onClose = () => done(new Error('the request was closed before its body ended'));
+    const done = (err?: Error) => {
+      req.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
+      if (err) reject(err);
+      else resolve(chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8'));
+    };
+    req.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
+  });
 }
 
 export function sendJson(
