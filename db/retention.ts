@@ -54,7 +54,10 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     // Below the floor: a full rebuild raised it past the watermark (db/rebuild.ts); its rows go as they age (below).
     const why: PruneResult['limitedBy'] = target < now.floor ? 'floor_above_bounds' : target === now.floor ? 'nothing_to_prune' : target === aged ? 'age' : target === dead ? 'dead_letter' : 'watermark';
     if (target <= now.floor) return { floor: now.floor, limitedBy: why };
-    await tx.query(sql.typeAlias('void')`UPDATE processed_floor SET event_id = ${target}`);
+    // The floor's time: that of the row at it, if there is one (an id may be a gap or a resolved dead letter: then the last known stays).
+    await tx.query(sql.typeAlias('void')`
+      UPDATE processed_floor SET event_id = ${target},
+             applied_at = coalesce((SELECT processed_at FROM processed_events WHERE event_id = ${String(target)}), applied_at)`);
     return { floor: target, limitedBy: why };
   });
 

@@ -138,10 +138,10 @@ const WRITE_TIMEOUT_MS = 1500;
  */
 export async function lastApplied(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {
   // The floor counts as applied (everything below it may have been pruned, or a full rebuild raised it).
-  const floor = await read.oneFirst(sql.type(z.object({ floor: z.number() }))`SELECT event_id AS floor FROM processed_floor`);
+  const { floor, at } = await read.one(sql.type(z.object({ floor: z.number(), at: z.string().nullable() }))`SELECT event_id AS floor, applied_at AS at FROM processed_floor`);
   const found = await lastRecorded(read, lastId);
   if (found && Number(found.id) >= floor) return found;
-  return floor > 0 ? { id: String(floor), at: null } : null;
+  return floor > 0 ? { id: String(floor), at } : null;
 }
 
 async function lastRecorded(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {

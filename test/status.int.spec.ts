@@ -6,6 +6,7 @@ import { testLog } from './support/env.js';
 import { startRelay, type RelayHandle } from '../workers/relay/start.js';
 import { startProjector, type ProjectorHandle } from '../workers/projector/projector.js';
 import { projectionStatuses, statusReport, type StatusReport } from '../db/status.js';
+import { rebuild } from '../db/rebuild.js';
 import { PROJECTIONS } from '../workers/projector/projections/index.js';
 
 const PASSWORD = 'status-test-password';
@@ -83,6 +84,21 @@ describe('projection status (integration)', function () {
       assert.ok(p.seconds_behind! >= 1, `the unapplied event is ${p.seconds_behind} s old`);
     }
     assert.equal(behind.outbox?.last_event_id, Number(r.headers.get('x-consistency-token')));
+  });
+
+  it('after a full rebuild of a read model that had applied nothing, the last applied event is the floor it raised, at the time of its swap', async () => {
+    const a = await createProduct(f.base, { price: '2.00', stock: 100 });
+    let last = 0;
+    for (const customer of [1, 2]) last = Number((await call(f.base, 'POST', '/orders', { customer_id: customer, items: [{ product_id: a, quantity: 1 }] })).headers.get('x-consistency-token'));
+    const before = Date.now();
+    await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL);
+    assert.equal((await f.read.query('SELECT count(*)::int AS n FROM processed_events')).rows[0].n, 0, 'the floor counts them, no row does');
+    for (const p of (await status()).projections) {
+      assert.equal(p.last_applied_event_id, String(last), p.projection);
+      assert.ok(p.last_applied_at, `${p.projection}: the floor's time is known`);
+      const at = Date.parse(`${p.last_applied_at}`);
+      assert.ok(at >= before - 1000 && at <= Date.now() + 1000, `${p.last_applied_at} is the swap's time`);
+    }
   });
 
   it('the last applied event is the numerically highest (text order would say 99 > 100)', async () => {
