@@ -26,6 +26,8 @@ export async function readJson(req: IncomingMessage): Promise<unknown> {
  * carries the async context along).
  */
 function readBody(req: IncomingMessage): Promise<string> {
+  // Closed already (a handler that awaited something first, and the client left): no event would ever come.
+  if (req.destroyed) return Promise.reject(Object.assign(new Error('the request was closed before its body was read'), { code: 'ECONNRESET' }));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -36,7 +38,7 @@ function readBody(req: IncomingMessage): Promise<string> {
     };
     const onEnd = () => done();
     const onError = (err: Error) => done(err);
-    const onClose = () => done(new Error('the request was closed before its body ended'));
+    const onClose = () => done(Object.assign(new Error('the request was closed before its body ended'), { code: 'ECONNRESET' }));
     const done = (err?: Error) => {
       req.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
       if (err) reject(err);

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { sql, type Db } from './pool.js';
 import { lowestFailed } from './dead-letters.js';
+import { lastRecorded } from './status.js';
 
 export interface PruneOptions {
   writeDb: Db;
@@ -54,10 +55,10 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
     // Below the floor: a full rebuild raised it past the watermark (db/rebuild.ts); its rows go as they age (below).
     const why: PruneResult['limitedBy'] = target < now.floor ? 'floor_above_bounds' : target === now.floor ? 'nothing_to_prune' : target === aged ? 'age' : target === dead ? 'dead_letter' : 'watermark';
     if (target <= now.floor) return { floor: now.floor, limitedBy: why };
-    // The floor's time: that of the row at it, if there is one (an id may be a gap or a resolved dead letter: then the last known stays).
-    await tx.query(sql.typeAlias('void')`
-      UPDATE processed_floor SET event_id = ${target},
-             applied_at = coalesce((SELECT processed_at FROM processed_events WHERE event_id = ${String(target)}), applied_at)`);
+    // The floor's time: that of the highest row at or below it (the id itself may be a gap or a resolved dead
+    // letter); never earlier than the time it had (a full rebuild's swap may have set a later one).
+    const at = (await lastRecorded(tx, target))?.at ?? null;
+    await tx.query(sql.typeAlias('void')`UPDATE processed_floor SET event_id = ${target}, applied_at = greatest(applied_at, ${at}::timestamp)`);
     return { floor: target, limitedBy: why };
   });
 

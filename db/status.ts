@@ -144,7 +144,8 @@ export async function lastApplied(read: CommonQueryMethods, lastId: number | und
   return floor > 0 ? { id: String(floor), at } : null;
 }
 
-async function lastRecorded(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {
+/** The processed_events row of the highest id at or below `lastId` (with no `lastId`, the highest of all), or null. */
+export async function lastRecorded(read: CommonQueryMethods, lastId: number | undefined): Promise<{ id: string; at: string | null } | null> {
   const row = z.object({ event_id: z.string(), processed_at: z.string() });
   if (lastId !== undefined) {
     for (let digits = String(lastId).length; digits >= 1; digits--) {

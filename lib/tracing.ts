@@ -212,7 +212,7 @@ export function traced<T extends object>(item: T, traceparent?: unknown): T {
   if (on) {
     // An unsampled span is not an item's span (nor a batch's parent).
     const from = typeof traceparent === 'string' ? traceparent : traceparent == null ? sampledActiveSpan(on) : undefined;
-    if (from) (item as Traced)[ITEM_SPAN] = from;
+    if (from && Object.isExtensible(item)) (item as Traced)[ITEM_SPAN] = from; // a frozen item goes unlinked
   }
   return item;
 }

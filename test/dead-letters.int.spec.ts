@@ -89,8 +89,13 @@ describe('dead letters, retention and rebuild together (integration)', function 
     await until('watermark at the top', async () => (await watermark()) >= top);
     const v0 = await verify();
     assert.equal(v0.code, 0, v0.out);
+    const rows = (await f.read.query<{ id: string; at: Date }>('SELECT event_id::bigint::text AS id, processed_at AS at FROM processed_events ORDER BY event_id::bigint')).rows;
     const pr = await prune({ writeDb: f.writeDb, readDb: f.readDb, keepMs: 0 });
     assert.ok(pr.floor >= e, `floor ${pr.floor} passed the parked event ${e}`);
+    // The floor's time: that of the highest row at or below it, whether or not the floor's own id had a row.
+    const below = rows.filter((r) => Number(r.id) <= pr.floor).at(-1)!;
+    const floorAt = (await f.read.query<{ at: Date }>('SELECT applied_at AS at FROM processed_floor')).rows[0]!.at;
+    assert.equal(floorAt?.getTime(), below.at.getTime(), `the floor ${pr.floor} has the time of event ${below.id}`);
     const v1 = await verify();
     assert.equal(v1.code, 0, v1.out);
     await rebuild(f.env.config.DATABASE_URL, f.env.config.READ_DATABASE_URL);
