@@ -128,6 +128,13 @@ const schema = z.object({
   OTEL_TRACES_EXPORTER: z.enum(['otlp', 'none']).default('otlp'),
   OTEL_TRACES_SAMPLER: z.enum(['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio']).default('parentbased_always_on'),
   OTEL_TRACES_SAMPLER_ARG: z.string().regex(/^(0(\.\d+)?|1(\.0+)?)$/, 'must be a ratio from 0 to 1').transform(Number).optional(),
+  /**
+   * The span batches (the standard variables, smaller defaults than the SDK's
+   * 512 spans / 5 s): a span kept waiting for its batch outlives the young
+   * generation, and the collector's work on it grows (docs/operations.md, Tracing).
+   */
+  OTEL_BSP_MAX_EXPORT_BATCH_SIZE: int(1, 2048).default(128),
+  OTEL_BSP_SCHEDULE_DELAY: int(10, 60000).default(200),
 });
 
 export type Config = z.infer<typeof schema>;

@@ -72,7 +72,7 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   const provider = new sdk.TracerProvider({
     resource: resources.defaultResource().merge(resources.detectResources({ detectors: [resources.envDetector] })).merge(resources.resourceFromAttributes({ 'service.name': serviceName, 'service.namespace': 'order-pipeline' })),
     sampler: sampler(sdk, config),
-    spanProcessors: [new sdk.BatchSpanProcessor({ exporter })],
+    spanProcessors: [new sdk.BatchSpanProcessor({ exporter, maxExportBatchSize: config.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, scheduledDelayMillis: config.OTEL_BSP_SCHEDULE_DELAY })],
   });
   api.context.setGlobalContextManager(new hooks.AsyncLocalStorageContextManager().enable());
   api.propagation.setGlobalPropagator(new core.W3CTraceContextPropagator());

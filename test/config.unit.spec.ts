@@ -53,5 +53,8 @@ describe('tracing configuration (unit)', () => {
     assert.throws(() => getConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' }), /OTEL_EXPORTER_OTLP_ENDPOINT: must be an http/);
     assert.throws(() => getConfig({ OTEL_TRACES_SAMPLER_ARG: '1.5' }), /OTEL_TRACES_SAMPLER_ARG/);
     assert.equal(getConfig({ OTEL_TRACES_SAMPLER_ARG: '0.25' }).OTEL_TRACES_SAMPLER_ARG, 0.25);
+    assert.deepEqual([getConfig({}).OTEL_BSP_MAX_EXPORT_BATCH_SIZE, getConfig({}).OTEL_BSP_SCHEDULE_DELAY], [128, 200]);
+    assert.equal(getConfig({ OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '512' }).OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512);
+    assert.throws(() => getConfig({ OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '0' }), /OTEL_BSP_MAX_EXPORT_BATCH_SIZE/);
   });
 });
