@@ -229,8 +229,8 @@ function flags(traceFlags: number, isRemote: boolean | undefined): number {
   return (traceFlags & 255) | HAS_IS_REMOTE | (isRemote ? IS_REMOTE : 0);
 }
 
-function link(w: Writer, l: Link): void {
-  const ctx: SpanContext = l.context;
+/** Fields 1–3 of a Span and of a Link alike: trace_id, span_id, trace_state. */
+function ids(w: Writer, ctx: SpanContext): void {
   w.tag(1, 2);
   w.hexId(ctx.traceId);
   w.tag(2, 2);
@@ -240,6 +240,11 @@ function link(w: Writer, l: Link): void {
     w.tag(3, 2);
     w.string(state);
   }
+}
+
+function link(w: Writer, l: Link): void {
+  const ctx: SpanContext = l.context;
+  ids(w, ctx);
   if (l.attributes) attributes(w, l.attributes, 4);
   w.tag(5, 0);
   w.varint(l.droppedAttributesCount || 0);
@@ -249,15 +254,7 @@ function link(w: Writer, l: Link): void {
 
 function span(w: Writer, s: ReadableSpan): void {
   const ctx = s.spanContext();
-  w.tag(1, 2);
-  w.hexId(ctx.traceId);
-  w.tag(2, 2);
-  w.hexId(ctx.spanId);
-  const state = ctx.traceState?.serialize();
-  if (state) {
-    w.tag(3, 2);
-    w.string(state);
-  }
+  ids(w, ctx);
   if (s.parentSpanContext?.spanId) {
     w.tag(4, 2);
     w.hexId(s.parentSpanContext.spanId);
