@@ -610,7 +610,7 @@ async function swapBody(tx: DatabaseConnection, writeDb: Db, lead: DatabaseConne
       // Everything rebuilt: every id up to `cover` is in S (or can never commit), so the floor rises to it; S's ids
       // above it are recorded one by one. S's dead letters are covered by the recomputation (it reads orders, not
       // events), as are those at or below the floor.
-      if (cover > floor) await tx.query(void_`UPDATE processed_floor SET event_id = ${cover}, applied_at = now() AT TIME ZONE 'UTC'`);
+      if (cover > floor) await tx.query(void_`UPDATE processed_floor SET event_id = ${cover}, applied_at = clock_timestamp() AT TIME ZONE 'UTC'`);
       floor = Math.max(floor, cover);
       resolved += (await tx.query(void_`DELETE FROM dead_letters WHERE event_id::bigint <= ${floor}`)).rowCount;
       resolved += await tx.oneFirst(sql.type(z.object({ n: z.number() }))`
