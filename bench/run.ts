@@ -17,6 +17,7 @@ import {
   cpuCores,
   cpuSnapshot,
   measureFreshness,
+  percentile,
   pgbenchPlaceOrder,
   pgbenchPlainStatements,
   randomOrder,
@@ -208,10 +209,7 @@ async function drain(): Promise<void> {
  * median of the rounds' ratios. One run's throughput moves by ±10 % here
  * between identical runs, so a mean over few runs said less than this.
  */
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
+const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50); // of an odd count of rounds: the middle one
 
 async function tracingSection(): Promise<void> {
   const sink = await otlpSink();
