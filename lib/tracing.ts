@@ -148,10 +148,16 @@ export function bullmqTelemetry(): Telemetry | undefined {
  * job carry none, and its statements are the plain ones).
  */
 export function currentTraceparent(): string | undefined {
-  if (!on || !sampledActiveSpan(on)) return undefined;
-  const carrier: { traceparent?: string } = {};
-  on.api.propagation.inject(on.api.context.active(), carrier);
-  return carrier.traceparent;
+  const span = on && sampledActiveSpan(on);
+  return span ? traceparentOf(span.spanContext()) : undefined;
+}
+
+/**
+ * The W3C traceparent of a span context, as the W3C propagator writes it
+ * (without its checks: a sampled span of this SDK has valid ids).
+ */
+function traceparentOf(sc: { traceId: string; spanId: string; traceFlags: number }): string {
+  return `00-${sc.traceId}-${sc.spanId}-${(sc.traceFlags & 0xff).toString(16).padStart(2, '0')}`;
 }
 
 /** The active span, if it is sampled (an unsampled trace records nothing downstream). */
@@ -231,17 +237,17 @@ function sampledContext(o: On, traceparent: string | null | undefined): Context 
 export function inBatchSpan<T>(name: string, items: readonly object[], fn: () => Promise<T>, attributes: Record<string, string | number> = {}): Promise<T> {
   if (!on) return fn();
   const o = on;
-  const contexts: Context[] = [];
+  const links: Link[] = [];
   const spans: Span[] = [];
   for (const item of items) {
     const from = (item as Traced)[ITEM_SPAN];
     if (from === undefined) continue;
     if (typeof from !== 'string') {
       spans.push(from);
-      if (contexts.length < MAX_LINKS) contexts.push(o.api.trace.setSpan(o.api.ROOT_CONTEXT, from));
-    } else if (contexts.length < MAX_LINKS) {
+      if (links.length < MAX_LINKS) links.push({ context: from.spanContext() });
+    } else if (links.length < MAX_LINKS) {
       const ctx = sampledContext(o, from);
-      if (ctx) contexts.push(ctx);
+      if (ctx) links.push({ context: o.api.trace.getSpanContext(ctx)! });
     }
   }
   return inSpan(
@@ -251,7 +257,7 @@ export function inBatchSpan<T>(name: string, items: readonly object[], fn: () =>
       if (span) for (const s of spans) s.addLink({ context: span.spanContext() });
       return fn();
     },
-    { parent: contexts[0] ?? o.api.ROOT_CONTEXT, links: contexts.map((ctx) => ({ context: o.api.trace.getSpanContext(ctx)! })) },
+    { parent: links.length ? o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, links[0]!.context) : o.api.ROOT_CONTEXT, links },
   );
 }
 
@@ -303,10 +309,9 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
     o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, links[0]!.context),
   );
   const spanCtx = o.api.trace.setSpan(o.api.ROOT_CONTEXT, span);
-  const carrier: { traceparent?: string } = {};
-  o.api.propagation.inject(spanCtx, carrier);
+  const own = traceparentOf(span.spanContext());
   return {
-    traceparent: (i) => (i === first ? carrier.traceparent : asWritten(i)),
+    traceparent: (i) => (i === first ? own : asWritten(i)),
     run: async (fn) => {
       try {
         return await o.api.context.with(spanCtx, fn);
