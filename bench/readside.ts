@@ -58,7 +58,10 @@ export async function seedOrders(write: pg.Pool, orders: number, onProgress: (do
     onProgress(to);
   }
   await write.query(`SELECT setval('orders_id_seq', $1)`, [orders]);
-  await write.query('ANALYZE');
+  // As autovacuum leaves a history that has been there a while: the UPDATE above left a dead version of every
+  // order, and no row has its hint bits yet. Without it, the first full read after seeding (a rebuild's, say)
+  // paid for both, measured as a cold rebuild 1.7× slower than the next one.
+  await write.query('VACUUM ANALYZE');
 }
 
 /**
