@@ -154,7 +154,8 @@ export function currentTraceparent(): string | undefined {
 
 /**
  * The W3C traceparent of a span context, as the W3C propagator writes it
- * (without its checks: a sampled span of this SDK has valid ids).
+ * (without its checks: a span of this SDK has valid ids, and nothing here
+ * suppresses tracing).
  */
 function traceparentOf(sc: { traceId: string; spanId: string; traceFlags: number }): string {
   return `00-${sc.traceId}-${sc.spanId}-${(sc.traceFlags & 0xff).toString(16).padStart(2, '0')}`;
