@@ -233,7 +233,11 @@ function sampledContext(o: On, traceparent: string | null | undefined): Context 
 /**
  * Run one batch's work inside a batch span: its parent is the first item's
  * span, it links to the items' spans (the first MAX_LINKS), and every item's
- * own span links back to it. `items` are what traced() was given.
+ * own span links back to it. `items` are what traced() was given. A batch
+ * with no sampled item (orders of unsampled traces, events written outside
+ * a trace) has no span, and its statements none either (it runs outside any
+ * span): work outside a sampled trace records nothing, as in the relay and
+ * the job wrapper, instead of starting a trace of its own.
  */
 export function inBatchSpan<T>(name: string, items: readonly object[], fn: () => Promise<T>, attributes: Record<string, string | number> = {}): Promise<T> {
   if (!on) return fn();
@@ -251,6 +255,7 @@ export function inBatchSpan<T>(name: string, items: readonly object[], fn: () =>
       if (ctx) links.push({ context: o.api.trace.getSpanContext(ctx)! });
     }
   }
+  if (links.length === 0) return o.api.context.with(o.api.ROOT_CONTEXT, fn);
   return inSpan(
     name,
     async (span) => {

@@ -206,9 +206,23 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
         if (rows[0].n === 3) break;
         await sleep(50);
       }
+      // A fourth order, unsampled, once the relay and the worker run: its event travels alone, so its group commit
+      // and its projector batch hold no sampled item.
+      const fourth = await call(base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: product, quantity: 1 }] }, { traceparent: `00-${'7'.repeat(32)}-${'8'.repeat(16)}-00` });
+      assert.equal(fourth.status, 201);
+      const fourthId = Number(fourth.headers.get('x-consistency-token'));
+      const applied = async () => (await read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [String(fourthId)])).rowCount === 1;
+      for (let i = 0; i < 200 && !(await applied()); i++) await sleep(50);
+      assert.ok(await applied(), 'the fourth order reached read_db');
       for (const p of procs) assert.equal((await p.signal('SIGTERM')).code, 0, p.output.slice(-2000));
 
       const spans = receiver.spans;
+      assert.deepEqual(
+        spans.filter((s) => ['place_orders', 'projector.batch'].includes(s.name) && !s.parentSpanId).map((s) => `${s.service} ${s.name}`),
+        [],
+        'a batch with no sampled order or event records no span (it used to start a trace of its own)',
+      );
+      assert.ok(spans.filter((s) => s.name === 'projector.batch').length >= 1 && spans.filter((s) => s.name === 'place_orders').length >= 2, 'the sampled orders still have their batch spans');
       const request = (eventId: number) => spans.find((s) => s.service === 'web' && s.name === 'POST /orders' && s.attributes['outbox.event_id'] === eventId);
       const [first, second, third] = ids.map(request);
       assert.ok(first && third, 'the sampled orders have request spans');
