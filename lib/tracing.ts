@@ -30,6 +30,8 @@ type Api = typeof import('@opentelemetry/api');
 
 interface On {
   api: Api;
+  /** A context in which the SDK records nothing (@opentelemetry/core's suppressTracing of the root context). */
+  untraced: Context;
   tracer: Tracer;
   telemetry: Telemetry;
   shutdown: () => Promise<void>;
@@ -92,8 +94,9 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   const stopping = { done: false };
   on = {
     api,
+    untraced: core.suppressTracing(api.ROOT_CONTEXT),
     tracer: api.trace.getTracer('order-pipeline'),
-    telemetry: new bullmqOtel.BullMQOtel({ tracerName: 'bullmq' }) as unknown as Telemetry,
+    telemetry: onlyInSampledTraces(api, core.suppressTracing, new bullmqOtel.BullMQOtel({ tracerName: 'bullmq' })),
     shutdown: async () => {
       if (stopping.done) return;
       stopping.done = true;
@@ -110,6 +113,26 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
     },
   };
   log.info({ endpoint: url, protocol: protocol ?? 'http/protobuf', service: serviceName }, 'tracing on');
+}
+
+/**
+ * BullMQ's Queue telemetry, recording only inside a sampled trace: BullMQ
+ * opens a span for every Queue operation (addBulk, close, retryJobs, …),
+ * and outside a trace each became a trace of its own — an `addBulk` for
+ * every claim of untraced or unsampled events, a `close` at every exit.
+ * Outside a sampled span, its spans are started with tracing suppressed
+ * (the SDK then makes a non-recording span and records nothing).
+ */
+function onlyInSampledTraces(api: Api, suppress: (ctx: Context) => Context, otel: { tracer: { startSpan(name: string, options: unknown, ctx?: Context): unknown } }): Telemetry {
+  const tracer = otel.tracer;
+  otel.tracer = {
+    startSpan: (name, options, ctx) => {
+      const parent = ctx ?? api.context.active();
+      const sampled = (api.trace.getSpanContext(parent)?.traceFlags ?? 0) & api.TraceFlags.SAMPLED;
+      return tracer.startSpan(name, options, sampled ? parent : suppress(parent));
+    },
+  };
+  return otel as unknown as Telemetry;
 }
 
 const require = createRequire(import.meta.url);
@@ -255,7 +278,7 @@ export function inBatchSpan<T>(name: string, items: readonly object[], fn: () =>
       if (ctx) links.push({ context: o.api.trace.getSpanContext(ctx)! });
     }
   }
-  if (links.length === 0) return o.api.context.with(o.api.ROOT_CONTEXT, fn);
+  if (links.length === 0) return o.api.context.with(o.untraced, fn);
   return inSpan(
     name,
     async (span) => {
