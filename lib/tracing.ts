@@ -288,7 +288,7 @@ export function inBatchSpan<T>(name: string, items: readonly object[], fn: () =>
       if (span) for (const s of spans) if (s.isRecording()) s.addLink({ context: span.spanContext() });
       return fn();
     },
-    { parent: links.length ? o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, links[0]!.context) : o.api.ROOT_CONTEXT, links },
+    { parent: o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, links[0]!.context), links },
   );
 }
 
