@@ -128,8 +128,7 @@ function onlyInSampledTraces(api: Api, suppress: (ctx: Context) => Context, otel
   otel.tracer = {
     startSpan: (name, options, ctx) => {
       const parent = ctx ?? api.context.active();
-      const sampled = (api.trace.getSpanContext(parent)?.traceFlags ?? 0) & api.TraceFlags.SAMPLED;
-      return tracer.startSpan(name, options, sampled ? parent : suppress(parent));
+      return tracer.startSpan(name, options, isSampled(api, api.trace.getSpanContext(parent)) ? parent : suppress(parent));
     },
   };
   return otel as unknown as Telemetry;
@@ -184,10 +183,15 @@ function traceparentOf(sc: { traceId: string; spanId: string; traceFlags: number
   return `00-${sc.traceId}-${sc.spanId}-${(sc.traceFlags & 0xff).toString(16).padStart(2, '0')}`;
 }
 
+/** Whether a span context (if any) is of a sampled trace. */
+function isSampled(api: Api, sc: { traceFlags: number } | undefined): boolean {
+  return sc !== undefined && (sc.traceFlags & api.TraceFlags.SAMPLED) !== 0;
+}
+
 /** The active span, if it is sampled (an unsampled trace records nothing downstream). */
 function sampledActiveSpan(o: On): Span | undefined {
   const active = o.api.trace.getActiveSpan();
-  return active && active.spanContext().traceFlags & o.api.TraceFlags.SAMPLED ? active : undefined;
+  return active && isSampled(o.api, active.spanContext()) ? active : undefined;
 }
 
 function contextOf(o: On, traceparent: string | null | undefined): Context | undefined {
@@ -250,7 +254,7 @@ export function traced<T extends object>(item: T, traceparent?: unknown): T {
 /** The context of a sampled traceparent, or undefined (none, malformed, or not sampled: an unsampled trace records nothing downstream). */
 function sampledContext(o: On, traceparent: string | null | undefined): Context | undefined {
   const ctx = contextOf(o, traceparent);
-  return ctx && o.api.trace.getSpanContext(ctx)!.traceFlags & o.api.TraceFlags.SAMPLED ? ctx : undefined;
+  return ctx && isSampled(o.api, o.api.trace.getSpanContext(ctx)) ? ctx : undefined;
 }
 
 /**
@@ -325,8 +329,8 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
   let first = -1;
   const links: Link[] = [];
   for (let i = 0; i < rows.length && links.length < MAX_LINKS; i++) {
-    const sc = parsed[i] && o.api.trace.getSpanContext(parsed[i]!)!;
-    if (!sc || !(sc.traceFlags & o.api.TraceFlags.SAMPLED)) continue;
+    const sc = parsed[i] && o.api.trace.getSpanContext(parsed[i]!);
+    if (!sc || !isSampled(o.api, sc)) continue;
     if (first < 0) first = i;
     links.push({ context: sc });
   }
