@@ -69,11 +69,14 @@ describe('Batcher (unit): group commit', () => {
       0,
       2,
     );
+    // The next check phase, after the batcher's own setImmediate (queued first). Not a 1 ms timer: on a
+    // loaded machine the timers phase comes first and would run it before the batcher's flush.
+    const nextTurn = () => new Promise((r) => setImmediate(r));
     const t0 = performance.now();
     const first = [b.submit(1), b.submit(2)]; // same turn: one batch, sent at once
-    await sleep(1);
+    await nextTurn();
     const second = b.submit(3); // a slot is free: goes alone, no waiting
-    await sleep(1);
+    await nextTurn();
     const third = [4, 5, 6].map((i) => b.submit(i)); // both slots busy: these gather
     await Promise.all([...first, second, ...third]);
     assert.deepEqual(batches, [[1, 2], [3], [4, 5, 6]]);
