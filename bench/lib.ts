@@ -340,6 +340,23 @@ export async function measureFreshness(
   return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length, failed };
 }
 
+/** Orders POSTed at a steady (open-loop) rate for `seconds` over 32 keep-alive connections: how many were answered 201. */
+export async function postAtRate(base: string, products: number[], rate: number, seconds: number): Promise<number> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
+  const requests: Promise<void>[] = [];
+  let created = 0;
+  const interval = 1000 / rate;
+  const start = performance.now();
+  for (let sent = 0; performance.now() - start < seconds * 1000; sent++) {
+    const wait = start + sent * interval - performance.now();
+    if (wait > 0) await sleep(wait);
+    requests.push(postJson(agent, `${base}/orders`, JSON.stringify(randomOrder(products))).then(({ status }) => void (status === 201 && created++), () => undefined));
+  }
+  await Promise.all(requests);
+  agent.destroy();
+  return created;
+}
+
 /**
  * CPU per round trip of a bare loopback ping-pong (two sockets in this
  * process, one byte each way) at `rate` round trips per second: what a

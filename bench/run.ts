@@ -10,7 +10,7 @@ import { rebuild } from '../db/rebuild.js';
 import { seedOrders, ON_THE_FLY, timeIt } from './readside.js';
 import { freePort } from '../scripts/local-services.js';
 import { applyReference, bullmqNoop, clusterDrain, drainOnce, type DrainRun } from './drain.js';
-import { otlpSink, tracingModes } from './tracing.js';
+import { NONE, otlpSink, TENTH, tracingModes } from './tracing.js';
 import { rebuildLive } from './rebuild-live.js';
 import {
   benchEnv,
@@ -20,6 +20,7 @@ import {
   percentile,
   pgbenchPlaceOrder,
   pgbenchPlainStatements,
+  postAtRate,
   randomOrder,
   seedProducts,
   startProc,
@@ -104,6 +105,27 @@ async function postOrders(env: BenchEnv, products: number[], seconds: number, ex
   const ordersPerSec = http['2xx'] / seconds;
   const webCores = cores?.find(([name]) => name === 'web')?.[1];
   return { http, cores, ordersPerSec, webMicrosPerOrder: webCores === undefined ? undefined : (webCores * 1e6) / ordersPerSec };
+}
+
+/**
+ * The web's CPU per order (µs) while orders arrive at a steady `rate` (open
+ * loop), after a warm-up: what tracing costs an order, less noisy than at
+ * saturation, where a mode also changes the group commits' size and a run's
+ * throughput moves by ±10 % between identical runs.
+ */
+async function webCpuAtRate(env: BenchEnv, products: number[], rate: number, seconds: number, extraEnv: Record<string, string>): Promise<number> {
+  return withWeb(
+    env,
+    3903,
+    async (base, web) => {
+      await postAtRate(base, products, rate, 2);
+      const t0 = performance.now();
+      const { result: created, cores } = await withCpu(env, { web }, () => postAtRate(base, products, rate, seconds));
+      const webCores = cores?.find(([name]) => name === 'web')?.[1];
+      return webCores === undefined ? NaN : (webCores * (performance.now() - t0) * 1000) / created;
+    },
+    extraEnv,
+  );
 }
 
 async function intake(): Promise<void> {
@@ -211,6 +233,9 @@ async function drain(): Promise<void> {
  */
 const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50); // of an odd count of rounds: the middle one
 
+/** Orders per second for the steady-rate CPU measure: well below what one web answers here (~2,000–2,500/s). */
+const STEADY_RATE = 1200;
+
 async function tracingSection(): Promise<void> {
   const sink = await otlpSink();
   const abba = [...tracingModes(sink.endpoint), ...tracingModes(sink.endpoint).reverse()];
@@ -219,6 +244,7 @@ async function tracingSection(): Promise<void> {
   try {
     const env = await benchEnv('tracing');
     const intakeRuns: [string, Awaited<ReturnType<typeof postOrders>>][] = [];
+    const cpuRuns: [string, number][] = [];
     const rounds = 5;
     try {
       const products = await seedProducts(env.write, PRODUCTS);
@@ -229,6 +255,12 @@ async function tracingSection(): Promise<void> {
         for (let k = 0; k < modes.length; k++) {
           const [label, extra] = modes[(round + k) % modes.length]!;
           intakeRuns.push([label, await postOrders(env, products, seconds, extra)]);
+        }
+      }
+      for (let round = 0; round < 3; round++) {
+        for (let k = 0; k < modes.length; k++) {
+          const [label, extra] = modes[(round + k) % modes.length]!;
+          cpuRuns.push([label, await webCpuAtRate(env, products, STEADY_RATE, 8, extra)]);
         }
       }
     } finally {
@@ -245,11 +277,17 @@ async function tracingSection(): Promise<void> {
     const ratio = (label: string) => median(rates(label).map((x, i) => x / rates('off')[i]!));
     const cpuRatio = (label: string) => median(intakeOf(label).map((r, i) => (r.webMicrosPerOrder ?? NaN) / (intakeOf('off')[i]!.webMicrosPerOrder ?? NaN)));
     const list = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
-    results.tracing = { sink: sink.received(), intake: intakeRuns.map(([mode, r]) => ({ mode, ordersPerSec: r.ordersPerSec, webMicrosPerOrder: r.webMicrosPerOrder })), drain: { backlog, runs: drainRuns.map(([mode, r]) => ({ mode, ...r })) } };
+    results.tracing = { sink: sink.received(), intake: intakeRuns.map(([mode, r]) => ({ mode, ordersPerSec: r.ordersPerSec, webMicrosPerOrder: r.webMicrosPerOrder })), webMicrosPerOrderAtSteadyRate: { rate: STEADY_RATE, runs: cpuRuns.map(([mode, micros]) => ({ mode, micros })) }, drain: { backlog, runs: drainRuns.map(([mode, r]) => ({ mode, ...r })) } };
     rows.push({ section: 'tracing', measure: `POST /orders, tracing on (${rounds} rounds; ratio: median of the rounds')`, value: `${list(rates('on'))} orders/s`, reference: `off: ${list(rates('off'))} orders/s`, ratio: ratio('on').toFixed(2) });
     rows.push({ section: 'tracing', measure: '  web CPU per order (ratio: median of the rounds\')', value: `${micros('on')} µs`, reference: `off: ${micros('off')} µs`, ratio: cpuRatio('on').toFixed(2) });
-    const tenth = 'on, 1 in 10 sampled';
-    rows.push({ section: 'tracing', measure: 'POST /orders, 1 trace in 10 sampled', value: `${list(rates(tenth))} orders/s`, reference: `web CPU per order ${micros(tenth)} µs`, ratio: ratio(tenth).toFixed(2) });
+    rows.push({ section: 'tracing', measure: 'POST /orders, 1 trace in 10 sampled', value: `${list(rates(TENTH))} orders/s`, reference: `web CPU per order ${micros(TENTH)} µs`, ratio: ratio(TENTH).toFixed(2) });
+    rows.push({ section: 'tracing', measure: 'POST /orders, none sampled (always_off)', value: `${list(rates(NONE))} orders/s`, reference: `web CPU per order ${micros(NONE)} µs`, ratio: ratio(NONE).toFixed(2) });
+    // At a steady rate: each mode's CPU per order against off's in the same round, the median of the rounds.
+    const steady = (label: string) => byMode(cpuRuns, label);
+    for (const label of ['on', TENTH, NONE]) {
+      const r = median(steady(label).map((x, i) => x / steady('off')[i]!));
+      rows.push({ section: 'tracing', measure: `web CPU per order at a steady ${STEADY_RATE} orders/s, ${label}`, value: `${list(steady(label))} µs`, reference: `off: ${list(steady('off'))} µs`, ratio: r.toFixed(2) });
+    }
     const drained = (label: string, k: 'applied' | 'steady' | 'published') => drainOf(label).map((r) => r[k]);
     for (const [k, what] of [['applied', `drain ${backlog} traced events, 1 worker (incl. start-up)`], ['steady', '  same, from the first event applied'], ['published', `  relay: the same backlog into BullMQ`]] as const) {
       rows.push({ section: 'tracing', measure: `${what}, on`, value: `${list(drained('on', k))} events/s`, reference: `off: ${list(drained('off', k))} events/s`, ratio: (mean(drained('on', k)) / mean(drained('off', k))).toFixed(2) });

@@ -30,12 +30,23 @@ export async function otlpSink(): Promise<OtlpSink> {
 
 /**
  * Tracing off, on with every trace sampled (the default sampler), and with
- * `sampled` also on with 1 trace in 10 sampled; each exporting to `endpoint`.
+ * `sampled` also on with 1 trace in 10 sampled and on with none sampled
+ * (always_off: what tracing costs a request that is not recorded); each
+ * exporting to `endpoint`.
  */
 export function tracingModes(endpoint: string, sampled = false): [label: string, env: Record<string, string>][] {
+  const on = { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint };
   return [
     ['off', {}],
-    ['on', { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint }],
-    ...(sampled ? [['on, 1 in 10 sampled', { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' }] as [string, Record<string, string>]] : []),
+    ['on', on],
+    ...(sampled
+      ? ([
+          [TENTH, { ...on, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' }],
+          [NONE, { ...on, OTEL_TRACES_SAMPLER: 'always_off' }],
+        ] as [string, Record<string, string>][])
+      : []),
   ];
 }
+
+export const TENTH = 'on, 1 in 10 sampled';
+export const NONE = 'on, none sampled';
