@@ -104,7 +104,7 @@ export function createRequestListener(deps: Deps, state: ServerState = { drainin
       await found.route.handler({ req, res, url, params: found.params, log, deps });
     };
 
-    const span = requestSpan(req); // tracing: undefined when off
+    const span = requestSpan(req); // tracing: undefined when off or not sampled
     (span ? span.run(handle) : handle())
       .catch((err: unknown) => {
         if (clientGone()) return; // nobody to answer; counted apart below

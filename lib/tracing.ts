@@ -384,7 +384,11 @@ export function traceJobs<J extends { id?: string; data: { traceparent?: string 
 
 /**
  * The span of one HTTP request (SERVER), continuing a traceparent the client
- * sent; undefined when tracing is off. `end` names it after the route.
+ * sent; undefined when tracing is off, and when the sampler does not sample
+ * the request: an unsampled trace records nothing downstream (no
+ * traceparent, no batch or statement span), so the request runs outside any
+ * context, as with tracing off, instead of carrying a span nothing reads.
+ * `end` names it after the route.
  */
 export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>): Promise<T>; fail(err: unknown): void; end(route: string, status: number): void } | undefined {
   if (!on) return undefined;
@@ -392,6 +396,7 @@ export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>
   const parent = o.api.propagation.extract(o.api.ROOT_CONTEXT, req.headers);
   const method = req.method ?? 'GET';
   const span = o.tracer.startSpan(method, { kind: o.api.SpanKind.SERVER, attributes: { 'http.request.method': method } }, parent);
+  if (!isSampled(o.api, span.spanContext())) return undefined; // a non-recording span: nothing to end
   const ctx = o.api.trace.setSpan(parent, span);
   return {
     run: (fn) => o.api.context.with(ctx, fn),
