@@ -28,6 +28,10 @@ export async function otlpSink(): Promise<OtlpSink> {
   };
 }
 
+/** The labels of the sampled modes (the bench's rows name them). */
+export const TENTH = 'on, 1 in 10 sampled';
+export const NONE = 'on, none sampled';
+
 /**
  * Tracing off, on with every trace sampled (the default sampler), and with
  * `sampled` also on with 1 trace in 10 sampled and on with none sampled
@@ -48,5 +52,3 @@ export function tracingModes(endpoint: string, sampled = false): [label: string,
   ];
 }
 
-export const TENTH = 'on, 1 in 10 sampled';
-export const NONE = 'on, none sampled';
