@@ -8,7 +8,7 @@ import { parseId } from './validate.js';
 import { MAX_BODY_BYTES } from './http.js';
 import { listDeadLetters, type DeadLetter } from '../db/dead-letters.js';
 import { outboxBacklog } from '../db/outbox.js';
-import { isRebuilding, projectionStatuses, rebuildSessions, rebuildStates, type StatusReport } from '../db/status.js';
+import { isRebuilding, projectionStatuses, rebuildLockHolders, rebuildStates, type StatusReport } from '../db/status.js';
 import { lastVerifyRun, type VerifyRun } from '../db/verify-runs.js';
 import { readHeartbeats, type Heartbeat } from '../lib/metrics-push.js';
 import { within } from '../lib/timeout.js';
@@ -124,14 +124,14 @@ function rebuildSection(report: StatusReport | undefined, rebuilding: boolean, r
   return `<p id="rebuild-state">State in read_db: <b>${esc(states.join('; '))}</b>${progress ? ` — <span id="rebuild-progress">${esc(progress)}</span>` : ''}</p>${jobRun(run, 'rebuild-run')}${
     rebuilding ? '<p class="empty">A rebuild is running; start another when it has finished.</p>' : button('/admin/actions/rebuild', 'Start rebuild')
   }
-<p class="note">A rebuild recomputes every view from write_db in one transaction and swaps at its commit; projectors wait meanwhile (docs/operations.md).</p>`;
+<p class="note">A rebuild recomputes every view from a write_db snapshot into shadow tables while projectors keep applying, compares them with the recomputation and swaps them in with one short transaction: projectors pause only for the swap (docs/rebuild.md).</p>`;
 }
 
-/** Is a rebuild going on: started here, recorded in rebuild_state, or a rebuild session open on read_db (from anywhere). */
+/** Is a rebuild going on: started here, recorded in rebuild_state, or holding its lock on read_db (started anywhere). */
 async function rebuildRunning(deps: Deps): Promise<boolean> {
   if (deps.jobs.running('rebuild')) return true;
-  const [states, sessions] = await Promise.all([rebuildStates(deps.readDb), rebuildSessions(deps.readDb)]);
-  return sessions > 0 || states.some(isRebuilding);
+  const [states, holders] = await Promise.all([rebuildStates(deps.readDb), rebuildLockHolders(deps.readDb)]);
+  return holders > 0 || states.some(isRebuilding);
 }
 
 async function render(deps: Deps, url: URL): Promise<string> {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { CommonQueryMethods } from 'slonik';
 import { sql } from './pool.js';
+import { LOCKS } from '../lib/contract.js';
 import { lastOutboxId, outboxBacklog } from './outbox.js';
 import { lastVerifyRun, verifyRun } from './verify-runs.js';
 import { within } from '../lib/timeout.js';
@@ -81,20 +82,26 @@ export async function rebuildStates(read: CommonQueryMethods): Promise<RebuildSt
 }
 
 /**
- * Sessions of `npm run rebuild` (db/rebuild.ts, application_name "rebuild")
- * on this read_db, whoever started it: a rebuild is seen running from its
- * first connection, before it has written rebuild_state.
+ * Rebuilds running on this read_db, whoever started them: `npm run rebuild`
+ * (db/rebuild.ts) holds its advisory lock there from its first statement,
+ * before it has written rebuild_state, and lets go of it before it closes its
+ * connections. (Counting its sessions, as until 2026-11-26, showed a rebuild
+ * running for a moment after it had exited, while PostgreSQL closed them.)
  */
-export function rebuildSessions(read: CommonQueryMethods): Promise<number> {
+export function rebuildLockHolders(read: CommonQueryMethods): Promise<number> {
+  // A bigint key shows as its high half in classid and its low half in objid, objsubid 1 (PostgreSQL's pg_locks).
   return read.oneFirst(sql.type(z.object({ n: z.number() }))`
-    SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'rebuild'`);
+    SELECT count(*)::int AS n FROM pg_locks
+     WHERE locktype = 'advisory' AND granted AND objsubid = 1
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND classid = ${Math.floor(LOCKS.rebuild / 2 ** 32)}::oid AND objid = ${LOCKS.rebuild % 2 ** 32}::oid`);
 }
 
-/** A projection's rebuild: its row, else running when a rebuild session is open (not yet written), else idle. */
-export function rebuildOf(states: readonly RebuildState[], table: string, sessions = 0): RebuildState {
+/** A projection's rebuild: its row, else running when a rebuild holds its lock (no progress written yet), else idle. */
+export function rebuildOf(states: readonly RebuildState[], table: string, holders = 0): RebuildState {
   const own = states.find((s) => s.projection === table);
   if (own) return own;
-  return sessions > 0 ? { ...IDLE, state: 'running', phase: 'starting (npm run rebuild connected; no progress written yet)' } : IDLE;
+  return holders > 0 ? { ...IDLE, state: 'running', phase: 'starting (npm run rebuild has begun; no progress written yet)' } : IDLE;
 }
 
 export const projectionStatus = z.object({
@@ -196,12 +203,12 @@ export async function projectionStatuses(write: CommonQueryMethods, read: Common
         WRITE_TIMEOUT_MS,
       )
     : undefined;
-  const [rows, verify, rebuilds, sessions] = await Promise.all([rowCounts(read, projections), lastVerifyRun(read), rebuildStates(read), rebuildSessions(read)]);
+  const [rows, verify, rebuilds, holders] = await Promise.all([rowCounts(read, projections), lastVerifyRun(read), rebuildStates(read), rebuildLockHolders(read)]);
   return {
     as_of: new Date().toISOString(),
     outbox: outbox ?? null,
     projections: projections.map((p) => {
-      const r = rebuildOf(rebuilds, p.table, sessions);
+      const r = rebuildOf(rebuilds, p.table, holders);
       const n = rows.get(p.table) ?? { rows: 0, exact: false };
       return {
         projection: p.table,

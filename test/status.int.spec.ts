@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import pg from 'pg';
+import { LOCKS } from '../lib/contract.js';
 import { startTestWeb, call, createProduct, type WebFixture } from './support/web.js';
 import { waitForDrain } from './support/pipeline.js';
 import { Proc } from './support/processes.js';
@@ -154,6 +156,26 @@ describe('projection status (integration)', function () {
     assert.equal(byName(await status(), 'product_sales_view').rebuild.state, 'crashed', 'a run that stopped writing its progress (kill -9)');
     await write('done', '0 seconds', true);
     assert.equal(byName(await status(), 'product_sales_view').rebuild.state, 'done');
+  });
+
+  it('a rebuild counts as running while it holds its lock on read_db (before it writes rebuild_state), not once it has let go though its session is still open', async () => {
+    // What db/rebuild.ts does first and last on its control connection, from a session named as its are.
+    const rebuilder = new pg.Client({ connectionString: f.env.config.READ_DATABASE_URL, application_name: 'rebuild' });
+    await rebuilder.connect();
+    const page = async () => (await call(f.base, 'GET', '/admin', undefined, basic())).body as string;
+    try {
+      assert.deepEqual((await status()).projections.map((p) => p.rebuild.state), tables.map(() => 'idle'), 'connected, nothing begun');
+      await rebuilder.query('SELECT pg_advisory_lock($1)', [LOCKS.rebuild]);
+      const begun = await status();
+      assert.deepEqual(begun.projections.map((p) => p.rebuild.state), tables.map(() => 'running'));
+      assert.match(begun.projections[0]!.rebuild.phase ?? '', /^starting/);
+      assert.match(await page(), /A rebuild is running; start another when it has finished/);
+      await rebuilder.query('SELECT pg_advisory_unlock($1)', [LOCKS.rebuild]);
+      assert.deepEqual((await status()).projections.map((p) => p.rebuild.state), tables.map(() => 'idle'), 'let go; its session is still open');
+      assert.match(await page(), /Start rebuild/);
+    } finally {
+      await rebuilder.end();
+    }
   });
 
   it('GET /admin/projections: off without ADMIN_PASSWORD, 401 without it, the status (as documented) with it; /metrics by projection', async () => {
