@@ -285,7 +285,6 @@ export async function measureFreshness(
   /** Told of each sample: when its order was answered (performance.now()) and its freshness, ms. */
   onSample?: (at: number, ms: number) => void,
 ): Promise<Freshness> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
   const latencies: number[] = [];
   const pending = new Map<string, number>();
   let sending = true;
@@ -312,49 +311,47 @@ export async function measureFreshness(
       });
     }
   })();
+  const run = await postPaced(base, products, rate, seconds, ({ at, token }) => {
+    if (token) pending.set(token, at);
+  });
+  const answered = run.sent / run.seconds;
+  sending = false;
+  await checker;
+  await listener.end();
+  latencies.sort((a, b) => a - b);
+  return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length, failed: run.failed };
+}
+
+/** Orders POSTed at a steady (open-loop) rate for `seconds`: how many were answered 201. */
+export async function postAtRate(base: string, products: number[], rate: number, seconds: number): Promise<number> {
+  let created = 0;
+  await postPaced(base, products, rate, seconds, ({ status }) => void (status === 201 && created++));
+  return created;
+}
+
+/**
+ * Orders sent at a steady (open-loop) rate for `seconds` over 32 keep-alive
+ * connections (as many as the intake run uses), each answer handed to
+ * `onAnswer`. Resolves once all are answered: how many were sent, how many
+ * got no answer (a connection reset, say), and the seconds from the first
+ * send to the last answer.
+ */
+async function postPaced(base: string, products: number[], rate: number, seconds: number, onAnswer: (answer: Awaited<ReturnType<typeof postJson>>) => void): Promise<{ sent: number; failed: number; seconds: number }> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
   const requests: Promise<void>[] = [];
   let failed = 0;
   const interval = 1000 / rate;
   const start = performance.now();
   let sent = 0;
-  while (performance.now() - start < seconds * 1000) {
+  for (; performance.now() - start < seconds * 1000; sent++) {
     const wait = start + sent * interval - performance.now();
     if (wait > 0) await sleep(wait);
-    sent++;
-    requests.push(
-      postJson(agent, `${base}/orders`, JSON.stringify(randomOrder(products))).then(
-        ({ at, token }) => {
-          if (token) pending.set(token, at);
-        },
-        () => void failed++,
-      ),
-    );
+    requests.push(postJson(agent, `${base}/orders`, JSON.stringify(randomOrder(products))).then(onAnswer, () => void failed++));
   }
   await Promise.all(requests);
-  const answered = sent / ((performance.now() - start) / 1000);
-  sending = false;
-  await checker;
-  await listener.end();
+  const elapsed = (performance.now() - start) / 1000;
   agent.destroy();
-  latencies.sort((a, b) => a - b);
-  return { offered: rate, answered, p50: percentile(latencies, 50), p99: percentile(latencies, 99), samples: latencies.length, failed };
-}
-
-/** Orders POSTed at a steady (open-loop) rate for `seconds` over 32 keep-alive connections: how many were answered 201. */
-export async function postAtRate(base: string, products: number[], rate: number, seconds: number): Promise<number> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
-  const requests: Promise<void>[] = [];
-  let created = 0;
-  const interval = 1000 / rate;
-  const start = performance.now();
-  for (let sent = 0; performance.now() - start < seconds * 1000; sent++) {
-    const wait = start + sent * interval - performance.now();
-    if (wait > 0) await sleep(wait);
-    requests.push(postJson(agent, `${base}/orders`, JSON.stringify(randomOrder(products))).then(({ status }) => void (status === 201 && created++), () => undefined));
-  }
-  await Promise.all(requests);
-  agent.destroy();
-  return created;
+  return { sent, failed, seconds: elapsed };
 }
 
 /**

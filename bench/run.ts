@@ -71,12 +71,13 @@ async function withWeb<T>(env: BenchEnv, preferredPort: number, fn: (base: strin
 }
 
 /** Runs `fn` and measures the cores each process used meanwhile (none where /proc is missing). */
-async function withCpu<T>(env: BenchEnv, procs: Record<string, ChildProcess>, fn: () => Promise<T>): Promise<{ result: T; cores?: [string, number][] }> {
+async function withCpu<T>(env: BenchEnv, procs: Record<string, ChildProcess>, fn: () => Promise<T>): Promise<{ result: T; seconds: number; cores?: [string, number][] }> {
   const before = await cpuSnapshot(env, procs);
   const t0 = performance.now();
   const result = await fn();
   const after = await cpuSnapshot(env, procs);
-  return { result, cores: before && after ? cpuCores(before, after, (performance.now() - t0) / 1000) : undefined };
+  const seconds = (performance.now() - t0) / 1000;
+  return { result, seconds, cores: before && after ? cpuCores(before, after, seconds) : undefined };
 }
 
 function cpuRow(section: string, cores: [string, number][]): Row {
@@ -119,10 +120,9 @@ async function webCpuAtRate(env: BenchEnv, products: number[], rate: number, sec
     3903,
     async (base, web) => {
       await postAtRate(base, products, rate, 2);
-      const t0 = performance.now();
-      const { result: created, cores } = await withCpu(env, { web }, () => postAtRate(base, products, rate, seconds));
+      const { result: created, seconds: elapsed, cores } = await withCpu(env, { web }, () => postAtRate(base, products, rate, seconds));
       const webCores = cores?.find(([name]) => name === 'web')?.[1];
-      return webCores === undefined ? NaN : (webCores * (performance.now() - t0) * 1000) / created;
+      return webCores === undefined ? NaN : (webCores * elapsed * 1e6) / created;
     },
     extraEnv,
   );
