@@ -200,7 +200,7 @@ async function readForm(req: IncomingMessage): Promise<URLSearchParams> {
   let text = '';
   for await (const chunk of req as AsyncIterable<Buffer>) {
     text += chunk.toString('utf8');
-    if (text.length > FORM_MAX_BYTES) throw new ApiError('payload_too_large', undefined, {}, { Connection: 'close' });
+    if (text.length > FORM_MAX_BYTES) throw new ApiError('payload_too_large', 'A form of the admin view is at most 16 KiB', {}, { Connection: 'close' });
   }
   return new URLSearchParams(text);
 }

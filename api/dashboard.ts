@@ -128,7 +128,7 @@ svg{width:100%;height:auto}rect{fill:#3f7de0}text{font-size:10px;fill:#5b6475}.e
 <div class="kpi" id="events"><b>${esc(lastEvent)}</b><span>last event applied</span></div>
 <div class="kpi" id="backlog"><b>${esc(b.unpublished)}</b><span>outbox backlog${typeof b.unpublished === 'number' && b.unpublished > 0 ? ` (oldest ${Math.round(b.oldestAgeSeconds)} s)` : ''}</span></div>
 <div class="kpi" id="queue"><b>${esc(waiting)}</b><span>jobs waiting</span></div>
-<div class="kpi" id="lag"><b>${esc(lag)}</b><span>projection lag (mean, commit → read model)</span></div>
+<div class="kpi" id="lag"><b>${esc(lag)}</b><span>projection lag (mean, order placed → read model)</span></div>
 </div></section>
 ${wide}
 <div class="cards">

@@ -7,10 +7,10 @@ export const MAX_BODY_BYTES = 1024 * 1024;
 export async function readJson(req: IncomingMessage): Promise<unknown> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/json' && !(type?.startsWith('application/') && type.endsWith('+json'))) {
-    throw new ApiError('unsupported_media_type', `Content-Type was ${JSON.stringify(type || null)}`);
+    throw new ApiError('unsupported_media_type', `Content-Type was ${JSON.stringify(type || null)}; this resource takes application/json`);
   }
   const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > MAX_BODY_BYTES) throw new ApiError('payload_too_large', undefined, {}, { Connection: 'close' });
+  if (declared > MAX_BODY_BYTES) throw new ApiError('payload_too_large', 'A JSON body is at most 1 MiB', {}, { Connection: 'close' });
   const text = await readBody(req);
   try {
     return JSON.parse(text) as unknown;
@@ -34,7 +34,7 @@ function readBody(req: IncomingMessage): Promise<string> {
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size <= MAX_BODY_BYTES) chunks.push(chunk);
-      else done(new ApiError('payload_too_large', undefined, {}, { Connection: 'close' }));
+      else done(new ApiError('payload_too_large', 'A JSON body is at most 1 MiB', {}, { Connection: 'close' }));
     };
     const onEnd = () => done();
     const onError = (err: Error) => done(err);

@@ -26,14 +26,16 @@ const json = (schema: string) => `json: ${schema}`;
 const COMMON = { '500': problem('internal_error'), '503': problem('service_unavailable, overloaded, shutting_down') };
 const BAD_ID = { '400': problem('validation_failed') };
 const ADMIN = { '401': problem('unauthorized'), '404': problem('not_found (admin API off)'), '429': problem('too_many_requests') };
+/** The admin API's changes: a foreign Origin is refused (a request without one, curl's, is not). */
+const ADMIN_CHANGE = { ...ADMIN, '403': problem('forbidden (a foreign Origin)') };
 const FORM = { ...ADMIN, '303': 'redirect', '403': problem('forbidden (no Origin, or a foreign one)'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type (not a form)') };
 const ANALYTICS = { '400': problem('validation_failed'), '504': problem('consistency_timeout') };
 
 export const OPERATIONS: Record<string, Op> = {
   'GET /healthz': { summary: 'Liveness: 200 while the process runs', responses: { '200': json('Health') } },
   'GET /readyz': { summary: 'Readiness: write_db, read_db and Redis answer', responses: { '200': json('Readiness'), '503': json('Readiness') } },
-  'GET /metrics': { summary: 'Prometheus metrics of this process plus the relays and workers', responses: { '200': 'text/plain' } },
-  'GET /': { summary: 'Dashboard (HTML): hourly revenue, top products, categories, pipeline state', responses: { '200': 'text/html' } },
+  'GET /metrics': { summary: 'Prometheus metrics of this process plus the relays and workers', responses: { '200': 'text/plain', '401': problem('unauthorized (METRICS_TOKEN set; Bearer token missing or wrong)') } },
+  'GET /': { summary: 'Dashboard (HTML): hourly revenue, top products, categories, top customers, pipeline state', responses: { '200': 'text/html' } },
   'GET /openapi.json': { summary: 'This document', responses: { '200': 'application/json' } },
   'POST /products': { summary: 'Create a product', body: 'NewProduct', responses: { '201': json('Product'), '400': problem('validation_failed, malformed_json'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type') } },
   'GET /products': { summary: 'List products (keyset pagination)', query: ['category', 'limit', 'cursor'], responses: { '200': json('ProductPage'), '400': problem('validation_failed') } },
@@ -55,9 +57,9 @@ export const OPERATIONS: Record<string, Op> = {
   'GET /analytics/categories': { summary: 'Revenue and orders per category (at time of sale)', headers: ['X-Consistency-Token'], responses: { '200': json('CategoryPage'), ...ANALYTICS } },
   'GET /analytics/customers/top': { summary: 'Top customers by lifetime value', query: ['limit'], headers: ['X-Consistency-Token'], responses: { '200': json('CustomerPage'), ...ANALYTICS } },
   'GET /analytics/customers/{id}': { summary: "A customer's lifetime value", headers: ['X-Consistency-Token'], responses: { '200': json('CustomerLtv'), ...ANALYTICS } },
-  'GET /admin/events': { summary: 'Events that failed for good (dead letters); admin password', query: ['state'], responses: { '200': json('DeadLetterPage'), '400': problem('validation_failed'), '401': problem('unauthorized'), '404': problem('not_found (admin API off)') } },
-  'POST /admin/events/{id}/replay': { summary: 'Send a dead letter back to the workers (unparks it); admin password; body {}', body: 'Empty', responses: { '202': json('EventAction'), ...BAD_ID, '401': problem('unauthorized'), '404': problem('not_found'), '409': problem('event_conflict'), '415': problem('unsupported_media_type') } },
-  'POST /admin/events/{id}/park': { summary: 'Never apply this dead letter; verify reports it by id; admin password', body: 'Park', responses: { '200': json('EventAction'), '400': problem('validation_failed, malformed_json'), '401': problem('unauthorized'), '404': problem('not_found'), '409': problem('event_conflict'), '415': problem('unsupported_media_type') } },
+  'GET /admin/events': { summary: 'Events that failed for good (dead letters); admin password', query: ['state'], responses: { '200': json('DeadLetterPage'), '400': problem('validation_failed'), ...ADMIN } },
+  'POST /admin/events/{id}/replay': { summary: 'Send a dead letter back to the workers (unparks it); admin password; body {}', body: 'Empty', responses: { '202': json('EventAction'), '400': problem('validation_failed, malformed_json'), ...ADMIN_CHANGE, '404': problem('not_found (no such dead letter, or the admin API off)'), '409': problem('event_conflict'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type') } },
+  'POST /admin/events/{id}/park': { summary: 'Never apply this dead letter; verify reports it by id; admin password', body: 'Park', responses: { '200': json('EventAction'), '400': problem('validation_failed, malformed_json'), ...ADMIN_CHANGE, '404': problem('not_found (no such dead letter, or the admin API off)'), '409': problem('event_conflict'), '413': problem('payload_too_large'), '415': problem('unsupported_media_type') } },
   'GET /admin/projections': { summary: "Every projection's status: last applied event, lag behind the outbox, rows, last verify, rebuild state; admin password", responses: { '200': json('ProjectionStatusReport'), ...ADMIN } },
   'GET /admin': { summary: 'Admin view (HTML): outbox, relays and workers, projections, dead letters, verify, rebuild; admin password', responses: { '200': 'text/html', ...ADMIN } },
   'POST /admin/actions/events/{id}/replay': { summary: "The admin view's replay (HTML form); 303 back to /admin", responses: { ...FORM, ...BAD_ID } },

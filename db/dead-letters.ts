@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { CommonQueryMethods } from 'slonik';
 import { sql, type Db } from './pool.js';
 
-/** A row of read_db's dead_letters (migration read/0002): an event that failed for good. */
+/** A row of read_db's dead_letters (migration read/0001): an event that failed for good. */
 export const deadLetter = z.object({
   event_id: z.string(),
   topic: z.string(),

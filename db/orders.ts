@@ -30,7 +30,7 @@ export async function placeOrder(db: Db, order: NewOrder, idempotency?: { key: s
   const call = sql.fragment`place_order(${order.customer_id}, ${sql.array(order.items.map((i) => i.product_id), 'int4')}, ${sql.array(order.items.map((i) => i.quantity), 'int4')},
                        ${idempotency?.key ?? null}, ${idempotency?.requestHash ?? null})`;
   const r = await db.oneFirst(traceparent === null ? sql.prepared('place_order', type)`SELECT ${call} AS r` : sql.prepared('place_order_traced', type)`SELECT ${call} AS r FROM ${withTraceparent(traceparent)}`);
-  // A keyed order refused for lack of stock: the refusal is its stored outcome (see place_order in write/0005).
+  // A keyed order refused for lack of stock: the refusal is its stored outcome (see place_order in write/0001).
   if ('problem' in r) throw Object.assign(rejection(r.problem), { replayed: r.replayed === true });
   return r;
 }

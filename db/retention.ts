@@ -38,7 +38,9 @@ export interface PruneResult {
  * enqueue the event again) or a stalled job could be delivered again.
  * Then, chunk by chunk, processed_events rows and then outbox rows go. Rows a
  * relay still holds locked are skipped and go in the next run. verify and
- * rebuild read orders and order_items, never the outbox, and know the floor.
+ * rebuild recompute the views from orders and order_items and know the floor:
+ * the outbox ids they compare, and the payloads rebuild catches up, are
+ * those above it.
  */
 export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const chunk = opts.chunk ?? 10_000;

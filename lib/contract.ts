@@ -8,7 +8,11 @@ import { z } from 'zod';
  * checksum then stops `release` (add a migration instead).
  */
 
-/** PostgreSQL NOTIFY channels. Both carry an empty payload: they are wake-ups, never data. */
+/**
+ * PostgreSQL NOTIFY channels: wake-ups, never data. The outbox's payload names
+ * the highest id its statement wrote (write/0003: a relay skips a round its
+ * last claim covered); the projector's is empty.
+ */
 export const CHANNELS = {
   /** write_db: the outbox trigger notifies here; relays listen. */
   outbox: 'outbox',

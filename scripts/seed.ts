@@ -8,7 +8,7 @@ const CATALOGUE: Record<string, [string, string][]> = {
   toys: [['Wooden blocks', '27.00'], ['Kite', '15.95'], ['Puzzle 1000 pieces', '18.49'], ['Yo-yo', '3.10']],
 };
 
-/** A small demo catalogue for `npm start -- --seed`; leaves a catalogue that has products alone. Returns how many it added. */
+/** A small demo catalogue for `npm start` (unless `--no-seed`); leaves a catalogue that has products alone. Returns how many it added. */
 export async function seedCatalogue(db: Db): Promise<number> {
   if (await db.exists(sql.typeAlias('void')`SELECT FROM products`)) return 0;
   const entries = Object.entries(CATALOGUE).flatMap(([category, items]) => items.map(([name, price]) => [name, category, price, 10_000]));
