@@ -5,7 +5,7 @@ import type { Deps } from './deps.js';
 import { admin, parkBody } from './admin.js';
 import { requireSameOrigin } from './auth.js';
 import { parseId } from './validate.js';
-import { MAX_BODY_BYTES } from './http.js';
+import { bodyTooLarge, MAX_BODY_BYTES } from './http.js';
 import { listDeadLetters, type DeadLetter } from '../db/dead-letters.js';
 import { outboxBacklog } from '../db/outbox.js';
 import { isRebuilding, projectionStatuses, rebuildLockHolders, rebuildStates, type StatusReport } from '../db/status.js';
@@ -200,7 +200,7 @@ async function readForm(req: IncomingMessage): Promise<URLSearchParams> {
   let text = '';
   for await (const chunk of req as AsyncIterable<Buffer>) {
     text += chunk.toString('utf8');
-    if (text.length > FORM_MAX_BYTES) throw new ApiError('payload_too_large', 'A form of the admin view is at most 16 KiB', {}, { Connection: 'close' });
+    if (text.length > FORM_MAX_BYTES) throw bodyTooLarge(`A form of the admin view is at most ${FORM_MAX_BYTES / 1024} KiB`);
   }
   return new URLSearchParams(text);
 }

@@ -3,6 +3,13 @@ import { ApiError, problemBody } from './errors.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 
+/** 413 for a body past its limit; the connection closes (the rest of the body is not read). */
+export function bodyTooLarge(detail: string): ApiError {
+  return new ApiError('payload_too_large', detail, {}, { Connection: 'close' });
+}
+
+const JSON_TOO_LARGE = `A JSON body is at most ${MAX_BODY_BYTES / (1024 * 1024)} MiB`;
+
 /** Read and parse a JSON body: 415 for another content type, 413 past 1 MiB, 400 for bad JSON. */
 export async function readJson(req: IncomingMessage): Promise<unknown> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
@@ -10,7 +17,7 @@ export async function readJson(req: IncomingMessage): Promise<unknown> {
     throw new ApiError('unsupported_media_type', `Content-Type was ${JSON.stringify(type || null)}; this resource takes application/json`);
   }
   const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > MAX_BODY_BYTES) throw new ApiError('payload_too_large', 'A JSON body is at most 1 MiB', {}, { Connection: 'close' });
+  if (declared > MAX_BODY_BYTES) throw bodyTooLarge(JSON_TOO_LARGE);
   const text = await readBody(req);
   try {
     return JSON.parse(text) as unknown;
@@ -34,7 +41,7 @@ function readBody(req: IncomingMessage): Promise<string> {
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size <= MAX_BODY_BYTES) chunks.push(chunk);
-      else done(new ApiError('payload_too_large', 'A JSON body is at most 1 MiB', {}, { Connection: 'close' }));
+      else done(bodyTooLarge(JSON_TOO_LARGE));
     };
     const onEnd = () => done();
     const onError = (err: Error) => done(err);
