@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { IncomingMessage } from 'node:http';
-import type { Context, Link, Span, SpanKind, Tracer } from '@opentelemetry/api';
+import type { Context, Link, Span, SpanContext, SpanKind, Tracer } from '@opentelemetry/api';
 import type { Telemetry } from 'bullmq';
 import type { Config } from './config.js';
 import type { Logger } from './logger.js';
@@ -32,6 +32,8 @@ interface On {
   api: Api;
   /** A context in which the SDK records nothing (@opentelemetry/core's suppressTracing of the root context). */
   untraced: Context;
+  /** @opentelemetry/core's traceparent parser (the W3C propagator's, without a Context made per call). */
+  parseTraceParent: (traceparent: string) => SpanContext | null;
   tracer: Tracer;
   telemetry: Telemetry;
   shutdown: () => Promise<void>;
@@ -95,6 +97,7 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   on = {
     api,
     untraced: core.suppressTracing(api.ROOT_CONTEXT),
+    parseTraceParent: core.parseTraceParent,
     tracer: api.trace.getTracer('order-pipeline'),
     telemetry: onlyInSampledTraces(api, core.suppressTracing, new bullmqOtel.BullMQOtel({ tracerName: 'bullmq' })),
     shutdown: async () => {
@@ -184,7 +187,7 @@ function traceparentOf(sc: { traceId: string; spanId: string; traceFlags: number
 }
 
 /** Whether a span context (if any) is of a sampled trace. */
-function isSampled(api: Api, sc: { traceFlags: number } | undefined): boolean {
+function isSampled<S extends { traceFlags: number }>(api: Api, sc: S | undefined): sc is S {
   return sc !== undefined && (sc.traceFlags & api.TraceFlags.SAMPLED) !== 0;
 }
 
@@ -194,10 +197,17 @@ function sampledActiveSpan(o: On): Span | undefined {
   return active && isSampled(o.api, active.spanContext()) ? active : undefined;
 }
 
-function contextOf(o: On, traceparent: string | null | undefined): Context | undefined {
+/**
+ * The span context a W3C traceparent names, or undefined when it does not
+ * parse: what the W3C propagator extracts from it, without the Context it
+ * makes around it (the relay reads up to a claim's worth of these at once).
+ */
+function spanContextOf(o: On, traceparent: string | null | undefined): SpanContext | undefined {
   if (!traceparent) return undefined;
-  const ctx = o.api.propagation.extract(o.api.ROOT_CONTEXT, { traceparent });
-  return o.api.trace.getSpanContext(ctx) ? ctx : undefined;
+  const sc = o.parseTraceParent(traceparent);
+  if (!sc) return undefined;
+  sc.isRemote = true;
+  return sc;
 }
 
 /** Run fn inside a new span (a child of the active one); errors are recorded on it. */
@@ -251,10 +261,10 @@ export function traced<T extends object>(item: T, traceparent?: unknown): T {
   return item;
 }
 
-/** The context of a sampled traceparent, or undefined (none, malformed, or not sampled: an unsampled trace records nothing downstream). */
-function sampledContext(o: On, traceparent: string | null | undefined): Context | undefined {
-  const ctx = contextOf(o, traceparent);
-  return ctx && isSampled(o.api, o.api.trace.getSpanContext(ctx)) ? ctx : undefined;
+/** The span context of a sampled traceparent, or undefined (none, malformed, or not sampled: an unsampled trace records nothing downstream). */
+function sampledSpanContext(o: On, traceparent: string | null | undefined): SpanContext | undefined {
+  const sc = spanContextOf(o, traceparent);
+  return isSampled(o.api, sc) ? sc : undefined;
 }
 
 /**
@@ -278,8 +288,8 @@ export function inBatchSpan<T>(name: string, items: readonly object[], fn: () =>
       spans.push(from);
       if (links.length < MAX_LINKS) links.push({ context: from.spanContext() });
     } else if (links.length < MAX_LINKS) {
-      const ctx = sampledContext(o, from);
-      if (ctx) links.push({ context: o.api.trace.getSpanContext(ctx)! });
+      const sc = sampledSpanContext(o, from);
+      if (sc) links.push({ context: sc });
     }
   }
   if (links.length === 0) return o.api.context.with(o.untraced, fn);
@@ -324,13 +334,13 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
   const o = on;
   // Each row's traceparent parsed once: it is passed on as written if it parses (an unsampled trace's: the
   // worker's spans follow it, unrecorded; or one past the links), and the sampled ones are linked.
-  const parsed = rows.map((r) => contextOf(o, r.traceparent));
+  const parsed = rows.map((r) => spanContextOf(o, r.traceparent));
   const asWritten = (i: number) => (parsed[i] ? rows[i]!.traceparent! : undefined);
   let first = -1;
   const links: Link[] = [];
   for (let i = 0; i < rows.length && links.length < MAX_LINKS; i++) {
-    const sc = parsed[i] && o.api.trace.getSpanContext(parsed[i]!);
-    if (!sc || !isSampled(o.api, sc)) continue;
+    const sc = parsed[i];
+    if (!isSampled(o.api, sc)) continue;
     if (first < 0) first = i;
     links.push({ context: sc });
   }
@@ -373,12 +383,12 @@ export function traceJobs<J extends { id?: string; data: { traceparent?: string 
   const o = on;
   return (job, ...rest) => {
     // An unsampled trace records nothing downstream either: no span, no context to carry.
-    const parent = sampledContext(o, job.data?.traceparent);
-    if (!parent) return processor(job, ...rest);
+    const sc = sampledSpanContext(o, job.data?.traceparent);
+    if (!sc) return processor(job, ...rest);
     return inSpan(`process ${queueName}`, async (span) => {
       span?.setAttributes({ 'messaging.system': 'bullmq', 'messaging.destination.name': queueName, 'messaging.operation.type': 'process', 'messaging.message.id': String(job.id) });
       return processor(job, ...rest);
-    }, { kind: o.api.SpanKind.CONSUMER, parent });
+    }, { kind: o.api.SpanKind.CONSUMER, parent: o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, sc) });
   };
 }
 
