@@ -5,7 +5,7 @@ import type { Deps } from './deps.js';
 import { admin, parkBody } from './admin.js';
 import { requireSameOrigin } from './auth.js';
 import { parseId } from './validate.js';
-import { bodyTooLarge, MAX_BODY_BYTES } from './http.js';
+import { MAX_BODY_BYTES, readBody } from './http.js';
 import { listDeadLetters, type DeadLetter } from '../db/dead-letters.js';
 import { outboxBacklog } from '../db/outbox.js';
 import { isRebuilding, projectionStatuses, rebuildLockHolders, rebuildStates, type StatusReport } from '../db/status.js';
@@ -197,12 +197,7 @@ const FORM_MAX_BYTES = Math.min(MAX_BODY_BYTES, 16 * 1024);
 async function readForm(req: IncomingMessage): Promise<URLSearchParams> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/x-www-form-urlencoded') throw new ApiError('unsupported_media_type', `Content-Type was ${JSON.stringify(type || null)}; the admin view sends forms`);
-  let text = '';
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    text += chunk.toString('utf8');
-    if (text.length > FORM_MAX_BYTES) throw bodyTooLarge(`A form of the admin view is at most ${FORM_MAX_BYTES / 1024} KiB`);
-  }
-  return new URLSearchParams(text);
+  return new URLSearchParams(await readBody(req, FORM_MAX_BYTES, `A form of the admin view is at most ${FORM_MAX_BYTES / 1024} KiB`));
 }
 
 function back(ctx: Ctx, notice: string, eventId?: string): void {

@@ -4,7 +4,7 @@ import { ApiError, problemBody } from './errors.js';
 export const MAX_BODY_BYTES = 1024 * 1024;
 
 /** 413 for a body past its limit; the connection closes (the rest of the body is not read). */
-export function bodyTooLarge(detail: string): ApiError {
+function bodyTooLarge(detail: string): ApiError {
   return new ApiError('payload_too_large', detail, {}, { Connection: 'close' });
 }
 
@@ -27,12 +27,13 @@ export async function readJson(req: IncomingMessage): Promise<unknown> {
 }
 
 /**
- * The body as text, at most MAX_BODY_BYTES. Read with 'data' and 'end'
+ * The body as text, at most `maxBytes` (past it: 413 with `tooLarge` as its
+ * detail). Read with 'data' and 'end'
  * events rather than an async iterator (for await), which made promises per
  * request: in CPU profiles of the web at full load with tracing on,
  * readJson's own time halved (docs/operations.md, Tracing).
  */
-function readBody(req: IncomingMessage): Promise<string> {
+export function readBody(req: IncomingMessage, maxBytes = MAX_BODY_BYTES, tooLarge = JSON_TOO_LARGE): Promise<string> {
   // Closed already (a handler that awaited something first, and the client left): no event would ever come.
   if (req.destroyed) return Promise.reject(Object.assign(new Error('the request was closed before its body was read'), { code: 'ECONNRESET' }));
   return new Promise((resolve, reject) => {
@@ -40,8 +41,8 @@ function readBody(req: IncomingMessage): Promise<string> {
     let size = 0;
     const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
-      else done(bodyTooLarge(JSON_TOO_LARGE));
+      if (size <= maxBytes) chunks.push(chunk);
+      else done(bodyTooLarge(tooLarge));
     };
     const onEnd = () => done();
     const onError = (err: Error) => done(err);

@@ -207,6 +207,8 @@ describe('projection status (integration)', function () {
     assert.equal((await call(f.base, 'POST', '/admin/actions/verify', '', { ...form, origin: 'http://evil.example' })).status, 403);
     assert.equal((await call(f.base, 'POST', '/admin/actions/verify', '', { ...form, origin: 'null' })).status, 403);
     assert.equal((await call(f.base, 'POST', '/admin/actions/verify', {}, { ...basic(), origin: `http://${host}` })).status, 415);
+    const tooLarge = await call(f.base, 'POST', '/admin/actions/verify', `reason=${'x'.repeat(16 * 1024)}`, { ...form, origin: `http://${host}` });
+    assert.deepEqual([tooLarge.status, (tooLarge.json as { code?: string; detail?: string }).code, (tooLarge.json as { detail?: string }).detail], [413, 'payload_too_large', 'A form of the admin view is at most 16 KiB']);
     assert.equal((await call(f.base, 'POST', '/admin/actions/verify', '', { 'content-type': 'application/x-www-form-urlencoded', origin: `http://${host}` })).status, 401);
     await f.read.query(
       `INSERT INTO rebuild_state (run_id, pid, projections, dry_run, phase, started_at, updated_at) VALUES ('r1', 1, ARRAY['product_sales_view', 'hourly_sales_view'], false, 'copy', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')`,
