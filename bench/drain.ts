@@ -74,9 +74,10 @@ export async function drainOnce(tag: string, backlog: number, workers: number, o
       if (left === 0) break;
       await sleep(20);
     }
-    const publishSeconds = (performance.now() - tRelay) / 1000;
+    const tPublished = performance.now();
+    const publishSeconds = (tPublished - tRelay) / 1000;
     const published = backlog / publishSeconds;
-    const publishedSteady = firstPublished!.left > 0 ? firstPublished!.left / ((performance.now() - firstPublished!.at) / 1000) : published;
+    const publishedSteady = firstPublished!.left > 0 ? firstPublished!.left / ((tPublished - firstPublished!.at) / 1000) : published;
     const afterPublish = await cpuSnapshot(env, { relay });
     const publishCores = beforePublish && afterPublish ? cpuCores(beforePublish, afterPublish, publishSeconds) : undefined;
     const t0 = performance.now();

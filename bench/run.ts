@@ -236,6 +236,11 @@ const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50); 
 /** Orders per second for the steady-rate CPU measure: well below what one web answers here (~2,000–2,500/s). */
 const STEADY_RATE = 1200;
 
+/** Every mode once a round, `rounds` rounds, the order rotating (each mode in each position), so that drift weighs on all alike. */
+function inRotation<T>(modes: readonly T[], rounds: number): T[] {
+  return Array.from({ length: rounds * modes.length }, (_, i) => modes[(Math.floor(i / modes.length) + i) % modes.length]!);
+}
+
 async function tracingSection(): Promise<void> {
   const sink = await otlpSink();
   const byMode = <T,>(runs: [string, T][], label: string) => runs.filter(([l]) => l === label).map(([, r]) => r);
@@ -247,32 +252,15 @@ async function tracingSection(): Promise<void> {
     try {
       const products = await seedProducts(env.write, PRODUCTS);
       const seconds = Math.min(SECONDS, 6);
-      // Every mode once a round, the order rotating (each mode in each position), so that drift weighs on all alike.
       const modes = tracingModes(sink.endpoint, true);
-      for (let round = 0; round < rounds; round++) {
-        for (let k = 0; k < modes.length; k++) {
-          const [label, extra] = modes[(round + k) % modes.length]!;
-          intakeRuns.push([label, await postOrders(env, products, seconds, extra)]);
-        }
-      }
-      for (let round = 0; round < 3; round++) {
-        for (let k = 0; k < modes.length; k++) {
-          const [label, extra] = modes[(round + k) % modes.length]!;
-          cpuRuns.push([label, await webCpuAtRate(env, products, STEADY_RATE, 8, extra)]);
-        }
-      }
+      for (const [label, extra] of inRotation(modes, rounds)) intakeRuns.push([label, await postOrders(env, products, seconds, extra)]);
+      for (const [label, extra] of inRotation(modes, 3)) cpuRuns.push([label, await webCpuAtRate(env, products, STEADY_RATE, 8, extra)]);
     } finally {
       await env.drop();
     }
     const backlog = Math.min(BACKLOG, 50_000);
     const drainRuns: [string, DrainRun][] = [];
-    const twoModes = tracingModes(sink.endpoint);
-    for (let round = 0; round < rounds; round++) {
-      for (let k = 0; k < twoModes.length; k++) {
-        const [label, extra] = twoModes[(round + k) % twoModes.length]!;
-        drainRuns.push([label, await drainOnce(`tracing_${label}`, backlog, 1, { env: extra, traced: true })]);
-      }
-    }
+    for (const [label, extra] of inRotation(tracingModes(sink.endpoint), rounds)) drainRuns.push([label, await drainOnce(`tracing_${label}`, backlog, 1, { env: extra, traced: true })]);
     const intakeOf = (label: string) => byMode(intakeRuns, label);
     const drainOf = (label: string) => byMode(drainRuns, label);
     const micros = (label: string) => intakeOf(label).map((r) => r.webMicrosPerOrder?.toFixed(0) ?? '?').join(', ');
