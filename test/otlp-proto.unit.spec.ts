@@ -6,7 +6,7 @@ import { TraceState } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
-import { protobufSpanExporter, serializeSpans } from '../lib/otlp-proto.js';
+import { deserializeResponse, protobufSpanExporter, serializeSpans } from '../lib/otlp-proto.js';
 import { ExportResultCode } from '@opentelemetry/core';
 
 /** Spans of every shape the SDK makes, from two resources and three scopes. */
@@ -60,6 +60,32 @@ describe('OTLP/protobuf serializer and exporter (unit; the exporter against a lo
   it('each span alone, and an empty request', () => {
     for (const s of spans()) assert.equal(Buffer.from(serializeSpans([s])).toString('hex'), Buffer.from(ProtobufTraceSerializer.serializeRequest([s])!).toString('hex'), s.name);
     assert.equal(serializeSpans([]).length, 0);
+  });
+
+  it('reads a collector\'s answer as the transformer reads it, unknown fields and wire types skipped, a truncated one refused', () => {
+    const varint = (n: number) => {
+      const out: number[] = [];
+      for (; n >= 0x80; n = Math.floor(n / 128)) out.push((n % 128) | 0x80);
+      return [...out, n];
+    };
+    const field = (n: number, bytes: number[]) => [...varint((n << 3) | 2), ...varint(bytes.length), ...bytes];
+    const text = (s: string) => [...Buffer.from(s, 'utf8')];
+    const partial = (inner: number[]) => field(1, inner);
+    const answers: number[][] = [
+      [],
+      partial([]),
+      partial([...varint(1 << 3), ...varint(7)]),
+      partial([...varint(1 << 3), ...varint(2 ** 40 + 3), ...field(2, text('quota exceeded: ünïcode ☃'))]),
+      // Unknown fields of every wire type, before, inside and after; a field 1 of the wrong wire type.
+      [...varint((9 << 3) | 0), ...varint(300), ...varint((8 << 3) | 1), 1, 2, 3, 4, 5, 6, 7, 8, ...varint((7 << 3) | 5), 1, 2, 3, 4, ...partial([...field(3, [1, 2]), ...varint((2 << 3) | 0), 5, ...field(2, text('x'))]), ...field(15, text('later'))],
+      [...varint((1 << 3) | 0), 42],
+      partial([...field(2, [0xff, 0xfe, 0x41])]), // not UTF-8: replacement characters, as TextDecoder makes them
+    ];
+    for (const a of answers) assert.deepEqual(deserializeResponse(Uint8Array.from(a)), ProtobufTraceSerializer.deserializeResponse(Uint8Array.from(a)), Buffer.from(a).toString('hex'));
+    for (const truncated of [[...varint((1 << 3) | 2), 5, 1], [0x80], partial([...varint(1 << 3), 0x80])]) {
+      assert.throws(() => deserializeResponse(Uint8Array.from(truncated)), /Truncated buffer/);
+      assert.throws(() => ProtobufTraceSerializer.deserializeResponse(Uint8Array.from(truncated)), /Truncated buffer/);
+    }
   });
 
   it('returns a copy: the next request does not overwrite the last', () => {
