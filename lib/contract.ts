@@ -94,7 +94,7 @@ export interface EventJobData {
   topic: string;
   payload: unknown;
   created_at: string;
-  /** W3C traceparent of the event's trace (tracing on: the relay's publish span for the event whose trace holds it, else the writer's as written): the worker continues it. */
+  /** A single-event job's W3C traceparent, when its trace is sampled (the relay's publish span for the event whose trace holds it, else the writer's): the worker continues it. In a job of several events, the events carry none. */
   traceparent?: string;
 }
 
@@ -109,7 +109,7 @@ export type JobData = EventJobData | EventsJobData;
 
 export interface EventsJobData {
   events: EventJobData[];
-  /** The first traced event's traceparent: the worker's job span continues that trace (each event keeps its own, for links). */
+  /** The job's W3C traceparent: its first sampled event's, as a single-event job would carry it. The worker's job span continues it, and the projector batch links to that span. */
   traceparent?: string;
 }
 

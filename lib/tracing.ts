@@ -19,11 +19,12 @@ import type { Logger } from './logger.js';
  *   web     POST /orders (its traceparent goes into its outbox row) ─▶ place_orders
  *   relay   publish order-events (one per claim and queue; child of its first sampled event's request)
  *   worker  process order-events (one per job: traceJobs) ─▶ projector.batch
- * Work done for many items at once — a place_orders transaction, a relay
- * batch, a projector batch — is one batch span whose parent is its first
- * item's context and which links to the items (up to MAX_LINKS); an item
- * with a span of its own links back to it. A batch of one is a plain
- * parent/child chain.
+ * Work done for many items at once — a place_orders transaction (of
+ * orders), a relay batch (of outbox rows), a projector batch (of jobs'
+ * events) — is one batch span whose parent is its first item's context and
+ * which links to the items (up to MAX_LINKS; a job's events, once); an item
+ * with a span of its own (an order's request, a job's) links back to it. A
+ * batch of one is a plain parent/child chain.
  */
 
 type Api = typeof import('@opentelemetry/api');
@@ -233,30 +234,25 @@ function failed(o: On, span: Span, err: unknown): void {
 /**
  * Links a batch span makes to its items, at most: the SDK's default span
  * limit (OTEL_SPAN_LINK_COUNT_LIMIT, 128), past which it drops them anyway.
- * inBatchSpan parses no traceparent past it; items with a span of their own
- * still link back to the batch.
+ * Items past it still link back to the batch.
  */
 const MAX_LINKS = 128;
 
 /**
- * Each batched item's span (the one active when it was handed in), or the
- * traceparent it carries (see traced): a symbol-keyed property of the item
+ * Each batched item's span (the one active when it was handed in: an
+ * order's request, an event's job): a symbol-keyed property of the item
  * (JSON leaves it out). A WeakMap cost the web and the worker more: one
  * entry per order or event, and the collector's work on them.
  */
 const ITEM_SPAN = Symbol('tracing.itemSpan');
-type Traced = { [ITEM_SPAN]?: Span | string };
+type Traced = { [ITEM_SPAN]?: Span };
 
-/**
- * Remember, for `item` about to join a batch, the active span — or, given a
- * traceparent (an event carried in a job with others), that traceparent: the
- * batch links to it, without a link back. No-op when off.
- */
-export function traced<T extends object>(item: T, traceparent?: unknown): T {
+/** Remember, for `item` about to join a batch, the active span (if sampled): the batch links to it and it back. No-op when off. */
+export function traced<T extends object>(item: T): T {
   if (on) {
     // An unsampled span is not an item's span (nor a batch's parent).
-    const from = typeof traceparent === 'string' ? traceparent : traceparent == null ? sampledActiveSpan(on) : undefined;
-    if (from && Object.isExtensible(item)) (item as Traced)[ITEM_SPAN] = from; // a frozen item goes unlinked
+    const span = sampledActiveSpan(on);
+    if (span && Object.isExtensible(item)) (item as Traced)[ITEM_SPAN] = span; // a frozen item goes unlinked
   }
   return item;
 }
@@ -280,17 +276,13 @@ export function inBatchSpan<T>(name: string, items: readonly object[], fn: () =>
   if (!on) return fn();
   const o = on;
   const links: Link[] = [];
-  const spans: Span[] = [];
+  // The events of one job share its span: it is linked (and links back) once.
+  const spans = new Set<Span>();
   for (const item of items) {
-    const from = (item as Traced)[ITEM_SPAN];
-    if (from === undefined) continue;
-    if (typeof from !== 'string') {
-      spans.push(from);
-      if (links.length < MAX_LINKS) links.push({ context: from.spanContext() });
-    } else if (links.length < MAX_LINKS) {
-      const sc = sampledSpanContext(o, from);
-      if (sc) links.push({ context: sc });
-    }
+    const span = (item as Traced)[ITEM_SPAN];
+    if (span === undefined || spans.has(span)) continue;
+    spans.add(span);
+    if (links.length < MAX_LINKS) links.push({ context: span.spanContext() });
   }
   if (links.length === 0) return o.api.context.with(o.untraced, fn);
   return inSpan(
@@ -318,9 +310,10 @@ export function annotate(attributes: Record<string, string | number>): void {
  * for batches). Each event's creation context is its outbox row's
  * traceparent (the request that wrote it); the span's parent is the first
  * sampled one and it links to the sampled ones (the first MAX_LINKS).
- * `traceparent(i)` is what row i's job carries: the publish span for the row
- * whose trace holds it, the row's own traceparent for the others; `run`
- * wraps the enqueueing.
+ * `traceparent(i)` is what row i's job carries (a job of several events
+ * carries its first sampled event's: the job is the message): the publish
+ * span for the row whose trace holds it, the row's own for the other
+ * sampled rows, none for the rest; `run` wraps the enqueueing.
  */
 export interface PublishSpans {
   traceparent(i: number): string | undefined;
@@ -332,19 +325,19 @@ const NO_PUBLISH: PublishSpans = { traceparent: () => undefined, run: (fn) => fn
 export function startPublish(queueName: string, rows: readonly { id: number | string; traceparent?: string | null }[]): PublishSpans {
   if (!on || rows.length === 0) return NO_PUBLISH;
   const o = on;
-  // Each row's traceparent parsed once: it is passed on as written if it parses (an unsampled trace's: the
-  // worker's spans follow it, unrecorded; or one past the links), and the sampled ones are linked.
-  const parsed = rows.map((r) => spanContextOf(o, r.traceparent));
-  const asWritten = (i: number) => (parsed[i] ? rows[i]!.traceparent! : undefined);
+  // Each row's traceparent parsed once: a sampled one is passed on as written (past the links too) and
+  // linked; an unsampled or malformed one is not passed on (the worker would make no span for it).
+  const sampled = rows.map((r) => sampledSpanContext(o, r.traceparent));
+  const asWritten = (i: number) => (sampled[i] ? rows[i]!.traceparent! : undefined);
   let first = -1;
   const links: Link[] = [];
   for (let i = 0; i < rows.length && links.length < MAX_LINKS; i++) {
-    const sc = parsed[i];
-    if (!isSampled(o.api, sc)) continue;
+    const sc = sampled[i];
+    if (!sc) continue;
     if (first < 0) first = i;
     links.push({ context: sc });
   }
-  if (first < 0) return { traceparent: asWritten, run: (fn) => fn() }; // no sampled trace: no span
+  if (first < 0) return NO_PUBLISH; // no sampled trace: no span, nothing to carry
   const span = o.tracer.startSpan(
     `publish ${queueName}`,
     {

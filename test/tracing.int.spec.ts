@@ -234,13 +234,18 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
       assert.equal(publish[0]!.traceId, first.traceId);
       assert.equal(publish[0]!.parentSpanId, first.spanId, 'child of the first sampled order');
       assert.deepEqual(publish[0]!.links.map((l) => l.spanId).sort(), [first.spanId, third.spanId].sort(), 'links to the sampled orders only');
-      // The three events travel in one job: its process span continues the publish span; the projector batch links to each sampled order.
+      // The three events travel in one job, the message: its process span continues the publish span (the job
+      // carries one traceparent, not one per event); the projector batch links to the job's span, which links back.
       const processSpans = spans.filter((s) => s.service === 'worker' && s.kind === KIND.consumer);
       assert.equal(processSpans.length, 1);
-      assert.equal(processSpans[0]!.parentSpanId, publish[0]!.spanId);
+      const job = processSpans[0]!;
+      assert.equal(job.parentSpanId, publish[0]!.spanId);
       const batch = spans.find((s) => s.service === 'worker' && s.name === 'projector.batch');
       assert.ok(batch);
-      assert.ok(batch.links.some((l) => l.spanId === third.spanId && l.traceId === third.traceId), 'the projector batch links to the third order');
+      assert.equal(batch.parentSpanId, job.spanId);
+      assert.deepEqual(batch.links.map((l) => `${l.traceId}-${l.spanId}`), [`${job.traceId}-${job.spanId}`], 'the batch links to its job once, not once per event');
+      assert.deepEqual(job.links.map((l) => l.spanId), [batch.spanId], 'the job links back to its batch, once');
+      // So the third order's trace reaches its projector batch: request ◀─ publish (link) ─▶ process ─▶ batch (links).
     } finally {
       for (const p of procs) await p.signal('SIGKILL');
       await read.end().catch(() => undefined);

@@ -129,7 +129,7 @@ export async function startProjector(config: Config, log: Logger): Promise<Proje
         invalid.push(e);
         continue;
       }
-      submitted.push({ data: e, outcome: batcher.submit(traced({ event_id: e.event_id, event }, e.traceparent)) }); // tracing: links the batch to the event's trace
+      submitted.push({ data: e, outcome: batcher.submit(traced({ event_id: e.event_id, event })) }); // tracing: remembers this job's span for the batch's links
     }
     const settled = await Promise.allSettled(submitted.map((s) => s.outcome));
     const unapplied: EventJobData[] = [...invalid];
