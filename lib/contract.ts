@@ -109,7 +109,7 @@ export type JobData = EventJobData | EventsJobData;
 
 export interface EventsJobData {
   events: EventJobData[];
-  /** The job's W3C traceparent: its first sampled event's, as a single-event job would carry it. The worker's job span continues it, and the projector batch links to that span. */
+  /** The job's W3C traceparent: the relay's publish span's, when any of its events is sampled. The worker's job span continues it, and the projector batch links to that span. */
   traceparent?: string;
 }
 

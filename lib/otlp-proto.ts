@@ -386,17 +386,19 @@ export interface ExportTraceServiceResponse {
 export function deserializeResponse(data: Uint8Array): ExportTraceServiceResponse {
   const response: ExportTraceServiceResponse = {};
   for (const r = new Reader(data); !r.done; ) {
+    // Field and wire type split as the transformer splits them (>>> wraps a tag past 2^32, as there).
     const tag = r.varint();
-    if (tag !== ((1 << 3) | 2)) {
+    if (tag >>> 3 !== 1 || (tag & 7) !== 2) {
       r.skip(tag & 7);
       continue;
     }
     const partial: NonNullable<ExportTraceServiceResponse['partialSuccess']> = {};
     for (const p = new Reader(r.bytes()); !p.done; ) {
       const t = p.varint();
-      if (t === ((1 << 3) | 0)) partial.rejectedSpans = p.varint();
-      else if (t === ((2 << 3) | 2)) partial.errorMessage = new TextDecoder().decode(p.bytes());
-      else p.skip(t & 7);
+      const [field, wire] = [t >>> 3, t & 7];
+      if (field === 1 && wire === 0) partial.rejectedSpans = p.varint();
+      else if (field === 2 && wire === 2) partial.errorMessage = new TextDecoder().decode(p.bytes());
+      else p.skip(wire);
     }
     response.partialSuccess = partial;
   }

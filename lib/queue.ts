@@ -140,27 +140,25 @@ export function toJob(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS'>, r
 
 /**
  * Jobs for a relay batch (rows in id order): up to RELAY_JOB_EVENTS events a
- * job. A job of one event is an ordinary single-event job.
+ * job. A job of one event is an ordinary single-event job. `traceparentOf`
+ * gives the traceparent of the job of rows [from, to), if any (tracing: see
+ * PublishSpans); the events of a several-event job carry none.
  */
-export function toJobs(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS' | 'RELAY_JOB_EVENTS'>, rows: readonly OutboxEvent[], traceparentOf: (i: number) => string | undefined = () => undefined) {
+export function toJobs(config: Pick<Config, 'JOB_ATTEMPTS' | 'JOB_BACKOFF_MS' | 'RELAY_JOB_EVENTS'>, rows: readonly OutboxEvent[], traceparentOf: (from: number, to: number) => string | undefined = () => undefined) {
   const jobs = [];
   for (let i = 0; i < rows.length; i += config.RELAY_JOB_EVENTS) {
     const chunk = rows.slice(i, i + config.RELAY_JOB_EVENTS);
+    const traceparent = traceparentOf(i, i + chunk.length);
     if (chunk.length === 1) {
-      jobs.push(toJob(config, chunk[0]!, traceparentOf(i)));
+      jobs.push(toJob(config, chunk[0]!, traceparent));
       continue;
     }
-    // Tracing: the job is the message; it carries one traceparent, its first traced event's (the events carry none:
-    // one per event made a job about 15 % larger, 70 bytes on about 460 an event, paid for by the worker; docs/operations.md).
+    // Tracing: the job is the message, with one traceparent (one per event made a job about 15 % larger,
+    // 70 bytes on about 460 an event, which the worker paid for; docs/operations.md, Tracing).
     const events = chunk.map((row) => eventData(row));
     const jobId = jobIdForEvents(events.map((e) => e.event_id));
     const data: JobData = { events };
-    for (let k = 0; k < chunk.length; k++) {
-      const traceparent = traceparentOf(i + k);
-      if (traceparent === undefined) continue;
-      data.traceparent = traceparent;
-      break;
-    }
+    if (traceparent !== undefined) data.traceparent = traceparent;
     jobs.push({ name: 'events', data, opts: jobOptions(config, jobId) });
   }
   return jobs;

@@ -310,13 +310,16 @@ export function annotate(attributes: Record<string, string | number>): void {
  * for batches). Each event's creation context is its outbox row's
  * traceparent (the request that wrote it); the span's parent is the first
  * sampled one and it links to the sampled ones (the first MAX_LINKS).
- * `traceparent(i)` is what row i's job carries (a job of several events
- * carries its first sampled event's: the job is the message): the publish
- * span for the row whose trace holds it, the row's own for the other
- * sampled rows, none for the rest; `run` wraps the enqueueing.
+ * `traceparent(from, to)` is what the job of rows [from, to) carries. A job
+ * of one event: the publish span for the row whose trace holds it, the
+ * row's own for the other sampled rows (the worker continues the order's
+ * trace), none for the rest. A job of several events (the message, as
+ * OpenTelemetry's conventions see it): the publish span when any of its
+ * rows is sampled — every such job's span is then a child of the publish
+ * span, which links to its orders — else none. `run` wraps the enqueueing.
  */
 export interface PublishSpans {
-  traceparent(i: number): string | undefined;
+  traceparent(from: number, to: number): string | undefined;
   run<T>(fn: () => Promise<T>): Promise<T>;
 }
 
@@ -348,9 +351,14 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
     o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, links[0]!.context),
   );
   const spanCtx = o.api.trace.setSpan(o.api.ROOT_CONTEXT, span);
-  const own = traceparentOf(span.spanContext());
+  // The publish span is unsampled only under a sampler that is not parent-based: then it is not passed on.
+  const own = isSampled(o.api, span.spanContext()) ? traceparentOf(span.spanContext()) : undefined;
   return {
-    traceparent: (i) => (i === first ? own : asWritten(i)),
+    traceparent: (from, to) => {
+      if (to - from === 1) return from === first ? (own ?? asWritten(from)) : asWritten(from);
+      for (let i = from; i < to; i++) if (sampled[i]) return own;
+      return undefined;
+    },
     run: async (fn) => {
       try {
         return await o.api.context.with(spanCtx, fn);

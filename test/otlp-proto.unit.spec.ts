@@ -80,6 +80,8 @@ describe('OTLP/protobuf serializer and exporter (unit; the exporter against a lo
       [...varint((9 << 3) | 0), ...varint(300), ...varint((8 << 3) | 1), 1, 2, 3, 4, 5, 6, 7, 8, ...varint((7 << 3) | 5), 1, 2, 3, 4, ...partial([...field(3, [1, 2]), ...varint((2 << 3) | 0), 5, ...field(2, text('x'))]), ...field(15, text('later'))],
       [...varint((1 << 3) | 0), 42],
       partial([...field(2, [0xff, 0xfe, 0x41])]), // not UTF-8: replacement characters, as TextDecoder makes them
+      [...varint(2 ** 32 + ((1 << 3) | 2)), 2, ...varint(1 << 3), 7], // a tag past 2^32 (not canonical): field 1 all the same, as there
+      partial([...varint(2 ** 32 + (1 << 3)), 9]),
     ];
     for (const a of answers) assert.deepEqual(deserializeResponse(Uint8Array.from(a)), ProtobufTraceSerializer.deserializeResponse(Uint8Array.from(a)), Buffer.from(a).toString('hex'));
     for (const truncated of [[...varint((1 << 3) | 2), 5, 1], [0x80], partial([...varint(1 << 3), 0x80])]) {

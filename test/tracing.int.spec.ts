@@ -179,8 +179,8 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
     }
   });
 
-  it('one claim of several events: one publish span, child of the first sampled order and linking to the sampled ones only; an unsampled order leaves no span downstream', async () => {
-    const test = await createTestEnv({ RELAY_POLL_MS: '100' });
+  it('one claim of several events in several jobs: one publish span, child of the first sampled order and linking to the sampled ones only, parent of every job; an unsampled order leaves no span downstream', async () => {
+    const test = await createTestEnv({ RELAY_POLL_MS: '100', RELAY_JOB_EVENTS: '2' });
     const receiver = await startOtlpReceiver();
     const port = await freePort();
     const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, LOG_LEVEL: 'warn' };
@@ -192,10 +192,11 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
       await waitForHealth(base, web);
       await read.connect();
       const product = await createProduct(base, { price: '1.00', stock: 10 });
-      // Three orders before any relay runs, so that one claim takes all three; the second's trace is not sampled.
+      // Four orders before any relay runs, so that one claim takes all four, in two jobs of two (RELAY_JOB_EVENTS);
+      // the second's trace is not sampled.
       const unsampledTrace = '5'.repeat(32);
       const ids: number[] = [];
-      for (const headers of [{}, { traceparent: `00-${unsampledTrace}-${'6'.repeat(16)}-00` }, {}] as Record<string, string>[]) {
+      for (const headers of [{}, { traceparent: `00-${unsampledTrace}-${'6'.repeat(16)}-00` }, {}, {}] as Record<string, string>[]) {
         const placed = await call(base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: product, quantity: 1 }] }, headers);
         assert.equal(placed.status, 201);
         ids.push(Number(placed.headers.get('x-consistency-token')));
@@ -203,17 +204,17 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
       procs.push(new Proc('workers/relay/main.js', { ...test.env, ...otel }).start(), new Proc('workers/projector/main.js', { ...test.env, ...otel }).start());
       for (let i = 0; i < 200; i++) {
         const { rows } = await read.query('SELECT count(*)::int AS n FROM processed_events WHERE event_id = ANY ($1::text[])', [ids.map(String)]);
-        if (rows[0].n === 3) break;
+        if (rows[0].n === 4) break;
         await sleep(50);
       }
-      // A fourth order, unsampled, once the relay and the worker run: its event travels alone, so its group commit
+      // A fifth order, unsampled, once the relay and the worker run: its event travels alone, so its group commit
       // and its projector batch hold no sampled item.
-      const fourth = await call(base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: product, quantity: 1 }] }, { traceparent: `00-${'7'.repeat(32)}-${'8'.repeat(16)}-00` });
-      assert.equal(fourth.status, 201);
-      const fourthId = Number(fourth.headers.get('x-consistency-token'));
-      const applied = async () => (await read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [String(fourthId)])).rowCount === 1;
+      const fifth = await call(base, 'POST', '/orders', { customer_id: 1, items: [{ product_id: product, quantity: 1 }] }, { traceparent: `00-${'7'.repeat(32)}-${'8'.repeat(16)}-00` });
+      assert.equal(fifth.status, 201);
+      const fifthId = Number(fifth.headers.get('x-consistency-token'));
+      const applied = async () => (await read.query('SELECT 1 FROM processed_events WHERE event_id = $1', [String(fifthId)])).rowCount === 1;
       for (let i = 0; i < 200 && !(await applied()); i++) await sleep(50);
-      assert.ok(await applied(), 'the fourth order reached read_db');
+      assert.ok(await applied(), 'the fifth order reached read_db');
       for (const p of procs) assert.equal((await p.signal('SIGTERM')).code, 0, p.output.slice(-2000));
 
       const spans = receiver.spans;
@@ -224,28 +225,35 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
       );
       assert.ok(spans.filter((s) => s.name === 'projector.batch').length >= 1 && spans.filter((s) => s.name === 'place_orders').length >= 2, 'the sampled orders still have their batch spans');
       const request = (eventId: number) => spans.find((s) => s.service === 'web' && s.name === 'POST /orders' && s.attributes['outbox.event_id'] === eventId);
-      const [first, second, third] = ids.map(request);
-      assert.ok(first && third, 'the sampled orders have request spans');
+      const [first, second, third, fourth] = ids.map(request);
+      assert.ok(first && third && fourth, 'the sampled orders have request spans');
       assert.equal(second, undefined, 'the unsampled order records no span');
       assert.deepEqual(spans.filter((s) => s.traceId === unsampledTrace), [], 'nothing downstream of the unsampled order records a span');
       const publish = spans.filter((s) => s.service === 'relay' && s.kind === KIND.producer && s.name.startsWith('publish '));
       assert.equal(publish.length, 1, `one publish span for the one claim: ${publish.map((s) => s.name).join(', ')}`);
-      assert.equal(publish[0]!.attributes['messaging.batch.message_count'], 3);
+      assert.equal(publish[0]!.attributes['messaging.batch.message_count'], 4);
       assert.equal(publish[0]!.traceId, first.traceId);
       assert.equal(publish[0]!.parentSpanId, first.spanId, 'child of the first sampled order');
-      assert.deepEqual(publish[0]!.links.map((l) => l.spanId).sort(), [first.spanId, third.spanId].sort(), 'links to the sampled orders only');
-      // The three events travel in one job, the message: its process span continues the publish span (the job
-      // carries one traceparent, not one per event); the projector batch links to the job's span, which links back.
-      const processSpans = spans.filter((s) => s.service === 'worker' && s.kind === KIND.consumer);
-      assert.equal(processSpans.length, 1);
-      const job = processSpans[0]!;
-      assert.equal(job.parentSpanId, publish[0]!.spanId);
-      const batch = spans.find((s) => s.service === 'worker' && s.name === 'projector.batch');
-      assert.ok(batch);
-      assert.equal(batch.parentSpanId, job.spanId);
-      assert.deepEqual(batch.links.map((l) => `${l.traceId}-${l.spanId}`), [`${job.traceId}-${job.spanId}`], 'the batch links to its job once, not once per event');
-      assert.deepEqual(job.links.map((l) => l.spanId), [batch.spanId], 'the job links back to its batch, once');
-      // So the third order's trace reaches its projector batch: request ◀─ publish (link) ─▶ process ─▶ batch (links).
+      assert.deepEqual(publish[0]!.links.map((l) => l.spanId).sort(), [first.spanId, third.spanId, fourth.spanId].sort(), 'links to the sampled orders only');
+      // The four events travel in two jobs, the messages: each job's process span is a child of the publish span (a
+      // job carries one traceparent, not one per event: the second job's too, which does not hold the first order);
+      // the projector batch links to the jobs' spans, once each, and each links back. So the fourth order's trace
+      // reaches its projector batch: request ◀─ publish (link) ─▶ process ─▶ batch (links).
+      const jobs = spans.filter((s) => s.service === 'worker' && s.kind === KIND.consumer);
+      assert.equal(jobs.length, 2);
+      for (const job of jobs) assert.equal(job.parentSpanId, publish[0]!.spanId);
+      const batches = spans.filter((s) => s.service === 'worker' && s.name === 'projector.batch');
+      const key = (l: { traceId: string; spanId: string }) => `${l.traceId}-${l.spanId}`;
+      for (const batch of batches) {
+        const linked = batch.links.map(key);
+        assert.equal(new Set(linked).size, linked.length, 'a job is linked once, not once per event');
+        assert.ok(linked.every((l) => jobs.some((j) => key(j) === l)), 'a batch links to its jobs');
+        assert.ok(jobs.some((j) => j.spanId === batch.parentSpanId), 'a batch is its first job’s child');
+      }
+      for (const job of jobs) {
+        const back = job.links.map((l) => l.spanId);
+        assert.ok(back.length >= 1 && back.every((id) => batches.some((b) => b.spanId === id && b.links.some((l) => key(l) === key(job)))), 'each job links back to the batches that link to it');
+      }
     } finally {
       for (const p of procs) await p.signal('SIGKILL');
       await read.end().catch(() => undefined);

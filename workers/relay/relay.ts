@@ -36,7 +36,7 @@ export async function relayBatch(db: Db, queues: EventQueues, redis: RedisClient
         // Tracing: one publish span for this queue's part of the claim (no-op when off).
         const publish = startPublish(queue.name, part);
         await publish.run(() => {
-          const jobs = toJobs(config, part, (i) => publish.traceparent(i));
+          const jobs = toJobs(config, part, publish.traceparent);
           // Where each event of a several-event job is, for the reconciler: written
           // with the jobs (one round trip: ioredis pipelines both), before COMMIT.
           const index = jobs.flatMap((j) => (isMultiEvent(j.data) ? j.data.events.flatMap((e) => [e.event_id, j.opts.jobId!]) : []));
