@@ -23,7 +23,13 @@ export function writeRunningSystem(system: RunningSystem): void {
   fs.writeFileSync(SYSTEM_FILE, JSON.stringify(system, null, 2), { mode: 0o600 });
 }
 
+/** Remove the file if it describes this process's system (a second npm start that fails must not remove the first's). */
 export function removeRunningSystem(): void {
+  try {
+    if ((JSON.parse(fs.readFileSync(SYSTEM_FILE, 'utf8')) as RunningSystem).pid !== process.pid) return;
+  } catch {
+    // none, or unreadable: nothing of ours to keep
+  }
   fs.rmSync(SYSTEM_FILE, { force: true });
 }
 

