@@ -8,7 +8,7 @@ import { parseId } from './validate.js';
 import { MAX_BODY_BYTES, readBody } from './http.js';
 import { listDeadLetters, type DeadLetter } from '../db/dead-letters.js';
 import { outboxBacklog } from '../db/outbox.js';
-import { isRebuilding, projectionStatuses, rebuildLockHolders, rebuildStates, type StatusReport } from '../db/status.js';
+import { isRebuilding, progressUnit, projectionStatuses, rebuildLockHolders, rebuildStates, type StatusReport } from '../db/status.js';
 import { lastVerifyRun, type VerifyRun } from '../db/verify-runs.js';
 import { readHeartbeats, type Heartbeat } from '../lib/metrics-push.js';
 import { within } from '../lib/timeout.js';
@@ -76,7 +76,7 @@ function projections(report: StatusReport | undefined): string {
       const v = p.last_verify;
       const verify = v ? `${v.ok ? 'ok' : v.outcome}${v.mismatches ? `, ${v.mismatches} difference(s)` : ''} (${ago(v.at)})` : 'never';
       const r = p.rebuild;
-      const rebuild = `${r.state}${r.phase ? `: ${r.phase}` : ''}${r.rows_done !== null ? ` ${r.rows_done}${r.rows_total !== null ? `/${r.rows_total}` : ''} rows` : ''}${r.error ? ` (${r.error})` : ''}`;
+      const rebuild = `${r.state}${r.phase ? `: ${r.phase}` : ''}${r.rows_done !== null && progressUnit(r.phase) ? ` ${r.rows_done}${r.rows_total !== null ? `/${r.rows_total}` : ''} ${progressUnit(r.phase)}` : ''}${r.error ? ` (${r.error})` : ''}`;
       return `<tr data-projection="${esc(p.projection)}"><td>${esc(p.projection)}</td><td class="applied">${esc(p.last_applied_event_id ?? '–')}</td><td>${esc(ago(p.last_applied_at))}</td><td class="behind">${esc(p.events_behind ?? '?')}</td><td>${p.seconds_behind === null ? '?' : esc(p.seconds_behind.toFixed(1))}</td><td class="rows">${esc(p.rows)}${p.rows_exact ? '' : ' (est.)'}</td><td class="verify">${esc(verify)}</td><td class="rebuild">${esc(rebuild)}</td></tr>`;
     })
     .join('');

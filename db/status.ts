@@ -224,3 +224,11 @@ export async function projectionStatuses(write: CommonQueryMethods, read: Common
     }),
   };
 }
+
+/** What a phase's progress counts (rows_done / rows_total): rows copied, tables indexed or compared, events caught up; nothing in the others. */
+export function progressUnit(phase: string | null): 'rows' | 'tables' | 'events' | undefined {
+  if (phase === 'copy') return 'rows';
+  if (phase === 'index' || phase === 'compare') return 'tables';
+  if (phase === 'catchup' || phase === 'done' || phase === 'dry_run_done') return 'events';
+  return undefined;
+}

@@ -1,6 +1,7 @@
 import { configOrExit } from '../lib/lifecycle.js';
 import { commandLine, fail, numberOption } from '../lib/cli.js';
 import { rebuild, type RebuildProgress } from '../db/rebuild.js';
+import { progressUnit } from '../db/status.js';
 import { PROJECTIONS } from '../workers/projector/projections/index.js';
 
 const USAGE = `usage: npm run rebuild [-- --dry-run] [-- --projection TABLE ...] [-- --parallel N]
@@ -23,7 +24,8 @@ function line(p: RebuildProgress): string {
   const of = p.total !== undefined ? `/${num(p.total)}` : '';
   const rate = p.rate !== undefined ? `, ${num(p.rate)}/s` : '';
   const eta = p.etaSeconds !== undefined ? `, ETA ${p.etaSeconds.toFixed(0)} s` : '';
-  return `rebuild: ${p.phase}${p.table ? ` ${p.table}` : ''} ${num(p.rows)}${of} rows${rate}${eta}`;
+  const unit = progressUnit(p.phase);
+  return `rebuild: ${p.phase}${p.table ? ` ${p.table}` : ''}${unit ? ` ${num(p.rows)}${of} ${unit}` : ''}${rate}${eta}`;
 }
 
 /** npm run rebuild: blue/green rebuild of the read model (db/rebuild.ts); safe while orders flow. */

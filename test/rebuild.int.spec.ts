@@ -155,6 +155,10 @@ describe('blue/green rebuild (integration)', function () {
     const before = (await f.read.query(`SELECT order_count FROM customer_ltv_view ORDER BY customer_id LIMIT 1`)).rows[0];
     const out = await new Proc('scripts/rebuild.js', f.env.env, ['--projection', 'product_sales_view']).run(60_000);
     assert.match(out, /rebuild: done .* 8 events marked processed/);
+    // Each phase's progress in what it counts: rows copied, tables indexed, events caught up.
+    assert.match(out, /^rebuild: copy product_sales_view [\d,]+\/[\d,]+ rows/m);
+    assert.match(out, /^rebuild: index [01]\/1 tables$/m);
+    assert.match(out, /^rebuild: snapshot$/m);
     assert.doesNotMatch(out, /customer_ltv_view/);
     // customer_ltv_view kept its table (and the tampering), and got the new orders like a projector would have given them.
     assert.deepEqual((await f.read.query(`SELECT order_count FROM customer_ltv_view ORDER BY customer_id LIMIT 1`)).rows[0], before);
