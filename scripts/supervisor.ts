@@ -102,6 +102,8 @@ export class Supervisor {
     }
     child.on('error', (err) => this.write(`${prefix} could not start: ${err.message}`, 'err'));
     child.on('close', (code, signal) => this.exited(p, child, code, signal));
+    // 'close' waits for the output to end too: a grandchild holding the pipes must not keep an exited process counted.
+    child.on('exit', () => setTimeout(() => (child.stdout.destroy(), child.stderr.destroy()), 2000).unref());
   }
 
   private exited(p: Running, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {

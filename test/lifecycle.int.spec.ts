@@ -28,6 +28,19 @@ function post(agent: http.Agent, port: number, path: string, body: unknown): Pro
 describe('life cycle under load (integration)', function () {
   this.timeout(120_000);
 
+  it('SIGHUP (its terminal closed), once running or still loading: a graceful stop, exit 0, as on SIGTERM', async () => {
+    const env = await createTestEnv();
+    const port = await freePort();
+    const web = new Proc('api/main.js', { ...env.env, PORT: String(port), LOG_LEVEL: 'info' }).start();
+    for (let i = 0; i < 100 && (await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.status, () => 0)) !== 200; i++) await sleep(100);
+    const { code } = await web.signal('SIGHUP');
+    assert.equal(code, 0, web.output.slice(-1000));
+    assert.match(web.output, /"signal":"SIGHUP".*"msg":"stopping"/);
+    const loading = new Proc('workers/relay/main.js', env.env).start();
+    await sleep(150);
+    assert.equal((await loading.signal('SIGHUP')).code, 0, loading.output.slice(-500));
+  });
+
   it('SIGTERM while a process is still loading its modules: exit 0, not killed by the signal', async () => {
     const env = await createTestEnv();
     for (const script of ['api/main.js', 'workers/relay/main.js', 'workers/projector/main.js']) {

@@ -50,7 +50,7 @@ describe('npm start (integration): all up, or nothing left', function () {
     // A second npm start on the same port says so, and leaves the first one's description alone.
     const second = new Proc('scripts/start.js', { ...env.env, PORT: String(port) });
     await assert.rejects(second.run(30_000), /exited 1/);
-    assert.deepEqual(second.output.trim().split('\n'), [`start: npm start runs already (pid ${start.child!.pid}, port ${port}); stop it first, or set PORT to run a second system beside it`]);
+    assert.deepEqual(second.output.trim().split('\n'), [`start: npm start runs already (pid ${start.child!.pid}, port ${port}); stop it first`]);
     assert.ok(fs.existsSync(SYSTEM_FILE));
     const { code, ms } = await start.signal('SIGTERM');
     assert.equal(code, 0, start.output.slice(-2000));
@@ -75,6 +75,19 @@ describe('npm start (integration): all up, or nothing left', function () {
     } finally {
       server.close();
     }
+  });
+
+  it('a signal while it starts (before the processes run) stops it there: exit 0, nothing left, nothing recorded', async () => {
+    const env = await createTestEnv();
+    const start = new Proc('scripts/start.js', { ...env.env, PORT: String(await freePort()), LOG_LEVEL: 'warn' }, ['--no-seed']).start();
+    await start.waitFor(/PostgreSQL: environment/, 30_000);
+    const { code } = await start.signal('SIGTERM');
+    assert.equal(code, 0, start.output.slice(-2000));
+    assert.match(start.output, /stopping…/);
+    assert.doesNotMatch(start.output, /\[web\.1|up: web/); // no process was started
+    await sleep(200);
+    assert.deepEqual(processesWith(env.prefix), []);
+    assert.equal(fs.existsSync(SYSTEM_FILE), false);
   });
 
   it('a Redis that does not answer: one line, non-zero, at once, nothing started', async () => {

@@ -75,4 +75,14 @@ describe('Supervisor (unit): the processes of npm start', function () {
     assert.equal(s.failed, 'worker.1 exited with code 3');
     assert.ok(lines.includes('[web.1   ] exited with code 0'), lines.join('\n'));
   });
+
+  it('counts a process as exited when it exits, even if a process it started keeps its output open', async () => {
+    const parent = node('web.1', 'const { spawn } = require("node:child_process"); spawn("sleep", ["8"], { stdio: "inherit", detached: true }).unref(); console.log("up"); process.on("SIGTERM", () => process.exit(0)); setInterval(() => {}, 1000)');
+    const { s, waitFor } = supervise([parent]);
+    await waitFor(/up$/);
+    const t0 = Date.now();
+    s.stop();
+    await s.done;
+    assert.ok(Date.now() - t0 < 5000, `done after ${Date.now() - t0} ms`);
+  });
 });
