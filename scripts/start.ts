@@ -154,12 +154,8 @@ async function main(): Promise<number> {
   };
   const own = (s: Service) => void (s.origin === 'own' && owned.push(s));
   try {
-    // An environment's Redis first: one that does not answer ends npm start before anything starts.
+    // Redis first: one the environment names that does not answer ends npm start before anything starts.
     const redisService = await step(() => redis(say, args.own), own);
-    const redisAt = new URL(redisService.url);
-    if (!process.env.REDIS_CLUSTER_NODES && !(await portAnswers(Number(redisAt.port || 6379), redisAt.hostname.replace(/^\[|\]$/g, '')))) {
-      throw new StartError(`Redis does not answer at ${redisAt.host} (${redisService.origin === 'environment' ? 'REDIS_URL' : redisService.origin}); start it or set REDIS_URL`);
-    }
     const pgService = await step(() => postgres(say, args.own), own);
 
     const env: Record<string, string> = {
