@@ -23,8 +23,12 @@ const MIN_INT64 = -(2 ** 63);
 const MAX_INT64 = 2 ** 63;
 
 class Writer {
-  buf = Buffer.allocUnsafe(64 * 1024);
+  buf: Buffer;
   pos = 0;
+
+  constructor(size = 64 * 1024) {
+    this.buf = Buffer.allocUnsafe(size);
+  }
 
   reset(): void {
     this.pos = 0;
@@ -165,6 +169,13 @@ class Writer {
       v >>>= 7;
     }
     this.buf[p] = v;
+  }
+
+  /** Another writer's bytes, as they are. */
+  append(other: Writer): void {
+    this.room(other.pos);
+    other.buf.copy(this.buf, this.pos, 0, other.pos);
+    this.pos += other.pos;
   }
 
   finish(): Uint8Array {
@@ -308,67 +319,93 @@ function span(w: Writer, s: ReadableSpan): void {
   w.fixed32(flags(ctx.traceFlags, s.parentSpanContext?.isRemote));
 }
 
-const writer = new Writer();
+type Resource = ReadableSpan['resource'];
+type Scope = ReadableSpan['instrumentationScope'];
+
+/**
+ * Spans encoded as they come, grouped by resource and then scope (by
+ * identity, in order of appearance), each group's spans already framed as
+ * ScopeSpans.spans; take() writes the ExportTraceServiceRequest around them.
+ * A span is encoded when it is added, so nothing keeps it afterwards.
+ */
+class SpanBuffer {
+  private groups = new Map<Resource, Map<Scope, Writer>>();
+  /** Spans added since the last take(). */
+  count = 0;
+
+  add(s: ReadableSpan): void {
+    let scopes = this.groups.get(s.resource);
+    if (!scopes) this.groups.set(s.resource, (scopes = new Map()));
+    let w = scopes.get(s.instrumentationScope);
+    if (!w) scopes.set(s.instrumentationScope, (w = new Writer(4096)));
+    w.tag(2, 2);
+    const at = w.start();
+    span(w, s);
+    w.end(at);
+    this.count++;
+  }
+
+  /** The ExportTraceServiceRequest of every span added since the last take() (empty when none). */
+  take(): Uint8Array {
+    const w = requestWriter;
+    w.reset();
+    for (const [resource, scopes] of this.groups) {
+      if (![...scopes.values()].some((sw) => sw.pos > 0)) continue; // none of this resource's since the last take()
+      w.tag(1, 2);
+      const rs = w.start();
+      w.tag(1, 2);
+      const r = w.start();
+      if (resource.attributes) attributes(w, resource.attributes, 1);
+      w.tag(2, 0);
+      w.varint(0);
+      w.end(r);
+      for (const [scope, spans] of scopes) {
+        if (spans.pos === 0) continue;
+        w.tag(2, 2);
+        const ss = w.start();
+        w.tag(1, 2);
+        const sc = w.start();
+        w.tag(1, 2);
+        w.string(scope.name);
+        if (scope.version) {
+          w.tag(2, 2);
+          w.string(scope.version);
+        }
+        const scopeAttributes = (scope as { attributes?: Attributes }).attributes;
+        if (scopeAttributes) attributes(w, scopeAttributes, 3);
+        const dropped = (scope as { droppedAttributesCount?: number }).droppedAttributesCount;
+        if (dropped) {
+          w.tag(4, 0);
+          w.varint(dropped);
+        }
+        w.end(sc);
+        w.append(spans);
+        if (scope.schemaUrl) {
+          w.tag(3, 2);
+          w.string(scope.schemaUrl);
+        }
+        w.end(ss);
+      }
+      if (resource.schemaUrl) {
+        w.tag(3, 2);
+        w.string(resource.schemaUrl);
+      }
+      w.end(rs);
+    }
+    // Groups are kept (a process has one resource and a few scopes) and their writers reused.
+    for (const scopes of this.groups.values()) for (const sw of scopes.values()) sw.reset();
+    this.count = 0;
+    return w.finish();
+  }
+}
+
+const requestWriter = new Writer();
 
 /** ExportTraceServiceRequest of these spans, grouped by resource and then scope (by identity, in order of appearance). */
 export function serializeSpans(spans: readonly ReadableSpan[]): Uint8Array {
-  const byResource = new Map<ReadableSpan['resource'], Map<ReadableSpan['instrumentationScope'], ReadableSpan[]>>();
-  for (const s of spans) {
-    let scopes = byResource.get(s.resource);
-    if (!scopes) byResource.set(s.resource, (scopes = new Map()));
-    let list = scopes.get(s.instrumentationScope);
-    if (!list) scopes.set(s.instrumentationScope, (list = []));
-    list.push(s);
-  }
-  const w = writer;
-  w.reset();
-  for (const [resource, scopes] of byResource) {
-    w.tag(1, 2);
-    const rs = w.start();
-    w.tag(1, 2);
-    const r = w.start();
-    if (resource.attributes) attributes(w, resource.attributes, 1);
-    w.tag(2, 0);
-    w.varint(0);
-    w.end(r);
-    for (const [scope, list] of scopes) {
-      w.tag(2, 2);
-      const ss = w.start();
-      w.tag(1, 2);
-      const sc = w.start();
-      w.tag(1, 2);
-      w.string(scope.name);
-      if (scope.version) {
-        w.tag(2, 2);
-        w.string(scope.version);
-      }
-      const scopeAttributes = (scope as { attributes?: Attributes }).attributes;
-      if (scopeAttributes) attributes(w, scopeAttributes, 3);
-      const dropped = (scope as { droppedAttributesCount?: number }).droppedAttributesCount;
-      if (dropped) {
-        w.tag(4, 0);
-        w.varint(dropped);
-      }
-      w.end(sc);
-      for (const s of list) {
-        w.tag(2, 2);
-        const at = w.start();
-        span(w, s);
-        w.end(at);
-      }
-      if (scope.schemaUrl) {
-        w.tag(3, 2);
-        w.string(scope.schemaUrl);
-      }
-      w.end(ss);
-    }
-    if (resource.schemaUrl) {
-      w.tag(3, 2);
-      w.string(resource.schemaUrl);
-    }
-    w.end(rs);
-  }
-  return w.finish();
+  const buffer = new SpanBuffer();
+  for (const s of spans) buffer.add(s);
+  return buffer.take();
 }
 
 export interface ExportTraceServiceResponse {
@@ -440,18 +477,68 @@ class Reader {
   }
 }
 
+/** When a batch of spans goes: at `maxExportBatchSize` spans, or `scheduledDelayMillis` after the first one (OTEL_BSP_*). */
+export interface BatchOptions {
+  maxExportBatchSize: number;
+  scheduledDelayMillis: number;
+  /** An export that failed (the spans in it are lost, as with the SDK's BatchSpanProcessor). */
+  onError?: (err: unknown) => void;
+}
+
 /**
- * An OTLP/HTTP span exporter sending protobuf written by serializeSpans:
- * @opentelemetry/exporter-trace-otlp-proto's OTLPTraceExporter with the
- * serializer swapped (same transport, the same OTEL_EXPORTER_OTLP_* headers,
- * timeout, compression and retries; the collector's answer decoded by
- * deserializeResponse).
+ * A span processor that encodes each sampled span as it ends and posts the
+ * batches over OTLP/HTTP as protobuf: the SDK's BatchSpanProcessor and
+ * OTLPTraceExporter in one, with @opentelemetry/otlp-exporter-base's
+ * transport (the same OTEL_EXPORTER_OTLP_* headers, timeout, compression,
+ * retries and concurrent-export limit; the collector's answer decoded by
+ * deserializeResponse). The BatchSpanProcessor keeps every span object
+ * until its batch is exported — up to 128 spans or 200 ms, long enough for
+ * the collector to move them to the old generation under load; here a span
+ * is garbage as soon as it has ended, and only its bytes wait.
  */
-export async function protobufSpanExporter(url: string): Promise<import('@opentelemetry/sdk-trace').SpanExporter> {
-  const [base, http] = await Promise.all([import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-exporter-base/node-http')]);
-  const serializer = { serializeRequest: serializeSpans, deserializeResponse };
-  const options = http.convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
-  // The transformer's TraceExporterMetricsHelper, as it is (for the exporter's own metrics: spans per request).
-  const metricsHelper = { name: 'span' as const, countItems: (request: ReadableSpan[]) => request.length };
-  return new base.OTLPExporterBase(http.createOtlpHttpExportDelegate(options, serializer, 'otlp_http_span_exporter', metricsHelper, undefined));
+export async function protobufSpanProcessor(url: string, options: BatchOptions): Promise<import('@opentelemetry/sdk-trace').SpanProcessor> {
+  const [http, core] = await Promise.all([import('@opentelemetry/otlp-exporter-base/node-http'), import('@opentelemetry/core')]);
+  type Request = { bytes: Uint8Array; count: number };
+  const serializer = { serializeRequest: (r: Request) => r.bytes, deserializeResponse };
+  const config = http.convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
+  // The transformer's TraceExporterMetricsHelper, for the exporter's own metrics (spans per request).
+  const delegate = http.createOtlpHttpExportDelegate(config, serializer, 'otlp_http_span_exporter', { name: 'span' as const, countItems: (r: Request) => r.count }, undefined);
+  const buffer = new SpanBuffer();
+  const inFlight = new Set<Promise<void>>();
+  let timer: NodeJS.Timeout | undefined;
+  let closed = false;
+  const flush = () => {
+    clearTimeout(timer);
+    timer = undefined;
+    if (buffer.count === 0) return;
+    const request = { count: buffer.count, bytes: buffer.take() };
+    const sent = new Promise<void>((resolve) =>
+      delegate.export(request, (result) => {
+        if (result.code !== core.ExportResultCode.SUCCESS) options.onError?.(result.error ?? new Error('export failed'));
+        resolve();
+      }),
+    );
+    inFlight.add(sent);
+    void sent.finally(() => inFlight.delete(sent));
+  };
+  const forceFlush = async () => {
+    flush();
+    await Promise.all([...inFlight]);
+  };
+  return {
+    onStart: () => undefined,
+    onEnd: (s) => {
+      if (closed || (s.spanContext().traceFlags & 1) === 0) return; // TraceFlags.SAMPLED: an unsampled span is not exported
+      buffer.add(s);
+      if (buffer.count >= options.maxExportBatchSize) flush();
+      else timer ??= setTimeout(flush, options.scheduledDelayMillis).unref();
+    },
+    forceFlush,
+    shutdown: async () => {
+      if (closed) return;
+      await forceFlush();
+      closed = true;
+      await delegate.shutdown();
+    },
+  };
 }

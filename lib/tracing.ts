@@ -3,8 +3,10 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { IncomingMessage } from 'node:http';
 import type { Context, Link, Span, SpanContext, SpanKind, Tracer } from '@opentelemetry/api';
+import type { SpanProcessor } from '@opentelemetry/sdk-trace';
 import type { Telemetry } from 'bullmq';
 import type { Config } from './config.js';
+import { startRequestSpan, type RequestSpans } from './request-span.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -36,6 +38,8 @@ interface On {
   /** @opentelemetry/core's traceparent parser (the W3C propagator's, without a Context made per call). */
   parseTraceParent: (traceparent: string) => SpanContext | null;
   tracer: Tracer;
+  /** What request spans (lib/request-span.ts) are made with: the provider's sampler, processor, resource and scope. */
+  requestSpans: RequestSpans;
   telemetry: Telemetry;
   shutdown: () => Promise<void>;
 }
@@ -63,22 +67,20 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   const url = tracesEndpoint(config);
   if (!url || on) return;
   const protocol = config.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? config.OTEL_EXPORTER_OTLP_PROTOCOL;
-  const [api, core, hooks, resources, sdk, exporter, pgI, bullmqOtel] = await Promise.all([
+  const [api, core, hooks, resources, sdk, processor, pgI, bullmqOtel] = await Promise.all([
     import('@opentelemetry/api'),
     import('@opentelemetry/core'),
     import('@opentelemetry/context-async-hooks'),
     import('@opentelemetry/resources'),
     import('@opentelemetry/sdk-trace'),
-    protocol === 'http/json' ? import('@opentelemetry/exporter-trace-otlp-http').then((m) => new m.OTLPTraceExporter({ url })) : import('./otlp-proto.js').then((m) => m.protobufSpanExporter(url)),
+    spanProcessor(url, protocol, config, log),
     import('@opentelemetry/instrumentation-pg'),
     import('bullmq-otel'),
   ]);
   const serviceName = config.OTEL_SERVICE_NAME ? `${config.OTEL_SERVICE_NAME}-${proc}` : proc;
-  const provider = new sdk.TracerProvider({
-    resource: resources.defaultResource().merge(resources.detectResources({ detectors: [resources.envDetector] })).merge(resources.resourceFromAttributes({ 'service.name': serviceName, 'service.namespace': 'order-pipeline' })),
-    sampler: sampler(sdk, config),
-    spanProcessors: [new sdk.BatchSpanProcessor({ exporter, maxExportBatchSize: config.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, scheduledDelayMillis: config.OTEL_BSP_SCHEDULE_DELAY })],
-  });
+  const resource = resources.defaultResource().merge(resources.detectResources({ detectors: [resources.envDetector] })).merge(resources.resourceFromAttributes({ 'service.name': serviceName, 'service.namespace': 'order-pipeline' }));
+  const rootSampler = sampler(sdk, config);
+  const provider = new sdk.TracerProvider({ resource, sampler: rootSampler, spanProcessors: [processor] });
   api.context.setGlobalContextManager(new hooks.AsyncLocalStorageContextManager().enable());
   api.propagation.setGlobalPropagator(new core.W3CTraceContextPropagator());
   api.trace.setGlobalTracerProvider(provider);
@@ -95,11 +97,21 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   for (const def of pgInstrumentation.getModuleDefinitions()) if (def.name === 'pg') def.patch?.(require(def.name), packageVersion(def.name));
 
   const stopping = { done: false };
+  const tracer = provider.getTracer('order-pipeline');
   on = {
     api,
     untraced: core.suppressTracing(api.ROOT_CONTEXT),
     parseTraceParent: core.parseTraceParent,
-    tracer: api.trace.getTracer('order-pipeline'),
+    tracer,
+    requestSpans: {
+      sampler: rootSampler,
+      processor,
+      resource,
+      // The tracer's own scope object: the exporter groups spans by scope, by identity.
+      scope: (tracer as { instrumentationScope?: RequestSpans['scope'] }).instrumentationScope ?? { name: 'order-pipeline' },
+      limits: spanLimits(tracer),
+      attributeRules: core,
+    },
     telemetry: onlyInSampledTraces(api, core.suppressTracing, new bullmqOtel.BullMQOtel({ tracerName: 'bullmq' })),
     shutdown: async () => {
       if (stopping.done) return;
@@ -120,6 +132,27 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
 }
 
 /**
+ * Where ended spans go: batches posted over OTLP/HTTP, as protobuf by our
+ * own processor (lib/otlp-proto.ts: each span encoded as it ends), as JSON
+ * by the SDK's BatchSpanProcessor and OTLPTraceExporter.
+ */
+async function spanProcessor(url: string, protocol: string | undefined, config: Config, log: Logger): Promise<SpanProcessor> {
+  const batch = { maxExportBatchSize: config.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, scheduledDelayMillis: config.OTEL_BSP_SCHEDULE_DELAY };
+  if (protocol === 'http/json') {
+    const [sdk, json] = await Promise.all([import('@opentelemetry/sdk-trace'), import('@opentelemetry/exporter-trace-otlp-http')]);
+    return new sdk.BatchSpanProcessor({ exporter: new json.OTLPTraceExporter({ url }), ...batch });
+  }
+  let warned = 0;
+  const onError = (err: unknown) => {
+    // At most one line a minute: a collector that is down fails every batch.
+    if (Date.now() - warned < 60_000) return;
+    warned = Date.now();
+    log.warn({ err: (err as Error)?.message ?? String(err), endpoint: url }, 'could not export spans (they are dropped)');
+  };
+  return (await import('./otlp-proto.js')).protobufSpanProcessor(url, { ...batch, onError });
+}
+
+/**
  * BullMQ's Queue telemetry, recording only inside a sampled trace: BullMQ
  * opens a span for every Queue operation (addBulk, close, retryJobs, …),
  * and outside a trace each became a trace of its own — an `addBulk` for
@@ -136,6 +169,16 @@ function onlyInSampledTraces(api: Api, suppress: (ctx: Context) => Context, otel
     },
   };
   return otel as unknown as Telemetry;
+}
+
+/**
+ * The span limits the SDK's tracer computed (from OTEL_*_LIMIT, with its
+ * defaults): request spans (lib/request-span.ts) apply the same. A private
+ * field of the SDK's Tracer; should it go, the SDK's defaults.
+ */
+function spanLimits(tracer: Tracer): RequestSpans['limits'] {
+  const defaults = { attributeCountLimit: 128, attributeValueLengthLimit: Infinity, eventCountLimit: 128, linkCountLimit: 128, attributePerEventCountLimit: 128, attributePerLinkCountLimit: 128 };
+  return { ...defaults, ...(tracer as { _spanLimits?: Partial<RequestSpans['limits']> })._spanLimits };
 }
 
 const require = createRequire(import.meta.url);
@@ -394,10 +437,11 @@ export function traceJobs<J extends { id?: string; data: { traceparent?: string 
 export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>): Promise<T>; fail(err: unknown): void; end(route: string, status: number): void } | undefined {
   if (!on) return undefined;
   const o = on;
-  const parent = o.api.propagation.extract(o.api.ROOT_CONTEXT, req.headers);
+  // A traceparent header (and tracestate) as the W3C propagator reads them; most requests have none.
+  const parent = req.headers.traceparent === undefined ? o.api.ROOT_CONTEXT : o.api.propagation.extract(o.api.ROOT_CONTEXT, req.headers);
   const method = req.method ?? 'GET';
-  const span = o.tracer.startSpan(method, { kind: o.api.SpanKind.SERVER, attributes: { 'http.request.method': method } }, parent);
-  if (!isSampled(o.api, span.spanContext())) return undefined; // a non-recording span: nothing to end
+  const span = startRequestSpan(o.requestSpans, method, { 'http.request.method': method }, o.api.trace.getSpanContext(parent), parent);
+  if (!span) return undefined; // not sampled: the request runs outside any context
   const ctx = o.api.trace.setSpan(parent, span);
   return {
     run: (fn) => o.api.context.with(ctx, fn),

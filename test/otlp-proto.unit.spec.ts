@@ -6,8 +6,7 @@ import { TraceState } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
-import { deserializeResponse, protobufSpanExporter, serializeSpans } from '../lib/otlp-proto.js';
-import { ExportResultCode } from '@opentelemetry/core';
+import { deserializeResponse, protobufSpanProcessor, serializeSpans } from '../lib/otlp-proto.js';
 
 /** Spans of every shape the SDK makes, from two resources and three scopes. */
 function spans(): ReadableSpan[] {
@@ -98,7 +97,7 @@ describe('OTLP/protobuf serializer and exporter (unit; the exporter against a lo
     assert.equal(Buffer.from(first).toString('hex'), copy);
   });
 
-  it('the exporter posts them to the URL with the OTEL_EXPORTER_OTLP_* headers and compression, as the SDK exporter does', async () => {
+  it('the processor posts them as they end, in batches, to the URL with the OTEL_EXPORTER_OTLP_* headers and compression, as the SDK exporter does', async () => {
     const got: { path?: string; headers: http.IncomingHttpHeaders; body: Buffer }[] = [];
     const server = http.createServer((req, res) => {
       const chunks: Buffer[] = [];
@@ -113,22 +112,54 @@ describe('OTLP/protobuf serializer and exporter (unit; the exporter against a lo
     try {
       process.env.OTEL_EXPORTER_OTLP_HEADERS = 'x-tenant=shop';
       process.env.OTEL_EXPORTER_OTLP_COMPRESSION = 'gzip';
-      const exporter = await protobufSpanExporter(`http://127.0.0.1:${(server.address() as { port: number }).port}/v1/traces`);
+      const errors: unknown[] = [];
+      const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/v1/traces`;
+      const processor = await protobufSpanProcessor(url, { maxExportBatchSize: 5, scheduledDelayMillis: 60_000, onError: (e) => errors.push(e) });
       const all = spans();
-      const code = await new Promise<number>((r) => exporter.export(all, (res) => r(res.code)));
-      await exporter.shutdown();
-      assert.equal(code, ExportResultCode.SUCCESS);
-      assert.equal(got.length, 1);
-      assert.equal(got[0]!.path, '/v1/traces');
-      assert.equal(got[0]!.headers['content-type'], 'application/x-protobuf');
-      assert.equal(got[0]!.headers['x-tenant'], 'shop');
-      assert.equal(got[0]!.headers['content-encoding'], 'gzip');
-      assert.equal(gunzipSync(got[0]!.body).toString('hex'), Buffer.from(ProtobufTraceSerializer.serializeRequest(all)!).toString('hex'));
+      const unsampled = { ...all[0]!, spanContext: () => ({ ...all[0]!.spanContext(), traceFlags: TraceFlags.NONE }) } as ReadableSpan;
+      for (const s of [unsampled, ...all]) processor.onEnd(s);
+      await processor.shutdown();
+      processor.onEnd(all[0]!); // after shutdown: not exported
+      await processor.forceFlush();
+      assert.deepEqual(errors, []);
+      // Batches of 5 as they ended (the unsampled one left out), the rest at shutdown.
+      const batches: ReadableSpan[][] = [];
+      for (let i = 0; i < all.length; i += 5) batches.push(all.slice(i, i + 5));
+      assert.equal(got.length, batches.length);
+      for (const [i, g] of got.entries()) {
+        assert.equal(g.path, '/v1/traces');
+        assert.equal(g.headers['content-type'], 'application/x-protobuf');
+        assert.equal(g.headers['x-tenant'], 'shop');
+        assert.equal(g.headers['content-encoding'], 'gzip');
+        assert.ok(gunzipSync(g.body).equals(Buffer.from(ProtobufTraceSerializer.serializeRequest(batches[i]!)!)), `batch ${i}: the transformer's bytes`);
+      }
     } finally {
       for (const [k, v] of [['OTEL_EXPORTER_OTLP_HEADERS', saved.h], ['OTEL_EXPORTER_OTLP_COMPRESSION', saved.c]] as const) {
         if (v === undefined) delete process.env[k];
         else process.env[k] = v;
       }
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it('the processor sends a batch when its delay has passed, and says when an export fails', async () => {
+    let requests = 0;
+    const server = http.createServer((req, res) => {
+      requests++;
+      req.resume().on('end', () => res.writeHead(400).end());
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const errors: unknown[] = [];
+      const processor = await protobufSpanProcessor(`http://127.0.0.1:${(server.address() as { port: number }).port}/v1/traces`, { maxExportBatchSize: 100, scheduledDelayMillis: 50, onError: (e) => errors.push(e) });
+      processor.onEnd(spans()[0]!);
+      const deadline = Date.now() + 5000;
+      while (errors.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(requests, 1, 'sent once its delay had passed, without a flush');
+      assert.equal(errors.length, 1);
+      await processor.shutdown();
+      assert.equal(requests, 1, 'nothing left to send');
+    } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }
   });
