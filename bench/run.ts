@@ -85,22 +85,26 @@ function cpuRow(section: string, cores: [string, number][]): Row {
   return { section, measure: `  CPU, cores: ${cores.map(([name, c]) => `${name} ${c.toFixed(2)}`).join(' · ')}`, value: `${total.toFixed(2)} of ${os.cpus().length} cores` };
 }
 
-/** POST /orders from 32 connections for `seconds` against one web process (with `extraEnv`): orders/s, latency, cores. */
+/** POST /orders from 32 connections for `seconds`, after a second of warm-up, against one web process (with `extraEnv`): orders/s, latency, cores. */
 async function postOrders(env: BenchEnv, products: number[], seconds: number, extraEnv: Record<string, string> = {}) {
+  const load = (base: string, duration: number) =>
+    autocannon({
+      url: `${base}/orders`,
+      connections: 32,
+      duration,
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify(randomOrder(products)) }) }],
+    });
   const { result: http, cores } = await withWeb(
     env,
     3901,
-    (base, web) =>
-      withCpu(env, { web }, () =>
-        autocannon({
-          url: `${base}/orders`,
-          connections: 32,
-          duration: seconds,
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify(randomOrder(products)) }) }],
-        }),
-      ),
+    async (base, web) => {
+      // A second of the same load first, not counted: a new process runs cold (its code not yet compiled, its pools
+      // not yet open), and what is compared is the rate it holds.
+      await load(base, 1);
+      return withCpu(env, { web }, () => load(base, seconds));
+    },
     extraEnv,
   );
   const ordersPerSec = http['2xx'] / seconds;

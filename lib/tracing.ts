@@ -6,7 +6,7 @@ import type { Context, Link, Span, SpanContext, SpanKind, Tracer } from '@opente
 import type { SpanProcessor } from '@opentelemetry/sdk-trace';
 import type { Telemetry } from 'bullmq';
 import type { Config } from './config.js';
-import { startRequestSpan, type RequestSpans } from './request-span.js';
+import { startLeanSpan, type LeanSpans } from './lean-span.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -37,9 +37,8 @@ interface On {
   untraced: Context;
   /** @opentelemetry/core's traceparent parser (the W3C propagator's, without a Context made per call). */
   parseTraceParent: (traceparent: string) => SpanContext | null;
-  tracer: Tracer;
-  /** What request spans (lib/request-span.ts) are made with: the provider's sampler, processor, resource and scope. */
-  requestSpans: RequestSpans;
+  /** What our own spans are made with (lib/lean-span.ts): the provider's sampler, processor, resource, scope and limits. */
+  spans: LeanSpans;
   telemetry: Telemetry;
   shutdown: () => Promise<void>;
 }
@@ -102,15 +101,18 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
     api,
     untraced: core.suppressTracing(api.ROOT_CONTEXT),
     parseTraceParent: core.parseTraceParent,
-    tracer,
-    requestSpans: {
+    spans: {
       sampler: rootSampler,
       processor,
       resource,
       // The tracer's own scope object: the exporter groups spans by scope, by identity.
-      scope: (tracer as { instrumentationScope?: RequestSpans['scope'] }).instrumentationScope ?? { name: 'order-pipeline' },
+      scope: (tracer as { instrumentationScope?: LeanSpans['scope'] }).instrumentationScope ?? { name: 'order-pipeline' },
       limits: spanLimits(tracer),
       attributeRules: core,
+      parentOf: (ctx) => {
+        const sc = api.trace.getSpanContext(ctx);
+        return sc && api.trace.isSpanContextValid(sc) ? sc : undefined;
+      },
     },
     telemetry: onlyInSampledTraces(api, core.suppressTracing, new bullmqOtel.BullMQOtel({ tracerName: 'bullmq' })),
     shutdown: async () => {
@@ -176,9 +178,9 @@ function onlyInSampledTraces(api: Api, suppress: (ctx: Context) => Context, otel
  * defaults): request spans (lib/request-span.ts) apply the same. A private
  * field of the SDK's Tracer; should it go, the SDK's defaults.
  */
-function spanLimits(tracer: Tracer): RequestSpans['limits'] {
+function spanLimits(tracer: Tracer): LeanSpans['limits'] {
   const defaults = { attributeCountLimit: 128, attributeValueLengthLimit: Infinity, eventCountLimit: 128, linkCountLimit: 128, attributePerEventCountLimit: 128, attributePerLinkCountLimit: 128 };
-  return { ...defaults, ...(tracer as { _spanLimits?: Partial<RequestSpans['limits']> })._spanLimits };
+  return { ...defaults, ...(tracer as { _spanLimits?: Partial<LeanSpans['limits']> })._spanLimits };
 }
 
 const require = createRequire(import.meta.url);
@@ -241,13 +243,19 @@ function sampledActiveSpan(o: On): Span | undefined {
   return active && isSampled(o.api, active.spanContext()) ? active : undefined;
 }
 
-/** Run fn inside a new span (a child of the active one); errors are recorded on it. */
+/**
+ * Run fn inside a new span (a child of `parent`, by default the active
+ * one); errors are recorded on it. When the sampler does not sample it, fn
+ * runs outside any span and records nothing (as an unsampled trace does downstream).
+ */
 export async function inSpan<T>(name: string, fn: (span: Span | undefined) => Promise<T>, opts: { kind?: SpanKind; parent?: Context; links?: Link[] } = {}): Promise<T> {
   if (!on) return fn(undefined);
   const o = on;
-  const span = o.tracer.startSpan(name, { kind: opts.kind, links: opts.links }, opts.parent);
+  const parent = opts.parent ?? o.api.context.active();
+  const span = startLeanSpan(o.spans, name, opts.kind ?? o.api.SpanKind.INTERNAL, parent, undefined, opts.links);
+  if (!span) return o.api.context.with(o.untraced, () => fn(undefined));
   try {
-    return await o.api.context.with(o.api.trace.setSpan(opts.parent ?? o.api.context.active(), span), () => fn(span));
+    return await o.api.context.with(o.api.trace.setSpan(parent, span), () => fn(span));
   } catch (err) {
     failed(o, span, err);
     throw err;
@@ -374,18 +382,18 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
     links.push({ context: sc });
   }
   if (first < 0) return NO_PUBLISH; // no sampled trace: no span, nothing to carry
-  const span = o.tracer.startSpan(
+  const span = startLeanSpan(
+    o.spans,
     `publish ${queueName}`,
-    {
-      kind: o.api.SpanKind.PRODUCER,
-      links,
-      attributes: { 'messaging.system': 'bullmq', 'messaging.operation.type': 'send', 'messaging.destination.name': queueName, 'messaging.batch.message_count': rows.length, ...(rows.length === 1 ? { 'messaging.message.id': String(rows[0]!.id) } : {}) },
-    },
+    o.api.SpanKind.PRODUCER,
     o.api.trace.setSpanContext(o.api.ROOT_CONTEXT, links[0]!.context),
+    { 'messaging.system': 'bullmq', 'messaging.operation.type': 'send', 'messaging.destination.name': queueName, 'messaging.batch.message_count': rows.length, ...(rows.length === 1 ? { 'messaging.message.id': String(rows[0]!.id) } : {}) },
+    links,
   );
-  const spanCtx = o.api.trace.setSpan(o.api.ROOT_CONTEXT, span);
-  // The publish span is unsampled only under a sampler that is not parent-based: then it is not passed on.
-  const own = isSampled(o.api, span.spanContext()) ? traceparentOf(span.spanContext()) : undefined;
+  // The publish span is unsampled only under a sampler that is not parent-based: then there is none to pass on,
+  // and the enqueueing records nothing (BullMQ's span included).
+  const spanCtx = span ? o.api.trace.setSpan(o.api.ROOT_CONTEXT, span) : o.untraced;
+  const own = span ? traceparentOf(span.spanContext()) : undefined;
   return {
     traceparent: (from, to) => {
       if (to - from === 1) return from === first ? (own ?? asWritten(from)) : asWritten(from);
@@ -396,10 +404,10 @@ export function startPublish(queueName: string, rows: readonly { id: number | st
       try {
         return await o.api.context.with(spanCtx, fn);
       } catch (err) {
-        failed(o, span, err);
+        if (span) failed(o, span, err);
         throw err;
       } finally {
-        span.end();
+        span?.end();
       }
     },
   };
@@ -440,7 +448,7 @@ export function requestSpan(req: IncomingMessage): { run<T>(fn: () => Promise<T>
   // A traceparent header (and tracestate) as the W3C propagator reads them; most requests have none.
   const parent = req.headers.traceparent === undefined ? o.api.ROOT_CONTEXT : o.api.propagation.extract(o.api.ROOT_CONTEXT, req.headers);
   const method = req.method ?? 'GET';
-  const span = startRequestSpan(o.requestSpans, method, { 'http.request.method': method }, o.api.trace.getSpanContext(parent), parent);
+  const span = startLeanSpan(o.spans, method, o.api.SpanKind.SERVER, parent, { 'http.request.method': method });
   if (!span) return undefined; // not sampled: the request runs outside any context
   const ctx = o.api.trace.setSpan(parent, span);
   return {

@@ -5,7 +5,7 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import { AlwaysOffSampler, AlwaysOnSampler, InMemorySpanExporter, ParentBasedSampler, SimpleSpanProcessor, TraceIdRatioBasedSampler, TracerProvider, type ReadableSpan, type Sampler, type SpanLimits } from '@opentelemetry/sdk-trace';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import { serializeSpans } from '../lib/otlp-proto.js';
-import { startRequestSpan, type RequestSpans } from '../lib/request-span.js';
+import { startLeanSpan, type LeanSpans } from '../lib/lean-span.js';
 
 const resource = resourceFromAttributes({ 'service.name': 'web' });
 
@@ -15,17 +15,21 @@ function both(sampler: Sampler = new AlwaysOnSampler(), limits: SpanLimits = {})
   const processor = new SimpleSpanProcessor({ exporter: memory });
   const provider = new TracerProvider({ resource, sampler, spanLimits: limits, spanProcessors: [processor] });
   const tracer = provider.getTracer('order-pipeline');
-  const setup: RequestSpans = {
+  const setup: LeanSpans = {
     sampler,
     processor,
     resource,
-    scope: (tracer as unknown as { instrumentationScope: RequestSpans['scope'] }).instrumentationScope,
-    limits: (tracer as unknown as { _spanLimits: RequestSpans['limits'] })._spanLimits,
+    scope: (tracer as unknown as { instrumentationScope: LeanSpans['scope'] }).instrumentationScope,
+    limits: (tracer as unknown as { _spanLimits: LeanSpans['limits'] })._spanLimits,
     attributeRules: { maybeAddAttribute, cleanAttributes, cleanSimpleAttributes },
+    parentOf: (ctx) => {
+      const sc = trace.getSpanContext(ctx);
+      return sc && trace.isSpanContextValid(sc) ? sc : undefined;
+    },
   };
   const sdkSpan = (attributes: Attributes, parent: Context = ROOT_CONTEXT) => tracer.startSpan('POST', { kind: SpanKind.SERVER, attributes }, parent);
-  const ourSpan = (attributes: Attributes, parent: Context = ROOT_CONTEXT) => startRequestSpan(setup, 'POST', attributes, trace.getSpanContext(parent), parent);
-  return { memory, sdkSpan, ourSpan };
+  const ourSpan = (attributes: Attributes, parent: Context = ROOT_CONTEXT) => startLeanSpan(setup, 'POST', SpanKind.SERVER, parent, attributes);
+  return { memory, tracer, setup, sdkSpan, ourSpan };
 }
 
 const remote = (flags: number): Context =>
@@ -77,7 +81,7 @@ function exercise(span: Span, link: SpanContext, error: Error): void {
   span.end();
 }
 
-describe('request span (unit): made without the SDK, observed as an SDK span', () => {
+describe('lean span (unit): made without the SDK, observed as an SDK span', () => {
   const link: SpanContext = { traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7', traceFlags: TraceFlags.SAMPLED };
 
   it('the same calls leave what the SDK span leaves, exported once, and serialize as the transformer does', () => {
@@ -104,6 +108,52 @@ describe('request span (unit): made without the SDK, observed as an SDK span', (
       // Our serializer and the transformer write the same bytes for it.
       assert.ok(Buffer.from(serializeSpans([b!])).equals(Buffer.from(ProtobufTraceSerializer.serializeRequest([b!])!)));
       if (parent !== ROOT_CONTEXT) assert.equal(b!.spanContext().traceId, trace.getSpanContext(parent)!.traceId);
+    }
+  });
+
+  it('times as the SDK takes them: the start from the wall clock, the rest monotonic from it; a performance time or a Date as given; an end before the start is the start', async () => {
+    const { memory, sdkSpan, ourSpan } = both();
+    const ns = (t: readonly [number, number]) => BigInt(t[0]) * 1_000_000_000n + BigInt(t[1]);
+    const ours = ourSpan({})!;
+    const theirs = sdkSpan({});
+    await new Promise((r) => setTimeout(r, 20));
+    const perf = performance.now();
+    const date = new Date(Date.now() + 1000);
+    for (const s of [theirs, ours]) {
+      s.addEvent('performance time', perf);
+      s.addEvent('a date', date);
+      s.end();
+    }
+    const [a, b] = memory.getFinishedSpans();
+    const close = (x: readonly [number, number], y: readonly [number, number], what: string) => assert.ok(Math.abs(Number(ns(x) - ns(y))) < 5_000_000, `${what}: within 5 ms of the SDK's`);
+    close(b!.startTime, a!.startTime, 'start');
+    close(b!.endTime, a!.endTime, 'end');
+    close(b!.events[0]!.time, a!.events[0]!.time, 'an event at a performance time');
+    assert.deepEqual(b!.events[1]!.time, a!.events[1]!.time);
+    assert.ok(ns(b!.duration) >= 20_000_000n, 'the 20 ms it lasted');
+    const early = ourSpan({})!;
+    early.end(new Date(Date.now() - 60_000));
+    assert.deepEqual(memory.getFinishedSpans()[2]!.endTime, early.startTime);
+    assert.deepEqual(early.duration, [0, 0]);
+  });
+
+  it('of every kind, the child of a local span, with links given at the start (past the limit, the last ones kept)', () => {
+    const { memory, tracer, setup } = both(new ParentBasedSampler({ root: new AlwaysOnSampler() }), { linkCountLimit: 3 });
+    const parentSpan = tracer.startSpan('request');
+    const parent = trace.setSpan(ROOT_CONTEXT, parentSpan);
+    const links = [1, 2, 3, 4, 5].map((i) => ({ context: { ...link, spanId: `000000000000000${i}` }, ...(i === 5 ? { attributes: { why: 'batch' } } : {}) }));
+    for (const kind of [SpanKind.INTERNAL, SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.CLIENT, SpanKind.SERVER]) {
+      memory.reset();
+      tracer.startSpan('place_orders', { kind, links, attributes: { 'batch.size': 5 } }, parent).end();
+      const ours = startLeanSpan(setup, 'place_orders', kind, parent, { 'batch.size': 5 }, links);
+      assert.ok(ours);
+      ours.end();
+      const [a, b] = memory.getFinishedSpans();
+      assert.deepEqual(observable(b!), observable(a!), `kind ${kind}`);
+      assert.equal(b!.spanContext().traceId, parentSpan.spanContext().traceId);
+      assert.deepEqual(b!.parentSpanContext, parentSpan.spanContext());
+      assert.deepEqual(b!.links.map((l) => l.context.spanId.slice(-1)), ['3', '4', '5']);
+      assert.equal(b!.droppedLinksCount, 2);
     }
   });
 

@@ -3,22 +3,26 @@ import type { Attributes, AttributeValue, Context, Exception, HrTime, Link, Span
 import type { ReadableSpan, Sampler, SpanLimits, SpanProcessor } from '@opentelemetry/sdk-trace';
 
 /**
- * The span of one HTTP request, made without the SDK's Tracer: every
- * request of the web has one, and the SDK's costs several times what the
- * span needs (sampler, metrics of its own, attribute checks per call, a
- * context per option, two ids from Math.random, hrtimes) — in CPU profiles
- * of the web under load, starting and ending the request's span was the
- * largest part of tracing's cost (docs/performance.md, Tracing's cost).
- * It is an OpenTelemetry `Span` (the API's context, the pg instrumentation,
- * links and annotate() use it as any other) and a `ReadableSpan` (the
- * span processor exports it as any other), with the SDK's behaviour where
- * it is observable: the configured sampler decides, ids are random and
- * valid, attributes past the limit are dropped and counted, a second end()
- * or a change after end() is ignored, exceptions are events.
+ * Spans made without the SDK's Tracer: the spans this code makes itself
+ * (a request's, a group commit's, a relay's publish, a job's, a projector
+ * batch's), one or more for every order and job. The SDK's Tracer costs
+ * several times what such a span needs (its own metrics, attribute checks
+ * per call, a context per option, ids from Math.random, two clocks read):
+ * in CPU profiles of the web under load, starting and ending the request's
+ * span was the largest part of tracing's cost (docs/performance.md,
+ * Tracing's cost). A lean span is an OpenTelemetry `Span` (the API's
+ * context, the pg instrumentation, links and annotate() use it as any
+ * other) and a `ReadableSpan` (the span processor exports it as any
+ * other), with the SDK's behaviour where it is observable:
+ * test/lean-span.unit.spec.ts makes each call on both and compares. The
+ * configured sampler decides, ids are random and valid, times are taken as
+ * the SDK takes them, attributes, events and links follow its rules and
+ * limits, a change after end() is ignored. The pg instrumentation's and
+ * BullMQ's spans are still the SDK's.
  */
 
-/** What a request span needs of the tracing setup. */
-export interface RequestSpans {
+/** What a lean span needs of the tracing setup (lib/tracing.ts makes it once). */
+export interface LeanSpans {
   sampler: Sampler;
   processor: SpanProcessor;
   resource: ReadableSpan['resource'];
@@ -27,11 +31,12 @@ export interface RequestSpans {
   limits: Required<SpanLimits>;
   /** @opentelemetry/core's attribute rules, which the SDK's spans apply (loaded with the SDK: this module loads nothing). */
   attributeRules: Pick<typeof import('@opentelemetry/core'), 'maybeAddAttribute' | 'cleanAttributes' | 'cleanSimpleAttributes'>;
+  /** The API's trace.getSpanContext, when the context holds a valid one (isSpanContextValid): a parent. */
+  parentOf(context: Context): SpanContext | undefined;
 }
 
 const SAMPLED = 1; // TraceFlags.SAMPLED
 const RECORD_AND_SAMPLED = 2; // SamplingDecision.RECORD_AND_SAMPLED
-const SERVER = 1 as SpanKind; // SpanKind.SERVER
 const UNSET = 0; // SpanStatusCode.UNSET
 const OK = 1; // SpanStatusCode.OK
 const ERROR = 2; // SpanStatusCode.ERROR
@@ -52,47 +57,48 @@ function randomHex(bytes: number): string {
   return hex.charCodeAt(hex.length - 1) === 48 && /^0+$/.test(hex) ? `${hex.slice(0, -1)}1` : hex;
 }
 
-/** The time origin as an HrTime, and now() as one (the SDK's arithmetic: origin plus performance.now(), nanoseconds carried). */
-const ORIGIN_MS = performance.timeOrigin;
-const ORIGIN: HrTime = [Math.trunc(ORIGIN_MS / 1000), Math.round((ORIGIN_MS % 1000) * 1e6)];
-
-function hrNow(): HrTime {
-  const ms = performance.now();
-  let seconds = ORIGIN[0] + Math.trunc(ms / 1000);
-  let nanos = ORIGIN[1] + Math.round((ms % 1000) * 1e6);
-  if (nanos >= 1e9) {
-    seconds += 1;
-    nanos -= 1e9;
-  }
-  return [seconds, nanos];
-}
-
-function toHr(time: TimeInput | undefined): HrTime {
-  if (time === undefined) return hrNow();
-  if (Array.isArray(time)) return time as HrTime;
-  const ms = typeof time === 'number' ? (time < ORIGIN_MS ? ORIGIN_MS + time : time) : time.getTime(); // a performance.now() value, or epoch ms
+/** Milliseconds as an HrTime, and the sum of two: @opentelemetry/core's millisToHrTime and addHrTimes. */
+function millisToHr(ms: number): HrTime {
   return [Math.trunc(ms / 1000), Math.round((ms % 1000) * 1e6)];
 }
 
+function addHr(a: HrTime, b: HrTime): HrTime {
+  const out: HrTime = [a[0] + b[0], a[1] + b[1]];
+  if (out[1] >= 1e9) {
+    out[1] -= 1e9;
+    out[0] += 1;
+  }
+  return out;
+}
+
 /**
- * A sampled SERVER span for a request whose parent is `parent` (a remote
- * span context from its traceparent header, or none), or undefined when the
- * sampler does not record and sample it.
+ * A new sampled span, the child of the span in `parentContext` if any, or
+ * undefined when the sampler does not record and sample it (the SDK's
+ * non-recording span: nothing of it would be exported).
  */
-export function startRequestSpan(setup: RequestSpans, name: string, attributes: Attributes, parent: SpanContext | undefined, parentContext: Context): RequestSpan | undefined {
+export function startLeanSpan(setup: LeanSpans, name: string, kind: SpanKind, parentContext: Context, attributes: Attributes = {}, links: Link[] = []): LeanSpan | undefined {
+  const parent = setup.parentOf(parentContext);
   const traceId = parent ? parent.traceId : randomHex(16);
-  const decision = setup.sampler.shouldSample(parentContext, traceId, name, SERVER, attributes, []);
+  const decision = setup.sampler.shouldSample(parentContext, traceId, name, kind, attributes, links);
   if (decision.decision !== RECORD_AND_SAMPLED) return undefined;
   const ctx: SpanContext = { traceId, spanId: randomHex(8), traceFlags: SAMPLED, traceState: decision.traceState ?? parent?.traceState };
-  const span = new RequestSpan(setup, name, ctx, parent);
+  const span = new LeanSpan(setup, name, kind, ctx, parent);
   span.setAttributes(attributes);
   if (decision.attributes) span.setAttributes(decision.attributes);
+  // As the SDK: links given at the start past the limit keep the last ones.
+  const limit = setup.limits.linkCountLimit;
+  for (let i = Math.max(0, links.length - limit); i < links.length; i++) span.addLink(links[i]!);
+  span.droppedLinksCount = Math.max(0, links.length - limit);
   return span;
 }
 
-export class RequestSpan implements Span, ReadableSpan {
-  readonly kind = SERVER;
-  readonly startTime: HrTime = hrNow();
+export class LeanSpan implements Span, ReadableSpan {
+  // Times as the SDK's spans take them: the start from the wall clock, the rest from it plus the monotonic time
+  // elapsed (timeOrigin + performance.now() drifts from the wall clock over a process's life; the pg
+  // instrumentation's spans, children of this one, are SDK spans).
+  private readonly startedAt = performance.now();
+  private readonly startMs = Date.now();
+  readonly startTime: HrTime = millisToHr(this.startMs);
   endTime: HrTime = [0, 0];
   status: SpanStatus = { code: UNSET };
   readonly attributes: Attributes = {};
@@ -105,8 +111,9 @@ export class RequestSpan implements Span, ReadableSpan {
   private attributeCount = 0;
 
   constructor(
-    private readonly setup: RequestSpans,
+    private readonly setup: LeanSpans,
     public name: string,
+    readonly kind: SpanKind,
     private readonly ctx: SpanContext,
     readonly parentSpanContext: SpanContext | undefined,
   ) {}
@@ -164,7 +171,7 @@ export class RequestSpan implements Span, ReadableSpan {
       this.droppedEventsCount++;
     }
     const timeOnly = attributesOrTime instanceof Date || typeof attributesOrTime === 'number' || Array.isArray(attributesOrTime);
-    const at = toHr(timeOnly ? (attributesOrTime as TimeInput) : time);
+    const at = this.time(timeOnly ? (attributesOrTime as TimeInput) : time);
     const cleaned = this.setup.attributeRules.cleanSimpleAttributes(timeOnly ? undefined : (attributesOrTime as Attributes | undefined), { attributeCountLimit: limits.attributePerEventCountLimit, attributeValueLengthLimit: limits.attributeValueLengthLimit });
     this.events.push({ name, time: at, ...cleaned });
     return this;
@@ -203,6 +210,14 @@ export class RequestSpan implements Span, ReadableSpan {
     return this;
   }
 
+  /** A TimeInput as the SDK's Span reads it (_getTime): none is now; a number, performance time if not past now, else epoch ms. */
+  private time(input?: TimeInput): HrTime {
+    if (input === undefined) return addHr(this.startTime, millisToHr(performance.now() - this.startedAt));
+    if (typeof input === 'number') return input <= performance.now() ? addHr(millisToHr(performance.timeOrigin), millisToHr(input + this.startMs - (this.startedAt + performance.timeOrigin))) : millisToHr(input);
+    if (input instanceof Date) return millisToHr(input.getTime());
+    return input as HrTime;
+  }
+
   recordException(exception: Exception, time?: TimeInput): void {
     const attributes: Attributes = {};
     if (typeof exception === 'string') attributes['exception.message'] = exception;
@@ -217,7 +232,10 @@ export class RequestSpan implements Span, ReadableSpan {
 
   end(endTime?: TimeInput): void {
     if (this.ended) return;
-    this.endTime = toHr(endTime);
+    this.endTime = this.time(endTime);
+    // As the SDK: an end before the start is the start (a duration of 0).
+    if (this.endTime[0] < this.startTime[0] || (this.endTime[0] === this.startTime[0] && this.endTime[1] < this.startTime[1])) this.endTime = [this.startTime[0], this.startTime[1]];
+    this.setup.processor.onEnding?.(this);
     this.ended = true;
     this.setup.processor.onEnd(this);
   }
