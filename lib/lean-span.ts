@@ -27,12 +27,14 @@ export interface LeanSpans {
   processor: SpanProcessor;
   resource: ReadableSpan['resource'];
   scope: ReadableSpan['instrumentationScope'];
-  /** The SDK's span limits, as its tracer computed them from OTEL_*_LIMIT (SpanLimits: every field set). */
+  /** The SDK's span limits, as its tracer holds them (SpanLimits: every field set). */
   limits: Required<SpanLimits>;
   /** @opentelemetry/core's attribute rules, which the SDK's spans apply (loaded with the SDK: this module loads nothing). */
   attributeRules: Pick<typeof import('@opentelemetry/core'), 'maybeAddAttribute' | 'cleanAttributes' | 'cleanSimpleAttributes'>;
   /** The API's trace.getSpanContext, when the context holds a valid one (isSpanContextValid): a parent. */
   parentOf(context: Context): SpanContext | undefined;
+  /** @opentelemetry/core's isTracingSuppressed: in such a context the SDK makes no span, nor does this. */
+  suppressed(context: Context): boolean;
 }
 
 const SAMPLED = 1; // TraceFlags.SAMPLED
@@ -57,6 +59,11 @@ function randomHex(bytes: number): string {
   return hex.charCodeAt(hex.length - 1) === 48 && /^0+$/.test(hex) ? `${hex.slice(0, -1)}1` : hex;
 }
 
+/** @opentelemetry/core's isTimeInput: an HrTime, a number or a Date. */
+function isTime(value: unknown): value is TimeInput {
+  return typeof value === 'number' || value instanceof Date || (Array.isArray(value) && value.length === 2 && typeof value[0] === 'number' && typeof value[1] === 'number');
+}
+
 /** Milliseconds as an HrTime, and the sum of two: @opentelemetry/core's millisToHrTime and addHrTimes. */
 function millisToHr(ms: number): HrTime {
   return [Math.trunc(ms / 1000), Math.round((ms % 1000) * 1e6)];
@@ -77,9 +84,11 @@ function addHr(a: HrTime, b: HrTime): HrTime {
  * non-recording span: nothing of it would be exported).
  */
 export function startLeanSpan(setup: LeanSpans, name: string, kind: SpanKind, parentContext: Context, attributes: Attributes = {}, links: Link[] = []): LeanSpan | undefined {
+  if (setup.suppressed(parentContext)) return undefined;
   const parent = setup.parentOf(parentContext);
   const traceId = parent ? parent.traceId : randomHex(16);
   const decision = setup.sampler.shouldSample(parentContext, traceId, name, kind, attributes, links);
+  // RECORD_ONLY (a span recorded but not exported) is not made either: no sampler OTEL_TRACES_SAMPLER names decides it.
   if (decision.decision !== RECORD_AND_SAMPLED) return undefined;
   const ctx: SpanContext = { traceId, spanId: randomHex(8), traceFlags: SAMPLED, traceState: decision.traceState ?? parent?.traceState };
   const span = new LeanSpan(setup, name, kind, ctx, parent);
@@ -89,6 +98,7 @@ export function startLeanSpan(setup: LeanSpans, name: string, kind: SpanKind, pa
   const limit = setup.limits.linkCountLimit;
   for (let i = Math.max(0, links.length - limit); i < links.length; i++) span.addLink(links[i]!);
   span.droppedLinksCount = Math.max(0, links.length - limit);
+  setup.processor.onStart(span, parentContext);
   return span;
 }
 
@@ -170,8 +180,9 @@ export class LeanSpan implements Span, ReadableSpan {
       this.events.shift();
       this.droppedEventsCount++;
     }
-    const timeOnly = attributesOrTime instanceof Date || typeof attributesOrTime === 'number' || Array.isArray(attributesOrTime);
-    const at = this.time(timeOnly ? (attributesOrTime as TimeInput) : time);
+    // As the SDK: a time in the second place is the event's time unless a time follows it.
+    const timeOnly = isTime(attributesOrTime);
+    const at = this.time(timeOnly && !isTime(time) ? attributesOrTime : time);
     const cleaned = this.setup.attributeRules.cleanSimpleAttributes(timeOnly ? undefined : (attributesOrTime as Attributes | undefined), { attributeCountLimit: limits.attributePerEventCountLimit, attributeValueLengthLimit: limits.attributeValueLengthLimit });
     this.events.push({ name, time: at, ...cleaned });
     return this;
@@ -211,8 +222,8 @@ export class LeanSpan implements Span, ReadableSpan {
   }
 
   /** A TimeInput as the SDK's Span reads it (_getTime): none is now; a number, performance time if not past now, else epoch ms. */
-  private time(input?: TimeInput): HrTime {
-    if (input === undefined) return addHr(this.startTime, millisToHr(performance.now() - this.startedAt));
+  private time(input?: TimeInput | null): HrTime {
+    if (input == null) return addHr(this.startTime, millisToHr(performance.now() - this.startedAt));
     if (typeof input === 'number') return input <= performance.now() ? addHr(millisToHr(performance.timeOrigin), millisToHr(input + this.startMs - (this.startedAt + performance.timeOrigin))) : millisToHr(input);
     if (input instanceof Date) return millisToHr(input.getTime());
     return input as HrTime;
@@ -222,8 +233,9 @@ export class LeanSpan implements Span, ReadableSpan {
     const attributes: Attributes = {};
     if (typeof exception === 'string') attributes['exception.message'] = exception;
     else if (exception) {
-      const type = exception.code ?? exception.name;
-      if (type) attributes['exception.type'] = String(type);
+      // As the SDK: a code if it has a truthy one, else a name.
+      if (exception.code) attributes['exception.type'] = String(exception.code);
+      else if (exception.name) attributes['exception.type'] = exception.name;
       if (exception.message) attributes['exception.message'] = exception.message;
       if (exception.stack) attributes['exception.stacktrace'] = exception.stack;
     }

@@ -481,7 +481,9 @@ class Reader {
 export interface BatchOptions {
   maxExportBatchSize: number;
   scheduledDelayMillis: number;
-  /** An export that failed (the spans in it are lost, as with the SDK's BatchSpanProcessor). */
+  /** Spans waiting at most (the BatchSpanProcessor's maxQueueSize); past it a span is dropped. 2,048 by default. */
+  maxQueueSize?: number;
+  /** An export that failed, or spans dropped for a full queue (those spans are lost, as with the SDK's BatchSpanProcessor). */
   onError?: (err: unknown) => void;
 }
 
@@ -489,56 +491,96 @@ export interface BatchOptions {
  * A span processor that encodes each sampled span as it ends and posts the
  * batches over OTLP/HTTP as protobuf: the SDK's BatchSpanProcessor and
  * OTLPTraceExporter in one, with @opentelemetry/otlp-exporter-base's
- * transport (the same OTEL_EXPORTER_OTLP_* headers, timeout, compression,
- * retries and concurrent-export limit; the collector's answer decoded by
- * deserializeResponse). The BatchSpanProcessor keeps every span object
- * until its batch is exported — up to 128 spans or 200 ms, long enough for
- * the collector to move them to the old generation under load; here a span
- * is garbage as soon as it has ended, and only its bytes wait.
+ * transport (the same OTEL_EXPORTER_OTLP_* headers, timeout, compression
+ * and retries; the collector's answer decoded by deserializeResponse). As
+ * the BatchSpanProcessor: one export at a time, batches of at most
+ * `maxExportBatchSize`, at most `maxQueueSize` spans waiting (past that a
+ * span is dropped, never the work), exports and their timers outside any
+ * trace (tracing suppressed), nothing taken after shutdown. Unlike it, a
+ * span is not kept until its batch goes — up to 128 spans or 200 ms, long
+ * enough under load for the collector to move them to the old generation —
+ * but encoded at once: only its bytes wait.
  */
 export async function protobufSpanProcessor(url: string, options: BatchOptions): Promise<import('@opentelemetry/sdk-trace').SpanProcessor> {
-  const [http, core] = await Promise.all([import('@opentelemetry/otlp-exporter-base/node-http'), import('@opentelemetry/core')]);
+  const [http, core, api] = await Promise.all([import('@opentelemetry/otlp-exporter-base/node-http'), import('@opentelemetry/core'), import('@opentelemetry/api')]);
   type Request = { bytes: Uint8Array; count: number };
   const serializer = { serializeRequest: (r: Request) => r.bytes, deserializeResponse };
   const config = http.convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
   // The transformer's TraceExporterMetricsHelper, for the exporter's own metrics (spans per request).
   const delegate = http.createOtlpHttpExportDelegate(config, serializer, 'otlp_http_span_exporter', { name: 'span' as const, countItems: (r: Request) => r.count }, undefined);
+  const maxQueue = options.maxQueueSize ?? 2048;
+  // Exports, their retries and the batch timer run here: they record nothing and keep no ended span's context alive.
+  const quiet = core.suppressTracing(api.ROOT_CONTEXT);
   const buffer = new SpanBuffer();
-  const inFlight = new Set<Promise<void>>();
+  const ready: Request[] = [];
+  let waiting = 0; // spans in `ready`
+  let sending: Promise<void> | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let dropped = 0;
   let closed = false;
-  const flush = () => {
+  let shutdown: Promise<void> | undefined;
+
+  /** The buffer's spans become a request, sent when the one before it has been. */
+  const cut = () => {
     clearTimeout(timer);
     timer = undefined;
     if (buffer.count === 0) return;
-    const request = { count: buffer.count, bytes: buffer.take() };
-    const sent = new Promise<void>((resolve) =>
-      delegate.export(request, (result) => {
-        if (result.code !== core.ExportResultCode.SUCCESS) options.onError?.(result.error ?? new Error('export failed'));
-        resolve();
-      }),
-    );
-    inFlight.add(sent);
-    void sent.finally(() => inFlight.delete(sent));
+    waiting += buffer.count;
+    ready.push({ count: buffer.count, bytes: buffer.take() });
+  };
+  const send = () => {
+    if (sending) return;
+    const request = ready.shift();
+    if (!request) return;
+    waiting -= request.count;
+    sending = new Promise<void>((resolve) =>
+      api.context.with(quiet, () =>
+        delegate.export(request, (result) => {
+          if (result.code !== core.ExportResultCode.SUCCESS) options.onError?.(result.error ?? new Error('export failed'));
+          resolve();
+        }),
+      ),
+    ).then(() => {
+      sending = undefined;
+      if (dropped > 0) {
+        options.onError?.(new Error(`${dropped} spans dropped: more than ${maxQueue} were waiting to be exported`));
+        dropped = 0;
+      }
+      send();
+    });
   };
   const forceFlush = async () => {
-    flush();
-    await Promise.all([...inFlight]);
+    cut();
+    send();
+    while (sending) await sending;
   };
   return {
     onStart: () => undefined,
     onEnd: (s) => {
       if (closed || (s.spanContext().traceFlags & 1) === 0) return; // TraceFlags.SAMPLED: an unsampled span is not exported
+      if (waiting + buffer.count >= maxQueue) {
+        dropped++;
+        return;
+      }
       buffer.add(s);
-      if (buffer.count >= options.maxExportBatchSize) flush();
-      else timer ??= setTimeout(flush, options.scheduledDelayMillis).unref();
+      if (buffer.count >= options.maxExportBatchSize) {
+        cut();
+        send();
+      } else {
+        timer ??= api.context.with(quiet, () =>
+          setTimeout(() => {
+            cut();
+            send();
+          }, options.scheduledDelayMillis).unref(),
+        );
+      }
     },
     forceFlush,
-    shutdown: async () => {
-      if (closed) return;
-      await forceFlush();
-      closed = true;
-      await delegate.shutdown();
-    },
+    shutdown: () =>
+      (shutdown ??= (async () => {
+        closed = true;
+        await forceFlush();
+        await delegate.shutdown();
+      })()),
   };
 }

@@ -15,7 +15,9 @@ import type { Logger } from './logger.js';
  * nothing of the SDK is imported: every helper below is a test of one
  * module variable and a direct call. On (startTracing, from runProcess),
  * spans go over OTLP/HTTP (protobuf or JSON), one service.name per process
- * kind, and the pg instrumentation and BullMQ's Queue telemetry are on.
+ * kind, and the pg instrumentation and BullMQ's Queue telemetry are on. The
+ * spans made here are lean spans (lib/lean-span.ts: the SDK's Tracer costs
+ * several times as much); the instrumentations' are the SDK's.
  *
  * The shape of one order's trace (docs/operations.md, Tracing):
  *   web     POST /orders (its traceparent goes into its outbox row) ─▶ place_orders
@@ -35,6 +37,8 @@ interface On {
   api: Api;
   /** A context in which the SDK records nothing (@opentelemetry/core's suppressTracing of the root context). */
   untraced: Context;
+  /** @opentelemetry/core's suppressTracing: the same context, in which nothing is recorded. */
+  suppress: (ctx: Context) => Context;
   /** @opentelemetry/core's traceparent parser (the W3C propagator's, without a Context made per call). */
   parseTraceParent: (traceparent: string) => SpanContext | null;
   /** What our own spans are made with (lib/lean-span.ts): the provider's sampler, processor, resource, scope and limits. */
@@ -100,6 +104,7 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
   on = {
     api,
     untraced: core.suppressTracing(api.ROOT_CONTEXT),
+    suppress: core.suppressTracing,
     parseTraceParent: core.parseTraceParent,
     spans: {
       sampler: rootSampler,
@@ -109,6 +114,7 @@ export async function startTracing(proc: string, config: Config, log: Logger): P
       scope: (tracer as { instrumentationScope?: LeanSpans['scope'] }).instrumentationScope ?? { name: 'order-pipeline' },
       limits: spanLimits(tracer),
       attributeRules: core,
+      suppressed: core.isTracingSuppressed,
       parentOf: (ctx) => {
         const sc = api.trace.getSpanContext(ctx);
         return sc && api.trace.isSpanContextValid(sc) ? sc : undefined;
@@ -174,9 +180,10 @@ function onlyInSampledTraces(api: Api, suppress: (ctx: Context) => Context, otel
 }
 
 /**
- * The span limits the SDK's tracer computed (from OTEL_*_LIMIT, with its
- * defaults): request spans (lib/request-span.ts) apply the same. A private
- * field of the SDK's Tracer; should it go, the SDK's defaults.
+ * The span limits the SDK's tracer holds (this SDK reads none from the
+ * environment: 128 attributes, events and links a span, values of any
+ * length): lean spans (lib/lean-span.ts) apply the same. A private field of
+ * the SDK's Tracer; should it go, those defaults.
  */
 function spanLimits(tracer: Tracer): LeanSpans['limits'] {
   const defaults = { attributeCountLimit: 128, attributeValueLengthLimit: Infinity, eventCountLimit: 128, linkCountLimit: 128, attributePerEventCountLimit: 128, attributePerLinkCountLimit: 128 };
@@ -246,14 +253,14 @@ function sampledActiveSpan(o: On): Span | undefined {
 /**
  * Run fn inside a new span (a child of `parent`, by default the active
  * one); errors are recorded on it. When the sampler does not sample it, fn
- * runs outside any span and records nothing (as an unsampled trace does downstream).
+ * runs in `parent` with tracing suppressed: it records nothing (as an unsampled trace does downstream).
  */
 export async function inSpan<T>(name: string, fn: (span: Span | undefined) => Promise<T>, opts: { kind?: SpanKind; parent?: Context; links?: Link[] } = {}): Promise<T> {
   if (!on) return fn(undefined);
   const o = on;
   const parent = opts.parent ?? o.api.context.active();
   const span = startLeanSpan(o.spans, name, opts.kind ?? o.api.SpanKind.INTERNAL, parent, undefined, opts.links);
-  if (!span) return o.api.context.with(o.untraced, () => fn(undefined));
+  if (!span) return o.api.context.with(o.suppress(parent), () => fn(undefined));
   try {
     return await o.api.context.with(o.api.trace.setSpan(parent, span), () => fn(span));
   } catch (err) {

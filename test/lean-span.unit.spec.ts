@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, trace, type Attributes, type Context, type Span, type SpanContext } from '@opentelemetry/api';
-import { cleanAttributes, cleanSimpleAttributes, maybeAddAttribute, TraceState } from '@opentelemetry/core';
+import { cleanAttributes, cleanSimpleAttributes, isTracingSuppressed, maybeAddAttribute, suppressTracing, TraceState } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { AlwaysOffSampler, AlwaysOnSampler, InMemorySpanExporter, ParentBasedSampler, SimpleSpanProcessor, TraceIdRatioBasedSampler, TracerProvider, type ReadableSpan, type Sampler, type SpanLimits } from '@opentelemetry/sdk-trace';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
@@ -9,7 +9,7 @@ import { startLeanSpan, type LeanSpans } from '../lib/lean-span.js';
 
 const resource = resourceFromAttributes({ 'service.name': 'web' });
 
-/** An SDK tracer and a request-span setup with the same sampler, limits and exporter. */
+/** An SDK tracer and a lean-span setup with the same sampler, limits and exporter. */
 function both(sampler: Sampler = new AlwaysOnSampler(), limits: SpanLimits = {}) {
   const memory = new InMemorySpanExporter();
   const processor = new SimpleSpanProcessor({ exporter: memory });
@@ -22,6 +22,7 @@ function both(sampler: Sampler = new AlwaysOnSampler(), limits: SpanLimits = {})
     scope: (tracer as unknown as { instrumentationScope: LeanSpans['scope'] }).instrumentationScope,
     limits: (tracer as unknown as { _spanLimits: LeanSpans['limits'] })._spanLimits,
     attributeRules: { maybeAddAttribute, cleanAttributes, cleanSimpleAttributes },
+    suppressed: isTracingSuppressed,
     parentOf: (ctx) => {
       const sc = trace.getSpanContext(ctx);
       return sc && trace.isSpanContextValid(sc) ? sc : undefined;
@@ -135,6 +136,17 @@ describe('lean span (unit): made without the SDK, observed as an SDK span', () =
     early.end(new Date(Date.now() - 60_000));
     assert.deepEqual(memory.getFinishedSpans()[2]!.endTime, early.startTime);
     assert.deepEqual(early.duration, [0, 0]);
+    // The SDK's odd cases: a time given twice (the second wins), none given as null, an exception whose code is 0.
+    memory.reset();
+    for (const s of [sdkSpan({}), ourSpan({})!]) {
+      s.addEvent('two times', [1_700_000_000, 1], [1_700_000_002, 2]);
+      s.recordException(Object.assign(new Error('zero'), { code: 0, stack: 'at x' }));
+      s.end(null as unknown as undefined);
+    }
+    const [c, d] = memory.getFinishedSpans();
+    assert.deepEqual(observable(d!), observable(c!));
+    assert.deepEqual(d!.events[0]!.time, [1_700_000_002, 2]);
+    close(d!.endTime, c!.endTime, 'an end at null');
   });
 
   it('of every kind, the child of a local span, with links given at the start (past the limit, the last ones kept)', () => {
@@ -157,8 +169,11 @@ describe('lean span (unit): made without the SDK, observed as an SDK span', () =
     }
   });
 
-  it('the configured sampler decides, the parent\'s flag included', () => {
+  it('the configured sampler decides, the parent\'s flag included; in a context that suppresses tracing there is none, as with the SDK', () => {
     assert.equal(both(new AlwaysOffSampler()).ourSpan({}), undefined);
+    const always = both();
+    assert.equal(always.ourSpan({}, suppressTracing(ROOT_CONTEXT)), undefined);
+    assert.equal(always.sdkSpan({}, suppressTracing(ROOT_CONTEXT)).isRecording(), false);
     const parentBased = both(new ParentBasedSampler({ root: new AlwaysOnSampler() }));
     assert.equal(parentBased.ourSpan({}, remote(TraceFlags.NONE)), undefined, 'an unsampled parent: not sampled');
     assert.ok(parentBased.ourSpan({}, remote(TraceFlags.SAMPLED)));

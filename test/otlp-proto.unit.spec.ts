@@ -163,4 +163,34 @@ describe('OTLP/protobuf serializer and exporter (unit; the exporter against a lo
       await new Promise<void>((r) => server.close(() => r()));
     }
   });
+  it('the processor sends one export at a time and keeps at most maxQueueSize spans waiting; past that it drops them and says so', async () => {
+    let open = 0;
+    let most = 0;
+    let requests = 0;
+    const server = http.createServer((req, res) => {
+      requests++;
+      most = Math.max(most, ++open);
+      req.resume().on('end', () =>
+        setTimeout(() => {
+          open--;
+          res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end();
+        }, 30),
+      );
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const errors: unknown[] = [];
+      const processor = await protobufSpanProcessor(`http://127.0.0.1:${(server.address() as { port: number }).port}/v1/traces`, { maxExportBatchSize: 10, scheduledDelayMillis: 60_000, maxQueueSize: 50, onError: (e) => errors.push(e) });
+      const span = spans()[0]!;
+      // 80 spans at once: the first batch goes, 50 wait (five batches), the other 20 are dropped.
+      for (let i = 0; i < 80; i++) processor.onEnd(span);
+      await processor.shutdown();
+      assert.equal(most, 1, 'never two exports at once');
+      assert.equal(requests, 6);
+      assert.equal(errors.length, 1);
+      assert.match(String(errors[0]), /20 spans dropped: more than 50 were waiting/);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
 });

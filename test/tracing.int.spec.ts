@@ -184,7 +184,8 @@ describe('tracing: one order, one trace across web, relay and worker (integratio
     const receiver = await startOtlpReceiver();
     const port = await freePort();
     const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, LOG_LEVEL: 'warn' };
-    const web = new Proc('api/main.js', { ...test.env, ...otel, PORT: String(port), OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).start();
+    // Here the web exports protobuf (the default; the test above has it export JSON).
+    const web = new Proc('api/main.js', { ...test.env, ...otel, PORT: String(port) }).start();
     const procs = [web];
     const read = new pg.Client({ connectionString: test.config.READ_DATABASE_URL });
     try {
