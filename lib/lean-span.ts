@@ -6,8 +6,8 @@ import type { ReadableSpan, Sampler, SpanLimits, SpanProcessor } from '@opentele
  * Spans made without the SDK's Tracer: the spans this code makes itself
  * (a request's, a group commit's, a relay's publish, a job's, a projector
  * batch's), one or more for every order and job. The SDK's Tracer costs
- * several times what such a span needs (its own metrics, attribute checks
- * per call, a context per option, ids from Math.random, two clocks read):
+ * several times what such a span needs (metrics of its own, the start's
+ * attributes checked twice, a context made per option, ids from Math.random):
  * in CPU profiles of the web under load, starting and ending the request's
  * span was the largest part of tracing's cost (docs/performance.md,
  * Tracing's cost). A lean span is an OpenTelemetry `Span` (the API's

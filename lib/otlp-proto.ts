@@ -549,9 +549,12 @@ export async function protobufSpanProcessor(url: string, options: BatchOptions):
       send();
     });
   };
-  const forceFlush = async () => {
+  const flush = () => {
     cut();
     send();
+  };
+  const forceFlush = async () => {
+    flush();
     while (sending) await sending;
   };
   return {
@@ -563,17 +566,8 @@ export async function protobufSpanProcessor(url: string, options: BatchOptions):
         return;
       }
       buffer.add(s);
-      if (buffer.count >= options.maxExportBatchSize) {
-        cut();
-        send();
-      } else {
-        timer ??= api.context.with(quiet, () =>
-          setTimeout(() => {
-            cut();
-            send();
-          }, options.scheduledDelayMillis).unref(),
-        );
-      }
+      if (buffer.count >= options.maxExportBatchSize) flush();
+      else timer ??= api.context.with(quiet, () => setTimeout(flush, options.scheduledDelayMillis).unref());
     },
     forceFlush,
     shutdown: () =>
